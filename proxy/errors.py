@@ -1,0 +1,223 @@
+"""One exception tree for the whole proxy; each error knows its HTTP status and OpenAI error type.
+
+::
+
+    ProxyError                         500 server_error
+    ├── InvalidRequestError            400 invalid_request_error
+    │   ├── UnsupportedForE2EEError    400 invalid_request_error  code=e2ee_unsupported
+    │   ├── ModelNotFoundError         404 invalid_request_error  code=model_not_found
+    │   └── RequestTooLargeError       413 invalid_request_error  code=request_too_large
+    ├── AuthenticationError            401 authentication_error
+    ├── CryptoError                    502 e2ee_error
+    │   ├── InvalidPublicKeyError      502 e2ee_error             code=invalid_public_key
+    │   ├── DecryptionError            502 e2ee_error             code=e2ee_decryption_failed
+    │   └── PlaintextInStreamError     502 e2ee_error             code=e2ee_plaintext_in_stream
+    ├── AttestationError               502 attestation_error      code=<stable check code>
+    │   └── QuoteParseError            502 attestation_error      code=quote_parse
+    ├── SSEProtocolError               502 upstream_error         code=upstream_bad_stream
+    └── UpstreamError                  502 upstream_error
+        ├── UpstreamStatusError        the upstream's status, mapped type
+        ├── UpstreamTimeoutError       504 upstream_error         code=upstream_timeout
+        └── UpstreamConnectError       502 upstream_error         code=upstream_unreachable
+
+The OpenAI error body ``{"error": {"message", "type", "param", "code"}}`` is built in one place,
+:func:`error_body`. Messages never contain prompt or completion text, keys or key material:
+decryption errors carry no detail at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+def error_body(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI error envelope."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy reports to a client."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+    default_message: ClassVar[str] = "internal proxy error"
+
+    def __init__(
+        self, message: str | None = None, *, code: str | None = None, param: str | None = None
+    ) -> None:
+        self.message = message if message is not None else self.default_message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+        super().__init__(self.message)
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status a client sees for this error."""
+        return self.status
+
+    def to_body(self) -> dict[str, Any]:
+        """This error as an OpenAI error envelope."""
+        return error_body(self.message, self.error_type, param=self.param, code=self.code)
+
+
+class InvalidRequestError(ProxyError):
+    """The client's request is malformed or asks for something we will not do."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    default_message = "invalid request"
+
+
+class UnsupportedForE2EEError(InvalidRequestError):
+    """The request uses a feature whose data would leave the machine in plaintext."""
+
+    default_code = "e2ee_unsupported"
+
+
+class ModelNotFoundError(InvalidRequestError):
+    """The model is unknown, or is not an E2EE model and passthrough is off."""
+
+    status = 404
+    default_code = "model_not_found"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """The request body exceeds the configured limit."""
+
+    status = 413
+    default_code = "request_too_large"
+
+
+class AuthenticationError(ProxyError):
+    """A local bearer token is missing or wrong."""
+
+    status = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+    default_message = "invalid or missing local API key"
+
+
+class CryptoError(ProxyError):
+    """An E2EE crypto failure."""
+
+    status = 502
+    error_type = "e2ee_error"
+    default_message = "end-to-end encryption failed"
+
+
+class InvalidPublicKeyError(CryptoError):
+    """Bytes that are not a secp256k1 public key."""
+
+    default_code = "invalid_public_key"
+    default_message = "invalid secp256k1 public key"
+
+
+class DecryptionError(CryptoError):
+    """A blob did not decrypt. Deliberately carries no detail."""
+
+    default_code = "e2ee_decryption_failed"
+    default_message = "a response field from the enclave could not be decrypted"
+
+
+class PlaintextInStreamError(CryptoError):
+    """The upstream sent plaintext where the protocol requires ciphertext."""
+
+    default_code = "e2ee_plaintext_in_stream"
+    default_message = (
+        "the upstream returned unencrypted content for an end-to-end encrypted request; "
+        "the response was discarded"
+    )
+
+
+class AttestationError(ProxyError):
+    """The model's TEE attestation could not be fetched or did not verify."""
+
+    status = 502
+    error_type = "attestation_error"
+    default_code = "attestation_failed"
+    default_message = "the model's TEE attestation did not verify"
+
+
+class QuoteParseError(AttestationError):
+    """The TDX quote is not a well-formed v4 quote."""
+
+    default_code = "quote_parse"
+    default_message = "the TDX quote could not be parsed"
+
+
+class SSEProtocolError(ProxyError):
+    """The upstream stream is not valid server-sent events (or a line is too long)."""
+
+    status = 502
+    error_type = "upstream_error"
+    default_code = "upstream_bad_stream"
+    default_message = "the upstream sent a malformed event stream"
+
+
+class UpstreamError(ProxyError):
+    """The upstream (Venice) failed."""
+
+    status = 502
+    error_type = "upstream_error"
+    default_code = "upstream_error"
+    default_message = "the upstream request failed"
+
+
+_STATUS_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an error status; the client sees the same status."""
+
+    def __init__(
+        self,
+        upstream_status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, param=param)
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+    @property
+    def http_status(self) -> int:
+        if 400 <= self.upstream_status < 600:
+            return self.upstream_status
+        return 502
+
+    def to_body(self) -> dict[str, Any]:
+        error_type = _STATUS_TYPES.get(self.upstream_status)
+        if error_type is None:
+            error_type = "server_error" if self.upstream_status >= 500 else "upstream_error"
+        return error_body(self.message, error_type, param=self.param, code=self.code)
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream did not connect, answer or continue in time."""
+
+    status = 504
+    default_code = "upstream_timeout"
+    default_message = "the upstream timed out"
+
+
+class UpstreamConnectError(UpstreamError):
+    """The upstream could not be reached."""
+
+    default_code = "upstream_unreachable"
+    default_message = "the upstream could not be reached"
