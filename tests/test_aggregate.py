@@ -1,0 +1,200 @@
+"""Folding decrypted stream chunks into one OpenAI chat.completion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.aggregate import CompletionAggregator
+from proxy.errors import UpstreamError
+
+HEAD = {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1700, "model": "glm"}
+
+
+def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {**HEAD, "choices": choices, **extra}
+
+
+def delta(index: int = 0, finish: str | None = None, **fields: Any) -> dict[str, Any]:
+    return {"index": index, "delta": fields, "logprobs": None, "finish_reason": finish}
+
+
+USAGE_CHUNK = {
+    **HEAD,
+    "choices": [],
+    "usage": {
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+        "total_tokens": 14,
+        "prompt_tokens_details": {"cached_tokens": 2},
+    },
+    "cost": {"usd": 0.0012, "diem": 0.5},
+}
+
+
+def aggregate(chunks: list[dict[str, Any]]) -> CompletionAggregator:
+    aggregator = CompletionAggregator()
+    for c in chunks:
+        aggregator.add(c)
+    return aggregator
+
+
+def test_single_choice_shape() -> None:
+    aggregator = aggregate(
+        [
+            chunk([delta(role="assistant", content="")]),
+            chunk([delta(content="Hel")]),
+            chunk([delta(content="lo")]),
+            chunk([delta(finish="stop")]),
+            USAGE_CHUNK,
+        ]
+    )
+    assert aggregator.result() == {
+        "id": "chatcmpl-9",
+        "object": "chat.completion",
+        "created": 1700,
+        "model": "glm",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello", "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": USAGE_CHUNK["usage"],
+    }
+    assert aggregator.cost == {"usd": 0.0012, "diem": 0.5}
+    assert "cost" not in aggregator.result()
+
+
+def test_multi_choice_sorted_and_interleaved() -> None:
+    result = aggregate(
+        [
+            chunk([delta(1, role="assistant", content="B1"), delta(0, content="A1")]),
+            chunk([delta(0, content="A2")]),
+            chunk([delta(2, content="C")]),
+            chunk([delta(1, content="B2", finish="length")]),
+            chunk([delta(0, finish="stop"), delta(2, finish="stop")]),
+        ]
+    ).result()
+    assert [c["index"] for c in result["choices"]] == [0, 1, 2]
+    assert [c["message"]["content"] for c in result["choices"]] == ["A1A2", "B1B2", "C"]
+    assert [c["finish_reason"] for c in result["choices"]] == ["stop", "length", "stop"]
+    assert result["usage"] is None
+
+
+def test_reasoning_is_collected_once_per_delta() -> None:
+    result = aggregate(
+        [
+            chunk([delta(reasoning_content="Let me ")]),
+            chunk([delta(reasoning="think", reasoning_content="think")]),
+            chunk([delta(reasoning=".")]),
+            chunk([delta(content="42", finish="stop")]),
+        ]
+    ).result()
+    message = result["choices"][0]["message"]
+    assert message["reasoning_content"] == "Let me think."
+    assert message["content"] == "42"
+    assert "reasoning" not in message
+
+
+def test_no_reasoning_key_without_reasoning() -> None:
+    result = aggregate([chunk([delta(content="x", reasoning_content=None, finish="stop")])])
+    assert "reasoning_content" not in result.result()["choices"][0]["message"]
+
+
+def test_empty_content_with_finish_reason_is_empty_string() -> None:
+    result = aggregate([chunk([delta(role="assistant")]), chunk([delta(finish="stop")])]).result()
+    assert result["choices"][0]["message"]["content"] == ""
+
+
+def test_content_without_finish_reason_and_no_content_is_none() -> None:
+    result = aggregate([chunk([delta(role="assistant")])]).result()
+    assert result["choices"][0]["message"]["content"] is None
+    assert result["choices"][0]["finish_reason"] is None
+
+
+def test_empty_stream() -> None:
+    result = CompletionAggregator().result()
+    assert result["choices"] == []
+    assert result["object"] == "chat.completion"
+    assert result["usage"] is None
+
+
+def test_usage_is_copied_and_extra_fields_kept() -> None:
+    aggregator = aggregate([chunk([delta(content="x", finish="stop")]), USAGE_CHUNK])
+    usage = aggregator.result()["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 2}
+    usage["prompt_tokens"] = 0
+    assert aggregator.result()["usage"]["prompt_tokens"] == 10
+
+
+def test_fingerprint_and_service_tier_only_when_present() -> None:
+    plain = aggregate([chunk([delta(content="x")])]).result()
+    assert "system_fingerprint" not in plain
+    assert "service_tier" not in plain
+    tagged = aggregate(
+        [chunk([delta(content="x")], system_fingerprint="fp_1", service_tier="default")]
+    ).result()
+    assert tagged["system_fingerprint"] == "fp_1"
+    assert tagged["service_tier"] == "default"
+
+
+def test_logprobs_are_merged() -> None:
+    first = {"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [{"token": "a"}]}}
+    second = {
+        "index": 0,
+        "delta": {"content": "b"},
+        "logprobs": {"content": [{"token": "b"}], "refusal": None},
+        "finish_reason": "stop",
+    }
+    result = aggregate([chunk([first]), chunk([second])]).result()
+    assert result["choices"][0]["logprobs"] == {"content": [{"token": "a"}, {"token": "b"}]}
+
+
+def test_refusal_is_collected() -> None:
+    result = aggregate(
+        [chunk([delta(refusal="I can't")]), chunk([delta(refusal=" help", finish="stop")])]
+    ).result()
+    assert result["choices"][0]["message"]["refusal"] == "I can't help"
+    assert result["choices"][0]["message"]["content"] == ""
+
+
+def test_list_content_parts_are_joined() -> None:
+    result = aggregate(
+        [chunk([delta(content=[{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])])]
+    ).result()
+    assert result["choices"][0]["message"]["content"] == "ab"
+
+
+def test_first_id_created_model_win() -> None:
+    result = aggregate(
+        [
+            chunk([delta(content="x")]),
+            {"id": "other", "created": 1, "model": "m2", "choices": [delta(content="y")]},
+        ]
+    ).result()
+    assert (result["id"], result["created"], result["model"]) == ("chatcmpl-9", 1700, "glm")
+    assert result["choices"][0]["message"]["content"] == "xy"
+
+
+def test_error_chunk_without_choices_is_ignored() -> None:
+    aggregator = aggregate([chunk([delta(content="x")]), {"error": {"message": "boom"}}])
+    assert aggregator.result()["choices"][0]["message"]["content"] == "x"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"choices": {"index": 0}},
+        {"choices": ["x"]},
+        {"choices": [{"index": "0", "delta": {}}]},
+        {"choices": [{"index": -1, "delta": {}}]},
+        {"choices": [{"index": 0, "delta": "x"}]},
+    ],
+)
+def test_malformed_chunks_raise(bad: dict[str, Any]) -> None:
+    with pytest.raises(UpstreamError):
+        CompletionAggregator().add(bad)

@@ -1,0 +1,255 @@
+"""The incremental SSE codec: line endings, fields, splits anywhere, limits, truncation."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.errors import SSEProtocolError
+from proxy.sse import DONE, SSEDecoder, SSEEvent, encode_data, encode_json
+
+# A realistic upstream stream: CRLF and LF mixed, a comment, a multi-byte character, a usage
+# chunk and the terminator.
+REALISTIC = (
+    b": keep-alive\r\n\r\n"
+    b'data: {"id":"chatcmpl-1","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}'
+    b"\r\n\r\n"
+    b'data: {"id":"chatcmpl-1","choices":[{"index":0,"delta":{"content":"caf\xc3\xa9 \xe2\x82\xac'
+    b' \xf0\x9f\x98\x80"}}]}\n\n'
+    b"event: message\nid: 7\nretry: 1500\ndata: line one\ndata:line two\n\n"
+    b'data: {"choices":[],"usage":{"prompt_tokens":3},"cost":{"usd":0.1}}\r\r'
+    b"data: [DONE]\n\n"
+)
+
+
+def parse_all(chunks: list[bytes]) -> tuple[list[SSEEvent], bool]:
+    decoder = SSEDecoder()
+    events: list[SSEEvent] = []
+    for chunk in chunks:
+        events.extend(decoder.feed(chunk))
+    events.extend(decoder.finish())
+    return events, decoder.truncated
+
+
+def one_shot(data: bytes) -> list[SSEEvent]:
+    events, truncated = parse_all([data])
+    assert not truncated
+    return events
+
+
+def test_realistic_stream_one_shot() -> None:
+    events = one_shot(REALISTIC)
+    assert [e.data for e in events] == [
+        '{"id":"chatcmpl-1","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}',
+        '{"id":"chatcmpl-1","choices":[{"index":0,"delta":{"content":"café € 😀"}}]}',
+        "line one\nline two",
+        '{"choices":[],"usage":{"prompt_tokens":3},"cost":{"usd":0.1}}',
+        "[DONE]",
+    ]
+    assert events[2] == SSEEvent(data="line one\nline two", event="message", id="7", retry=1500)
+    assert events[0].event is None
+    assert events[0].retry is None
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
+def test_each_line_ending(eol: bytes) -> None:
+    data = b"data: a" + eol + b"data: b" + eol + eol + b"data: c" + eol + eol
+    assert [e.data for e in one_shot(data)] == ["a\nb", "c"]
+
+
+def test_every_split_point_of_realistic_stream_matches_one_shot() -> None:
+    expected = one_shot(REALISTIC)
+    for i in range(len(REALISTIC) + 1):
+        events, truncated = parse_all([REALISTIC[:i], REALISTIC[i:]])
+        assert events == expected, f"split at {i}"
+        assert not truncated
+
+
+def test_byte_by_byte_matches_one_shot() -> None:
+    chunks = [REALISTIC[i : i + 1] for i in range(len(REALISTIC))]
+    assert parse_all(chunks) == (one_shot(REALISTIC), False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(REALISTIC)), max_size=12))
+def test_random_splits_match_one_shot(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    bounds = [0, *points, len(REALISTIC)]
+    chunks = [REALISTIC[a:b] for a, b in itertools.pairwise(bounds)]
+    assert parse_all(chunks) == (one_shot(REALISTIC), False)
+
+
+def test_cr_at_chunk_end_then_lf_is_one_line_ending() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: x\r") == []
+    # Were this LF read as a blank line, "x" would be dispatched alone.
+    assert decoder.feed(b"\ndata: y\r") == []
+    assert decoder.feed(b"\n\r\n") == [SSEEvent(data="x\ny")]
+    decoder.finish()
+    assert not decoder.truncated
+
+
+def test_cr_then_lf_in_next_chunk_does_not_dispatch_twice() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r\n\r") == [SSEEvent(data="a")]
+    # This LF completes the CR above; it must not be read as a second blank line.
+    assert decoder.feed(b"\n") == []
+    assert decoder.feed(b"data: b\n\n") == [SSEEvent(data="b")]
+
+
+def test_cr_at_chunk_end_followed_by_other_byte() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r") == []
+    assert decoder.feed(b"\rdata: b\n\n") == [SSEEvent(data="a"), SSEEvent(data="b")]
+
+
+def test_empty_feed_keeps_pending_cr() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\r") == []
+    assert decoder.feed(b"") == []
+    assert decoder.feed(b"\n") == []
+    assert decoder.feed(b"\n") == [SSEEvent(data="a")]
+
+
+def test_comments_are_ignored() -> None:
+    assert one_shot(b": hello\n:\ndata: x\n: mid\n\n: tail\n") == [SSEEvent(data="x")]
+
+
+def test_field_without_colon_and_space_rules() -> None:
+    events = one_shot(b"data\n\ndata:  two spaces\n\ndata:no space\n\n")
+    assert [e.data for e in events] == ["", " two spaces", "no space"]
+
+
+def test_event_without_data_is_not_dispatched() -> None:
+    assert one_shot(b"event: ping\n\nid: 3\n\n\n\ndata: x\n\n") == [SSEEvent(data="x", id="3")]
+
+
+def test_event_type_resets_between_events_and_id_persists() -> None:
+    events = one_shot(b"event: a\nid: 1\ndata: x\n\ndata: y\n\nid\ndata: z\n\n")
+    assert events == [
+        SSEEvent(data="x", event="a", id="1"),
+        SSEEvent(data="y", event=None, id="1"),
+        SSEEvent(data="z", event=None, id=""),
+    ]
+
+
+def test_invalid_retry_and_id_with_nul_are_ignored() -> None:
+    events = one_shot(b"retry: 12a\nid: a\x00b\ndata: x\n\nretry: 5\ndata: y\n\n")
+    assert events == [SSEEvent(data="x"), SSEEvent(data="y", retry=5)]
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert one_shot(b"foo: bar\ndata: x\n\n") == [SSEEvent(data="x")]
+
+
+def test_leading_bom_is_dropped_once() -> None:
+    events = one_shot(b"\xef\xbb\xbfdata: x\n\n\xef\xbb\xbfdata: y\n\n")
+    assert events == [SSEEvent(data="x")]
+
+
+def test_utf8_character_split_across_feeds() -> None:
+    encoded = "data: 😀é\n\n".encode()
+    for i in range(len(encoded) + 1):
+        events, _ = parse_all([encoded[:i], encoded[i:]])
+        assert events == [SSEEvent(data="😀é")]
+
+
+def test_invalid_utf8_raises() -> None:
+    decoder = SSEDecoder()
+    with pytest.raises(SSEProtocolError):
+        decoder.feed(b"data: \xff\xfe\n\n")
+
+
+def test_invalid_utf8_in_comment_also_raises() -> None:
+    with pytest.raises(SSEProtocolError):
+        SSEDecoder().feed(b": \xc3\n")
+
+
+def test_endless_line_raises_without_terminator() -> None:
+    decoder = SSEDecoder(max_line_bytes=64)
+    for _ in range(8):
+        assert decoder.feed(b"a" * 8) == []
+    with pytest.raises(SSEProtocolError):
+        decoder.feed(b"a")
+
+
+def test_line_at_limit_is_accepted_and_over_limit_rejected() -> None:
+    line = b"data: " + b"a" * 58
+    assert len(line) == 64
+    assert SSEDecoder(max_line_bytes=64).feed(line + b"\n\n") == [SSEEvent(data="a" * 58)]
+    with pytest.raises(SSEProtocolError):
+        SSEDecoder(max_line_bytes=63).feed(line + b"\n\n")
+
+
+def test_many_small_feeds_of_a_long_line_are_fine() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"data: ")
+    for _ in range(20_000):
+        assert decoder.feed(b"ab") == []
+    assert decoder.feed(b"\n\n") == [SSEEvent(data="ab" * 20_000)]
+
+
+def test_truncated_final_event_is_discarded_and_flagged() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\n\ndata: partial\n") == [SSEEvent(data="a")]
+    assert decoder.finish() == []
+    assert decoder.truncated
+
+
+def test_unterminated_final_line_is_flagged() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"data: a\n\ndata: [DO")
+    assert decoder.finish() == []
+    assert decoder.truncated
+
+
+def test_clean_end_is_not_truncated() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"data: a\n\n: trailing comment\n")
+    decoder.finish()
+    assert not decoder.truncated
+
+
+def test_encode_data_frames_lines() -> None:
+    assert encode_data("x") == b"data: x\n\n"
+    assert encode_data("") == b"data: \n\n"
+    assert encode_data("a\nb\r\nc\rd") == b"data: a\ndata: b\ndata: c\ndata: d\n\n"
+
+
+@pytest.mark.parametrize("text", ["", "x", "a\nb", " lead", "multi\n\nblank", "é😀"])
+def test_encode_data_round_trips(text: str) -> None:
+    assert one_shot(encode_data(text)) == [SSEEvent(data=text)]
+
+
+def test_done_constant() -> None:
+    assert one_shot(DONE) == [SSEEvent(data="[DONE]")]
+
+
+def test_encode_json_is_compact_and_round_trips() -> None:
+    obj = {"a": [1, 2], "text": "line\nbreak\r\ncafé 😀", "u": "\u2028"}
+    framed = encode_json(obj)
+    assert framed.startswith(b'data: {"a":[1,2],')
+    assert framed.endswith(b"\n\n")
+    assert "café".encode() in framed
+    (event,) = one_shot(framed)
+    assert json.loads(event.data) == obj
+
+
+def test_encode_json_with_lone_surrogate_stays_valid() -> None:
+    obj = json.loads('{"t":"x\\ud800y"}')
+    framed = encode_json(obj)
+    framed.decode("utf-8")
+    (event,) = one_shot(framed)
+    assert json.loads(event.data) == obj
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(), max_size=5))
+def test_encode_data_sequence_round_trips(texts: list[str]) -> None:
+    normalised = [t.replace("\r\n", "\n").replace("\r", "\n") for t in texts]
+    events = one_shot(b"".join(encode_data(t) for t in texts))
+    assert [e.data for e in events] == normalised
