@@ -1,0 +1,328 @@
+"""Verify normalized evidence: a pure function of (evidence, nonce, policy, now, collateral).
+
+Checks, in the order they run (tier in brackets). Each always yields exactly one result; a check
+whose input failed an earlier check reports ``ok=False`` with "not evaluated: <code> failed".
+
+=======================  =========  ==========================================================
+code                     tier       passes when
+=======================  =========  ==========================================================
+venice_verified_flag     response   Venice's own (unauthenticated) ``verified`` is ``true``
+model_match              response   the response ``model`` equals the model we asked for
+nonce_echo               response   the echoed ``nonce``/``request_nonce`` equals ours
+signing_key_valid        binding    a signing/E2EE public key is present and on secp256k1
+signing_address_match    binding    keccak address of that key == ``signing_address``
+                                    (case-insensitive, so EIP-55 mixed case is accepted)
+quote_parse              quote      ``intel_quote`` is a well-formed TDX v4 quote
+quote_tee_type           quote      the quote's tee_type is TDX (0x81)
+quote_debug_disabled     quote      td_attributes DEBUG bit (byte 0, bit 0) is clear
+report_data_address      binding    REPORTDATA[0:20] == keccak address of the key
+report_data_padding      binding    REPORTDATA[20:32] is twelve zero bytes
+report_data_nonce        binding    REPORTDATA[32:64] == our 32-byte nonce
+gpu_nonce                gpu        nvidia_payload ``nonce`` (and every per-GPU ``nonce``
+                                    present) equals ours; not enforced when nvidia is "off"
+gpu_nras                 gpu        only with nvidia "nras": not implemented yet, reported
+                                    ``ok=None`` and enforced, so it fails closed
+dcap                     quote      Intel DCAP verifies the quote with the given collateral at
+                                    ``now``, its report matches the parsed one, and the TCB
+                                    status is allowed (never ``Revoked``); not enforced when
+                                    dcap is "off"; fails with "no collateral" when required
+                                    and none was given
+=======================  =========  ==========================================================
+
+Why both address checks: ``signing_address_match`` ties the advertised address to the key and
+``report_data_address`` ties the key to the hardware-signed REPORTDATA; only the second one is
+authenticated, and only once ``dcap`` passes.
+
+Deliberately NOT checked here: the GPU evidence itself (only its echoed nonce; NRAS is I/O),
+measurements (mr_td, RTMRs, compose hash, os image: the "software" tier, not implemented in
+this module), the event log replay, the EIP-55 checksum of a mixed-case address, and any of
+Venice's ``server_verification`` claims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from proxy.attestation.dcap import DcapResult, verify_quote_dcap
+from proxy.attestation.evidence import Evidence
+from proxy.attestation.policy import AttestationPolicy
+from proxy.attestation.quote import TEE_TYPE_TDX, TdxQuote, parse_tdx_quote
+from proxy.attestation.report import (
+    TIER_BINDING,
+    TIER_GPU,
+    TIER_QUOTE,
+    TIER_RESPONSE,
+    AttestationReport,
+    CheckResult,
+)
+from proxy.crypto import ADDRESS_BYTES, address_of
+from proxy.errors import AttestationError, QuoteParseError
+
+VENICE_VERIFIED_FLAG: Final = "venice_verified_flag"
+MODEL_MATCH: Final = "model_match"
+NONCE_ECHO: Final = "nonce_echo"
+SIGNING_KEY_VALID: Final = "signing_key_valid"
+SIGNING_ADDRESS_MATCH: Final = "signing_address_match"
+QUOTE_PARSE: Final = "quote_parse"
+QUOTE_TEE_TYPE: Final = "quote_tee_type"
+QUOTE_DEBUG_DISABLED: Final = "quote_debug_disabled"
+REPORT_DATA_ADDRESS: Final = "report_data_address"
+REPORT_DATA_PADDING: Final = "report_data_padding"
+REPORT_DATA_NONCE: Final = "report_data_nonce"
+GPU_NONCE: Final = "gpu_nonce"
+GPU_NRAS: Final = "gpu_nras"
+DCAP: Final = "dcap"
+
+CHECK_CODES: Final = (
+    VENICE_VERIFIED_FLAG,
+    MODEL_MATCH,
+    NONCE_ECHO,
+    SIGNING_KEY_VALID,
+    SIGNING_ADDRESS_MATCH,
+    QUOTE_PARSE,
+    QUOTE_TEE_TYPE,
+    QUOTE_DEBUG_DISABLED,
+    REPORT_DATA_ADDRESS,
+    REPORT_DATA_PADDING,
+    REPORT_DATA_NONCE,
+    GPU_NONCE,
+    GPU_NRAS,
+    DCAP,
+)
+
+NRAS_NOT_IMPLEMENTED: Final = "not evaluated: NRAS verification is not implemented yet"
+
+_PADDING = bytes(12)
+
+
+def _result(
+    code: str, tier: str, ok: bool | None, detail: str, *, enforced: bool = True
+) -> CheckResult:
+    return CheckResult(code=code, ok=ok, enforced=enforced, detail=detail, tier=tier)
+
+
+def _skipped(code: str, tier: str, because: str) -> CheckResult:
+    return _result(code, tier, False, f"not evaluated: {because} failed")
+
+
+def _shown(value: str | None, limit: int = 80) -> str:
+    if value is None:
+        return "missing"
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def verify_evidence(
+    evidence: Evidence,
+    *,
+    expected_model: str,
+    nonce: bytes,
+    policy: AttestationPolicy,
+    now: int,
+    collateral: Mapping[str, Any] | None = None,
+) -> AttestationReport:
+    """Run every check and return the report. Never raises for a failed check."""
+    nonce_hex = nonce.hex()
+    key = evidence.signing_public_key
+    results: list[CheckResult] = [
+        _verified_flag(evidence),
+        _model_match(evidence, expected_model),
+        _nonce_echo(evidence, nonce_hex),
+        _signing_key_valid(evidence),
+        _signing_address_match(evidence),
+    ]
+    quote, parse_result = _parse(evidence)
+    results += [parse_result, _tee_type(quote), _debug(quote)]
+    results += _report_data(quote, key, nonce)
+    results += _gpu(evidence, nonce_hex, policy)
+    dcap_result, verified = _dcap(evidence, quote, policy, now, collateral)
+    results.append(dcap_result)
+    return AttestationReport(
+        model=expected_model,
+        nonce=nonce_hex,
+        shape=evidence.shape,
+        signing_address=_lower_address(evidence.signing_address),
+        signing_public_key=key,
+        tcb_status=verified.status if verified is not None else None,
+        checks=tuple(results),
+        advisory_ids=verified.advisory_ids if verified is not None else (),
+        tee_provider=evidence.tee_provider,
+        upstream_model=evidence.upstream_model_name,
+    )
+
+
+def _lower_address(address: str) -> str:
+    bare = address.strip().lower().removeprefix("0x")
+    return "0x" + bare
+
+
+def _verified_flag(evidence: Evidence) -> CheckResult:
+    flag = evidence.verified
+    detail = "verified is missing" if flag is None else f"verified={str(flag).lower()}"
+    return _result(VENICE_VERIFIED_FLAG, TIER_RESPONSE, flag is True, detail)
+
+
+def _model_match(evidence: Evidence, expected: str) -> CheckResult:
+    ok = evidence.model == expected
+    detail = f"response model {_shown(evidence.model)}, requested {expected!r}"
+    return _result(MODEL_MATCH, TIER_RESPONSE, ok, detail)
+
+
+def _nonce_echo(evidence: Evidence, nonce_hex: str) -> CheckResult:
+    echoed = evidence.echoed_nonce
+    ok = echoed is not None and echoed.strip().lower() == nonce_hex
+    detail = "echoed nonce matches" if ok else f"echoed {_shown(echoed)}, sent {nonce_hex}"
+    return _result(NONCE_ECHO, TIER_RESPONSE, ok, detail)
+
+
+def _signing_key_valid(evidence: Evidence) -> CheckResult:
+    if evidence.signing_public_key is not None:
+        detail = f"secp256k1 key from {evidence.key_source}"
+        return _result(SIGNING_KEY_VALID, TIER_BINDING, True, detail)
+    if evidence.signing_public_key_text is not None:
+        detail = f"{evidence.key_source} is not a valid secp256k1 public key"
+    elif evidence.shape == "aci":
+        detail = "no E2EE public key whose address equals REPORTDATA[0:20]"
+    else:
+        detail = "no signing_public_key in the attestation"
+    return _result(SIGNING_KEY_VALID, TIER_BINDING, False, detail)
+
+
+def _signing_address_match(evidence: Evidence) -> CheckResult:
+    key = evidence.signing_public_key
+    if key is None:
+        return _skipped(SIGNING_ADDRESS_MATCH, TIER_BINDING, SIGNING_KEY_VALID)
+    derived = "0x" + address_of(key).hex()
+    claimed = evidence.signing_address.strip()
+    ok = claimed.lower() == derived
+    relation = "==" if ok else "!="
+    detail = f"signing_address {_shown(claimed, 44)} {relation} key address {derived}"
+    return _result(SIGNING_ADDRESS_MATCH, TIER_BINDING, ok, detail)
+
+
+def _parse(evidence: Evidence) -> tuple[TdxQuote | None, CheckResult]:
+    try:
+        quote = parse_tdx_quote(evidence.intel_quote, require_tdx=False)
+    except QuoteParseError as exc:
+        return None, _result(QUOTE_PARSE, TIER_QUOTE, False, exc.message)
+    detail = f"TDX quote v{quote.version}, {len(quote.raw)} bytes"
+    return quote, _result(QUOTE_PARSE, TIER_QUOTE, True, detail)
+
+
+def _tee_type(quote: TdxQuote | None) -> CheckResult:
+    if quote is None:
+        return _skipped(QUOTE_TEE_TYPE, TIER_QUOTE, QUOTE_PARSE)
+    detail = f"tee_type 0x{quote.tee_type:x}"
+    return _result(QUOTE_TEE_TYPE, TIER_QUOTE, quote.tee_type == TEE_TYPE_TDX, detail)
+
+
+def _tdx(quote: TdxQuote | None) -> tuple[TdxQuote | None, str]:
+    """The quote when its TD report fields can be trusted to sit at TDX offsets."""
+    if quote is None:
+        return None, QUOTE_PARSE
+    if not quote.is_tdx:
+        return None, QUOTE_TEE_TYPE
+    return quote, ""
+
+
+def _debug(quote: TdxQuote | None) -> CheckResult:
+    tdx, failed = _tdx(quote)
+    if tdx is None:
+        return _skipped(QUOTE_DEBUG_DISABLED, TIER_QUOTE, failed)
+    detail = f"td_attributes {tdx.td_attributes.hex()} (debug {'on' if tdx.debug else 'off'})"
+    return _result(QUOTE_DEBUG_DISABLED, TIER_QUOTE, not tdx.debug, detail)
+
+
+def _report_data(quote: TdxQuote | None, key: bytes | None, nonce: bytes) -> list[CheckResult]:
+    tdx, failed = _tdx(quote)
+    if tdx is None:
+        return [
+            _skipped(code, TIER_BINDING, failed)
+            for code in (REPORT_DATA_ADDRESS, REPORT_DATA_PADDING, REPORT_DATA_NONCE)
+        ]
+    report_data = tdx.report_data
+    bound = report_data[:ADDRESS_BYTES]
+    if key is None:
+        address = _skipped(REPORT_DATA_ADDRESS, TIER_BINDING, SIGNING_KEY_VALID)
+    else:
+        derived = address_of(key)
+        relation = "==" if bound == derived else "!="
+        detail = f"REPORTDATA[0:20] 0x{bound.hex()} {relation} key address 0x{derived.hex()}"
+        address = _result(REPORT_DATA_ADDRESS, TIER_BINDING, bound == derived, detail)
+    padding = report_data[ADDRESS_BYTES:32]
+    padding_result = _result(
+        REPORT_DATA_PADDING, TIER_BINDING, padding == _PADDING, f"REPORTDATA[20:32] {padding.hex()}"
+    )
+    bound_nonce = report_data[32:]
+    relation = "==" if bound_nonce == nonce else "!="
+    nonce_result = _result(
+        REPORT_DATA_NONCE,
+        TIER_BINDING,
+        bound_nonce == nonce,
+        f"REPORTDATA[32:64] {bound_nonce.hex()} {relation} nonce {nonce.hex()}",
+    )
+    return [address, padding_result, nonce_result]
+
+
+def _gpu(evidence: Evidence, nonce_hex: str, policy: AttestationPolicy) -> list[CheckResult]:
+    if policy.nvidia == "off":
+        return [_result(GPU_NONCE, TIER_GPU, None, "NVIDIA checks are off", enforced=False)]
+    results = [_gpu_nonce(evidence.nvidia_payload, nonce_hex)]
+    if policy.nvidia == "nras":
+        results.append(_result(GPU_NRAS, TIER_GPU, None, NRAS_NOT_IMPLEMENTED))
+    return results
+
+
+def _gpu_nonce(payload: Mapping[str, Any] | None, nonce_hex: str) -> CheckResult:
+    if payload is None:
+        return _result(GPU_NONCE, TIER_GPU, False, "no nvidia_payload in the attestation")
+    top = payload.get("nonce")
+    if not isinstance(top, str) or top.strip().lower() != nonce_hex:
+        detail = f"nvidia_payload nonce {_shown(top if isinstance(top, str) else None)}"
+        return _result(GPU_NONCE, TIER_GPU, False, f"{detail}, sent {nonce_hex}")
+    entries = payload.get("evidence_list")
+    gpus = (
+        [entry for entry in entries if isinstance(entry, Mapping)]
+        if isinstance(entries, list)
+        else []
+    )
+    with_nonce = [entry.get("nonce") for entry in gpus if "nonce" in entry]
+    mismatched = sum(
+        1
+        for value in with_nonce
+        if not isinstance(value, str) or value.strip().lower() != nonce_hex
+    )
+    if mismatched:
+        detail = f"{mismatched} of {len(gpus)} GPU evidence entries carry another nonce"
+        return _result(GPU_NONCE, TIER_GPU, False, detail)
+    detail = f"nvidia_payload nonce matches ({len(gpus)} GPUs, {len(with_nonce)} with own nonce)"
+    return _result(GPU_NONCE, TIER_GPU, True, detail)
+
+
+def _dcap(
+    evidence: Evidence,
+    quote: TdxQuote | None,
+    policy: AttestationPolicy,
+    now: int,
+    collateral: Mapping[str, Any] | None,
+) -> tuple[CheckResult, DcapResult | None]:
+    if policy.dcap == "off":
+        detail = "DCAP is off: the quote signature was not verified"
+        return _result(DCAP, TIER_QUOTE, None, detail, enforced=False), None
+    if collateral is None:
+        return _result(DCAP, TIER_QUOTE, False, "no collateral"), None
+    if quote is None:
+        return _skipped(DCAP, TIER_QUOTE, QUOTE_PARSE), None
+    try:
+        verified = verify_quote_dcap(evidence.intel_quote, collateral, now)
+    except AttestationError as exc:
+        return _result(DCAP, TIER_QUOTE, False, exc.message), None
+    if (verified.report_data, verified.td_attributes) != (quote.report_data, quote.td_attributes):
+        # Only a parser bug gets here; the binding checks above read the parsed copy.
+        detail = "the DCAP-verified TD report differs from the parsed quote"
+        return _result(DCAP, TIER_QUOTE, False, detail), verified
+    advisories = f"; advisories {', '.join(verified.advisory_ids)}" if verified.advisory_ids else ""
+    allowed = policy.tcb_status_allowed(verified.status)
+    verdict = "" if allowed else " (not allowed by policy)"
+    detail = f"TCB status {verified.status}{verdict}{advisories}"
+    return _result(DCAP, TIER_QUOTE, allowed, detail), verified
