@@ -24,11 +24,11 @@ import os
 from dataclasses import dataclass, field
 
 from coincurve import PrivateKey, PublicKey
+from Crypto.Hash import keccak
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from Crypto.Hash import keccak
 
 from proxy.errors import DecryptionError, InvalidPublicKeyError
 

@@ -1,0 +1,237 @@
+"""One chat request, end to end: validate, resolve the model, attest, encrypt, forward, decrypt.
+
+Order of operations for an E2EE model (nothing reaches the chat endpoint before the key is
+attested):
+
+1. validate the request shape (precise 400s) and refuse what E2EE cannot protect (tools, files);
+2. get the model's attested key from the cache (one fetch for many waiters);
+3. encrypt every message with a fresh client key pair and open the upstream stream;
+4. read ahead until the first text field decrypted (or the stream ended), so that a rejected
+   or stale key is caught *before* anything reaches the client; in that case the key is dropped,
+   the model re-attested once and the request retried once with fresh encryption;
+5. relay decrypted chunks (stream) or one aggregated ``chat.completion``.
+
+Models without E2EE are refused unless ``privacy.non_e2ee = "passthrough"``; then they are
+forwarded in plaintext and the response carries ``X-Venice-Proxy-E2EE: false``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from proxy.errors import (
+    DecryptionError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    UpstreamStatusError,
+)
+from proxy.keys import AttestedKey, AttestedKeyCache
+from proxy.models import ModelCatalogue, resolve_alias
+from proxy.protocol import ChunkDecryptor, encrypt_request
+from proxy.stream import StreamStats, decrypted_chunks, has_text
+from proxy.upstream import UpstreamClient, UpstreamStream
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_KEY_REJECTION_MARKERS = ("decrypt", "public key", "model_key", "model key", "e2ee header")
+_MAX_N = 128
+
+
+def _dumps(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def validate_chat_request(payload: Any) -> dict[str, Any]:
+    """The request as a dict, or :class:`InvalidRequestError` naming the bad parameter.
+
+    Checked here: the shape OpenAI itself enforces (model, messages, roles, stream, n,
+    stream_options). Content types are checked by :func:`proxy.protocol.encrypt_request`.
+    Unknown fields are kept and passed through.
+    """
+    if not isinstance(payload, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequestError(
+            "'model' is required and must be a non-empty string", param="model"
+        )
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError(
+            "'messages' is required and must be a non-empty array", param="messages"
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequestError(
+                f"messages[{index}] must be an object", param=f"messages[{index}]"
+            )
+        role = message.get("role")
+        if not isinstance(role, str) or role not in _ROLES:
+            raise InvalidRequestError(
+                f"messages[{index}].role must be one of {', '.join(sorted(_ROLES))}",
+                param=f"messages[{index}].role",
+            )
+    stream = payload.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequestError("'stream' must be a boolean", param="stream")
+    n = payload.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_N):
+        raise InvalidRequestError(f"'n' must be an integer from 1 to {_MAX_N}", param="n")
+    options = payload.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise InvalidRequestError("'stream_options' must be an object", param="stream_options")
+        usage = options.get("include_usage")
+        if usage is not None and not isinstance(usage, bool):
+            raise InvalidRequestError(
+                "'stream_options.include_usage' must be a boolean",
+                param="stream_options.include_usage",
+            )
+    return payload
+
+
+@dataclass(slots=True)
+class ChatOutcome:
+    """An upstream stream that has been opened and read ahead, ready to relay."""
+
+    model: str
+    e2ee: bool
+    client_stream: bool
+    include_usage: bool
+    first: list[dict[str, Any]]
+    rest: AsyncIterator[dict[str, Any]]
+    upstream: UpstreamStream
+    stats: StreamStats
+    key: AttestedKey | None = None
+    attempts: int = 1
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        """Close the upstream response (idempotent)."""
+        await self.upstream.aclose()
+
+
+def _is_key_rejection(exc: UpstreamStatusError) -> bool:
+    if exc.upstream_status != 400:
+        return False
+    text = exc.message.lower()
+    return any(marker in text for marker in _KEY_REJECTION_MARKERS)
+
+
+class ChatService:
+    """Runs chat requests against the upstream; shared by all requests of one app."""
+
+    def __init__(
+        self,
+        upstream: UpstreamClient,
+        catalogue: ModelCatalogue,
+        keys: AttestedKeyCache,
+        *,
+        aliases: Mapping[str, str],
+        non_e2ee: Literal["reject", "passthrough"],
+    ) -> None:
+        self.upstream = upstream
+        self.catalogue = catalogue
+        self.keys = keys
+        self.aliases = dict(aliases)
+        self.non_e2ee = non_e2ee
+
+    async def start(self, request: dict[str, Any]) -> ChatOutcome:
+        """Validate, attest, encrypt, open and read ahead. Raises before any client byte."""
+        validate_chat_request(request)
+        model = resolve_alias(request["model"], self.aliases)
+        info = await self.catalogue.lookup(model)
+        if info is None:
+            raise ModelNotFoundError(
+                f"the model '{model}' does not exist upstream; "
+                "GET /v1/models lists the E2EE models",
+                param="model",
+            )
+        if not info.supports_e2ee:
+            if self.non_e2ee == "passthrough":
+                return await self._start_plaintext(request, model)
+            raise ModelNotFoundError(
+                f"the model '{model}' does not support end-to-end encryption, and this proxy "
+                'refuses to send prompts in plaintext (set privacy.non_e2ee = "passthrough" '
+                "to allow it); choose an e2ee- model from GET /v1/models",
+                param="model",
+                code="model_not_e2ee",
+            )
+        return await self._start_e2ee(request, model)
+
+    async def _start_e2ee(self, request: dict[str, Any], model: str) -> ChatOutcome:
+        client_stream = bool(request.get("stream"))
+        for attempt in (1, 2):
+            key = await self.keys.get(model)
+            encrypted = encrypt_request(request, model_key=key.public_key, upstream_model=model)
+            stats = StreamStats()
+            try:
+                upstream = await self.upstream.open_chat(_dumps(encrypted.body), encrypted.headers)
+            except UpstreamStatusError as exc:
+                if attempt == 1 and _is_key_rejection(exc):
+                    self.keys.invalidate(model, key.public_key)
+                    continue
+                raise
+            decryptor = ChunkDecryptor(encrypted.client_keys.private)
+            rest = decrypted_chunks(upstream.iter_bytes(), decryptor, stats)
+            first: list[dict[str, Any]] = []
+            try:
+                async for chunk in rest:
+                    first.append(chunk)
+                    if has_text(chunk):
+                        break
+            except DecryptionError:
+                await upstream.aclose()
+                if attempt == 1 and not any(has_text(chunk) for chunk in first):
+                    # The very first field did not open: the key is stale (rotation).
+                    self.keys.invalidate(model, key.public_key)
+                    continue
+                raise
+            except BaseException:
+                await upstream.aclose()
+                raise
+            return ChatOutcome(
+                model=model,
+                e2ee=True,
+                client_stream=client_stream,
+                include_usage=encrypted.include_usage,
+                first=first,
+                rest=rest,
+                upstream=upstream,
+                stats=stats,
+                key=key,
+                attempts=attempt,
+                headers={
+                    "x-venice-proxy-e2ee": "true",
+                    "x-venice-proxy-signing-address": key.signing_address,
+                },
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _start_plaintext(self, request: dict[str, Any], model: str) -> ChatOutcome:
+        client_stream = bool(request.get("stream"))
+        options = request.get("stream_options")
+        include_usage = (
+            client_stream and isinstance(options, dict) and options.get("include_usage") is True
+        )
+        body = {
+            **request,
+            "model": model,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        upstream = await self.upstream.open_chat(_dumps(body), {})
+        stats = StreamStats()
+        return ChatOutcome(
+            model=model,
+            e2ee=False,
+            client_stream=client_stream,
+            include_usage=include_usage,
+            first=[],
+            rest=decrypted_chunks(upstream.iter_bytes(), None, stats),
+            upstream=upstream,
+            stats=stats,
+            headers={"x-venice-proxy-e2ee": "false"},
+        )

@@ -1,0 +1,215 @@
+"""Settings: one class, built once at the edge and passed down as a value.
+
+Sources, highest precedence first (written in code in :meth:`Settings.settings_customise_sources`):
+
+1. explicit overrides (CLI flags), 2. environment variables ``VENICE_PROXY_<SECTION>__<KEY>``,
+3. the TOML file (``--config FILE`` or ``VENICE_PROXY_CONFIG``), 4. defaults.
+
+The Venice API key is not a setting: it comes from ``VENICE_API_KEY`` or the file named by
+``upstream.api_key_file`` (see :func:`resolve_api_key`), never from the TOML file and never from a
+client. Unknown keys are errors (a typo must not silently fall back to a default), and so are
+values the proxy does not implement yet: :func:`load_settings` turns every such problem into one
+:class:`SettingsError` line that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_BASE_URL = "https://api.venice.ai/api/v1"
+CONFIG_ENV = "VENICE_PROXY_CONFIG"
+API_KEY_ENV = "VENICE_API_KEY"
+
+
+class SettingsError(Exception):
+    """A configuration problem, reported as one line naming the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    """``[server]``: the local listener."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_in_flight: int = Field(default=256, gt=0)
+
+
+class UpstreamSettings(_Section):
+    """``[upstream]``: Venice (or the simulator)."""
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key_file: Path | None = None
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    first_byte_timeout_s: float = Field(default=120.0, gt=0)
+    idle_timeout_s: float = Field(default=120.0, gt=0)
+    models_cache_ttl_s: float = Field(default=300.0, ge=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class AttestationSettings(_Section):
+    """``[attestation]``: what a model's TEE must prove before a prompt is encrypted to it."""
+
+    dcap: Literal["require", "off"] = "off"
+    nvidia: Literal["off", "nonce", "nras"] = "nonce"
+    pccs_url: str | None = None
+    cache_ttl_s: float = Field(default=1800.0, gt=0)
+    allowed_tcb_status: list[str] = Field(default_factory=lambda: ["UpToDate", "SWHardeningNeeded"])
+
+    @field_validator("nvidia")
+    @classmethod
+    def _nvidia_implemented(cls, value: str) -> str:
+        if value == "nras":
+            raise ValueError("'nras' is not supported yet; use 'nonce' or 'off'")
+        return value
+
+
+class PrivacySettings(_Section):
+    """``[privacy]``: what to do with models that cannot do E2EE."""
+
+    non_e2ee: Literal["reject", "passthrough"] = "reject"
+
+
+class SignaturesSettings(_Section):
+    """``[signatures]``: response-signature verification (not implemented yet: ``off`` only)."""
+
+    mode: Literal["off", "async", "strict"] = "off"
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_implemented(cls, value: str) -> str:
+        if value != "off":
+            raise ValueError(f"{value!r} is not supported yet; use 'off'")
+        return value
+
+
+class ModelsSettings(_Section):
+    """``[models]``: client-facing aliases for Venice model ids."""
+
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+
+class LoggingSettings(_Section):
+    """``[logging]``: structured logs; never any content, key or key material."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    audit_log: Path | None = None
+
+
+class Settings(BaseSettings):
+    """Every setting of the proxy."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VENICE_PROXY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    attestation: AttestationSettings = Field(default_factory=AttestationSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    signatures: SignaturesSettings = Field(default_factory=SignaturesSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: CLI overrides > environment > TOML file > defaults. No .env, no secrets dir.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ()))
+    message = str(error.get("msg", "invalid value"))
+    value = error.get("input")
+    shown = (
+        ""
+        if isinstance(value, dict | list) or location.endswith("api_keys")
+        else f" (got {value!r})"
+    )
+    return f"{location or 'settings'}: {message}{shown}"
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings once. ``config_file`` wins over ``VENICE_PROXY_CONFIG``.
+
+    Raises :class:`SettingsError` with one line naming the offending key.
+    """
+    env = os.environ if environ is None else environ
+    path = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    if path is not None and not path.is_file():
+        raise SettingsError(f"config file not found: {path}")
+    settings_cls: type[Settings] = Settings
+    if path is not None:
+        settings_cls = type(
+            "FileSettings",
+            (Settings,),
+            {"model_config": {**Settings.model_config, "toml_file": path}},
+        )
+    try:
+        return settings_cls(**dict(overrides or {}))
+    except ValidationError as exc:
+        raise SettingsError("invalid setting " + _describe(exc.errors()[0])) from None
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"cannot read settings: {exc}") from None
+
+
+def resolve_api_key(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> SecretStr | None:
+    """The Venice API key from ``VENICE_API_KEY``, else from ``upstream.api_key_file``."""
+    env = os.environ if environ is None else environ
+    value = env.get(API_KEY_ENV, "").strip()
+    if value:
+        return SecretStr(value)
+    key_file = settings.upstream.api_key_file
+    if key_file is None:
+        return None
+    try:
+        text = key_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SettingsError(
+            f"upstream.api_key_file: cannot read {key_file}: {exc.strerror}"
+        ) from None
+    if not text:
+        raise SettingsError(f"upstream.api_key_file: {key_file} is empty")
+    return SecretStr(text)

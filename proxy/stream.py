@@ -1,0 +1,162 @@
+"""Upstream SSE bytes -> decrypted OpenAI chunks -> client SSE bytes or one chat.completion.
+
+Stream rules (PROTOCOL.md §5):
+
+- Upstream frames are ``data: <json>`` events ending with ``data: [DONE]``. Any JSON event with a
+  top-level ``error`` is Venice's in-band failure: it becomes our error, never content.
+- Every choice's ``content`` / ``reasoning_content`` / ``reasoning`` is decrypted by
+  :class:`~proxy.protocol.ChunkDecryptor`; non-empty plaintext where ciphertext was expected, or a
+  blob that does not open, is an error (fail closed).
+- A stream that ends without ``[DONE]`` (cut connection, truncated last event) is an error: a
+  short answer must never look like a complete one.
+- To the client: each chunk is re-serialized compactly as ``data: <json>\\n\\n``. Venice's usage
+  chunk (``choices: []``) is relayed only when the client asked for
+  ``stream_options.include_usage``; Venice's extra ``cost`` field is removed. Once bytes were sent,
+  an error is reported in-band as ``data: {"error": {...}}`` followed by ``data: [DONE]``, which
+  the OpenAI SDKs raise as ``APIError``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.aggregate import CompletionAggregator
+from proxy.errors import ProxyError, SSEProtocolError, UpstreamError
+from proxy.protocol import ChunkDecryptor
+from proxy.sse import DONE, SSEDecoder, encode_json
+
+_ENCRYPTED_FIELDS = ("content", "reasoning_content", "reasoning")
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """Counters for the request's log line (never any content)."""
+
+    chunks: int = 0
+    usage: dict[str, Any] | None = None
+    cost: Any = None
+    completed: bool = False
+    error_code: str | None = field(default=None)
+
+
+def _upstream_error(payload: Mapping[str, Any]) -> UpstreamError:
+    err = payload.get("error")
+    message = "the upstream reported an error mid-stream"
+    code = "upstream_error"
+    if isinstance(err, Mapping):
+        if isinstance(err.get("message"), str):
+            message = f"upstream error mid-stream: {err['message'][:300]}"
+        if isinstance(err.get("code"), str):
+            code = err["code"]
+    elif isinstance(err, str):
+        message = f"upstream error mid-stream: {err[:300]}"
+    return UpstreamError(message, code=code)
+
+
+def has_text(chunk: Mapping[str, Any]) -> bool:
+    """True when any choice of a (decrypted) chunk carries a non-empty text field."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, Mapping):
+            continue
+        body = choice.get("delta")
+        if not isinstance(body, Mapping):
+            body = choice.get("message")
+        if isinstance(body, Mapping) and any(body.get(name) for name in _ENCRYPTED_FIELDS):
+            return True
+    return False
+
+
+async def decrypted_chunks(
+    body: AsyncIterator[bytes], decryptor: ChunkDecryptor | None, stats: StreamStats
+) -> AsyncIterator[dict[str, Any]]:
+    """Parse and decrypt the upstream event stream until ``[DONE]``.
+
+    With ``decryptor=None`` (plaintext passthrough) chunks are only parsed.
+    """
+    decoder = SSEDecoder()
+    async for data in body:
+        for event in decoder.feed(data):
+            if event.data == "[DONE]":
+                stats.completed = True
+                return
+            try:
+                chunk = json.loads(event.data)
+            except ValueError as exc:
+                raise SSEProtocolError("the upstream sent an event that is not JSON") from exc
+            if not isinstance(chunk, dict):
+                raise SSEProtocolError("the upstream sent an event that is not a JSON object")
+            if "error" in chunk:
+                raise _upstream_error(chunk)
+            if decryptor is not None:
+                decryptor.decrypt_chunk(chunk)
+            stats.chunks += 1
+            yield chunk
+    decoder.finish()
+    raise UpstreamError(
+        "the upstream stream ended before it was complete (no [DONE])",
+        code="upstream_stream_truncated",
+    )
+
+
+def is_usage_chunk(chunk: Mapping[str, Any]) -> bool:
+    """Venice's closing chunk: no choices, a usage object."""
+    return not chunk.get("choices") and isinstance(chunk.get("usage"), Mapping)
+
+
+async def sse_to_client(
+    first: list[dict[str, Any]],
+    rest: AsyncIterator[dict[str, Any]],
+    *,
+    include_usage: bool,
+    stats: StreamStats,
+) -> AsyncIterator[bytes]:
+    """Client SSE bytes: the already-read ``first`` chunks, then ``rest``, then ``[DONE]``.
+
+    Errors after this starts are reported in-band.
+    """
+    try:
+        for chunk in first:
+            out = _client_chunk(chunk, include_usage, stats)
+            if out is not None:
+                yield out
+        async for chunk in rest:
+            out = _client_chunk(chunk, include_usage, stats)
+            if out is not None:
+                yield out
+    except ProxyError as exc:
+        stats.error_code = exc.code or exc.error_type
+        yield encode_json(exc.to_body())
+    yield DONE
+
+
+def _client_chunk(chunk: dict[str, Any], include_usage: bool, stats: StreamStats) -> bytes | None:
+    if is_usage_chunk(chunk):
+        stats.usage = chunk["usage"]
+        stats.cost = chunk.pop("cost", None)
+        return encode_json(chunk) if include_usage else None
+    if not include_usage:
+        chunk.pop("usage", None)
+    chunk.pop("cost", None)
+    return encode_json(chunk)
+
+
+async def aggregate(
+    first: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]], stats: StreamStats
+) -> dict[str, Any]:
+    """One ``chat.completion`` built from the whole stream (errors propagate)."""
+    aggregator = CompletionAggregator()
+    for chunk in first:
+        aggregator.add(chunk)
+    async for chunk in rest:
+        aggregator.add(chunk)
+    result = aggregator.result()
+    usage = result.get("usage")
+    stats.usage = usage if isinstance(usage, dict) else None
+    stats.cost = aggregator.cost
+    return result

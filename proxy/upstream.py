@@ -1,0 +1,270 @@
+"""The Venice client: the only module that imports httpx.
+
+Every transport failure is translated once, here, into the proxy's error tree
+(``raise UpstreamTimeoutError(...) from exc``), the way httpx maps httpcore's exceptions.
+
+Timeouts: ``connect_timeout_s`` bounds the TCP/TLS connect; ``first_byte_timeout_s`` bounds the
+wait for the response headers and the first body bytes (prefill can be slow); ``idle_timeout_s``
+bounds every later gap between body chunks. There is deliberately no total cap: a long generation
+that keeps producing tokens is never cut.
+
+Error bodies: Venice answers ``{"error": "text", "details": ...}`` and, for errors relayed from the
+TEE backend, ``{"error": {"message": ..., "type": ..., "code": ...}}``. Both are reduced to a short
+message (truncated) for the client; they describe the request, never its (encrypted) content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from proxy.errors import (
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+
+_MAX_ERROR_MESSAGE = 500
+_MAX_ERROR_BODY = 64 * 1024
+_STREAM_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTimeouts:
+    """Connect, time-to-first-byte and idle-gap limits, in seconds."""
+
+    connect_s: float = 10.0
+    first_byte_s: float = 120.0
+    idle_s: float = 120.0
+
+
+def _error_message(status: int, payload: Any, text: str) -> tuple[str, str | None]:
+    """Pull a readable message and code out of a Venice or backend error body."""
+    message: str | None = None
+    code: str | None = None
+    if isinstance(payload, Mapping):
+        err = payload.get("error")
+        if isinstance(err, Mapping):
+            message = err.get("message") if isinstance(err.get("message"), str) else None
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+        elif isinstance(err, str):
+            message = err
+        if message is None and isinstance(payload.get("message"), str):
+            message = payload["message"]
+        if code is None and isinstance(payload.get("code"), str):
+            code = payload["code"]
+    if message is None:
+        message = text.strip() or httpx.codes.get_reason_phrase(status) or "error"
+    if len(message) > _MAX_ERROR_MESSAGE:
+        message = message[:_MAX_ERROR_MESSAGE] + "..."
+    return message, code
+
+
+_STATUS_HINTS: dict[int, str] = {
+    401: "Venice rejected the proxy's API key (check VENICE_API_KEY)",
+    402: "Venice reports insufficient balance for this request",
+    429: "Venice rate limit reached",
+}
+
+
+def status_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamStatusError:
+    """An :class:`UpstreamStatusError` for a non-2xx answer."""
+    text = body[:_MAX_ERROR_BODY].decode("utf-8", errors="replace")
+    try:
+        payload: Any = json.loads(text)
+    except ValueError:
+        payload = None
+    message, code = _error_message(status, payload, text)
+    hint = _STATUS_HINTS.get(status)
+    if hint:
+        message = f"{hint}: {message}"
+    return UpstreamStatusError(
+        status,
+        f"upstream error {status}: {message}",
+        code=code,
+        retry_after=headers.get("retry-after"),
+    )
+
+
+class UpstreamStream:
+    """An open streaming response. Use as an async context manager; always closed on exit."""
+
+    def __init__(self, response: httpx.Response, timeouts: UpstreamTimeouts) -> None:
+        self._response = response
+        self._timeouts = timeouts
+        self.headers: Mapping[str, str] = response.headers
+        self.status_code = response.status_code
+
+    async def __aenter__(self) -> UpstreamStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the upstream connection (cancels generation at the upstream)."""
+        await self._response.aclose()
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; the first chunk within the first-byte limit, later ones
+        within the idle limit."""
+        iterator = self._response.aiter_bytes(_STREAM_CHUNK)
+        limit = self._timeouts.first_byte_s
+        while True:
+            try:
+                async with asyncio.timeout(limit):
+                    chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise UpstreamTimeoutError(
+                    f"the upstream sent nothing for {limit:g} s", code="upstream_idle_timeout"
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise _translate(exc) from exc
+            limit = self._timeouts.idle_s
+            if chunk:
+                yield chunk
+
+
+def _translate(exc: httpx.HTTPError) -> ProxyError:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeoutError()
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamConnectError()
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return UpstreamError(
+            "the upstream connection broke mid-response", code="upstream_stream_broken"
+        )
+    return UpstreamError(f"upstream transport error: {type(exc).__name__}")
+
+
+class UpstreamClient:
+    """Venice's REST API: attestation, models and streaming chat."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeouts: UpstreamTimeouts | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.timeouts = timeouts or UpstreamTimeouts()
+        self._owns_client = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=self.timeouts.connect_s, read=None, write=60.0, pool=self.timeouts.connect_s
+            ),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            follow_redirects=False,
+        )
+
+    @property
+    def has_api_key(self) -> bool:
+        """True when a Venice API key is configured."""
+        return bool(self._api_key)
+
+    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = {"accept": "application/json"}
+        if self._api_key:
+            headers["authorization"] = f"Bearer {self._api_key}"
+        if extra:
+            headers.update(extra)
+        return headers
+
+    async def aclose(self) -> None:
+        """Close the connection pool if this object created it."""
+        if self._owns_client:
+            await self._http.aclose()
+
+    async def _get_json(self, path: str, params: Mapping[str, str]) -> Any:
+        request = self._http.build_request(
+            "GET", self.base_url + path, params=dict(params), headers=self._headers()
+        )
+        try:
+            async with asyncio.timeout(self.timeouts.first_byte_s):
+                response = await self._http.send(request)
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError() from exc
+        except httpx.HTTPError as exc:
+            raise _translate(exc) from exc
+        if response.status_code >= 400:
+            raise status_error(response.status_code, response.content, response.headers)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise UpstreamError(
+                f"the upstream answered {path} with invalid JSON", code="upstream_bad_json"
+            ) from exc
+
+    async def get_attestation(self, model: str, nonce_hex: str) -> Any:
+        """``GET /tee/attestation?model=&nonce=`` as parsed JSON."""
+        return await self._get_json("/tee/attestation", {"model": model, "nonce": nonce_hex})
+
+    async def list_models(self) -> Any:
+        """``GET /models?type=text`` as parsed JSON."""
+        return await self._get_json("/models", {"type": "text"})
+
+    async def open_chat(
+        self, body: bytes, headers: Mapping[str, str], *, stream: bool = True
+    ) -> UpstreamStream:
+        """``POST /chat/completions``; returns the open response once its headers arrived.
+
+        A non-2xx answer is read (bounded), closed and raised as :class:`UpstreamStatusError`.
+        """
+        request = self._http.build_request(
+            "POST",
+            self.base_url + "/chat/completions",
+            content=body,
+            headers=self._headers(
+                {
+                    "content-type": "application/json",
+                    "accept": "text/event-stream" if stream else "application/json",
+                    **headers,
+                }
+            ),
+        )
+        try:
+            async with asyncio.timeout(self.timeouts.first_byte_s):
+                response = await self._http.send(request, stream=True)
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(
+                "the upstream did not answer in time", code="upstream_timeout"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise _translate(exc) from exc
+        if response.status_code >= 400:
+            try:
+                body_bytes = await _read_bounded(response)
+            finally:
+                await response.aclose()
+            raise status_error(response.status_code, body_bytes, response.headers)
+        return UpstreamStream(response, self.timeouts)
+
+
+async def _read_bounded(response: httpx.Response) -> bytes:
+    data = bytearray()
+    try:
+        async for chunk in response.aiter_bytes():
+            data += chunk
+            if len(data) >= _MAX_ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass
+    return bytes(data)

@@ -1,0 +1,131 @@
+"""Shared fixtures: a real simulator and a real proxy on loopback sockets, a canary guard, and a
+log capture.
+
+Every end-to-end test that sends a prompt uses :data:`CANARY`; after each test the guard asserts
+that the canary never reached the upstream in plaintext (except for requests the test explicitly
+sent to a plaintext model) and never appeared in a log line.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from proxy.app import create_app
+from proxy.logs import configure_logging
+from proxy.settings import Settings, load_settings
+from proxy.simulator import Faults, SimulatorState, create_simulator_app
+from tests.servers import ThreadedServer
+
+CANARY = "CANARY-7f3a9c-secret-prompt"
+PLAIN_MODEL = "simulated-plain"
+E2EE_MODEL = "e2ee-simulated-near"
+REASONING_MODEL = "e2ee-simulated-reasoning"
+SIM_API_KEY = "sim-test-key-ab12cd34"
+
+_LOG_BUFFER = io.StringIO()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _capture_logs() -> io.StringIO:
+    configure_logging("debug", "json", stream=_LOG_BUFFER)
+    return _LOG_BUFFER
+
+
+@pytest.fixture
+def log_lines() -> Callable[[], list[str]]:
+    """Lines logged since this test started."""
+    start = _LOG_BUFFER.tell()
+
+    def lines() -> list[str]:
+        return _LOG_BUFFER.getvalue()[start:].splitlines()
+
+    return lines
+
+
+@pytest.fixture(scope="session")
+def sim_state() -> SimulatorState:
+    return SimulatorState(api_key=SIM_API_KEY)
+
+
+@pytest.fixture(scope="session")
+def sim_server(sim_state: SimulatorState) -> Iterator[ThreadedServer]:
+    server = ThreadedServer(create_simulator_app(sim_state)).start()
+    yield server
+    server.stop()
+
+
+def proxy_settings(sim_url: str, **sections: dict[str, Any]) -> Settings:
+    """Settings for a proxy in front of the simulator (DCAP off: the simulator's quote is
+    synthetic)."""
+    overrides: dict[str, Any] = {
+        "upstream": {"base_url": sim_url + "/api/v1", "models_cache_ttl_s": 0},
+        "attestation": {"dcap": "off"},
+    }
+    for name, values in sections.items():
+        overrides[name] = {**overrides.get(name, {}), **values}
+    return load_settings(overrides=overrides, environ={})
+
+
+ProxyFactory = Callable[..., ThreadedServer]
+
+
+@pytest.fixture
+def make_proxy(sim_server: ThreadedServer) -> Iterator[ProxyFactory]:
+    """Start a proxy with custom settings sections; stopped at the end of the test."""
+    from pydantic import SecretStr
+
+    started: list[ThreadedServer] = []
+
+    def factory(**sections: dict[str, Any]) -> ThreadedServer:
+        settings = proxy_settings(sim_server.url, **sections)
+        app = create_app(settings, api_key=SecretStr(SIM_API_KEY))
+        server = ThreadedServer(app).start()
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_proxy(sim_server: ThreadedServer) -> Iterator[ThreadedServer]:
+    from pydantic import SecretStr
+
+    settings = proxy_settings(sim_server.url)
+    server = ThreadedServer(create_app(settings, api_key=SecretStr(SIM_API_KEY))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def proxy(shared_proxy: ThreadedServer, sim_state: SimulatorState) -> Iterator[ThreadedServer]:
+    """The default proxy (shared across tests), with a clean simulator."""
+    sim_state.faults = Faults()
+    yield shared_proxy
+    sim_state.faults = Faults()
+
+
+@pytest.fixture(autouse=True)
+def canary_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test: the canary never reached the upstream in plaintext, nor any log line."""
+    if "sim_state" not in request.fixturenames:
+        yield
+        return
+    state: SimulatorState = request.getfixturevalue("sim_state")
+    state.reset()
+    start = _LOG_BUFFER.tell()
+    yield
+    for recorded in state.requests:
+        body = recorded.body.decode("utf-8", errors="replace")
+        if f'"model":"{PLAIN_MODEL}"' in body.replace(" ", ""):
+            continue
+        assert CANARY not in body, f"canary reached the upstream in plaintext: {recorded.path}"
+        assert CANARY not in str(recorded.query)
+        assert all(CANARY not in value for value in recorded.headers.values())
+    assert CANARY not in _LOG_BUFFER.getvalue()[start:], "canary appeared in the logs"
+    assert SIM_API_KEY not in _LOG_BUFFER.getvalue()[start:], "API key appeared in the logs"

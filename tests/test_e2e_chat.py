@@ -1,0 +1,414 @@
+"""End to end over real sockets: the `openai` package -> uvicorn(proxy) -> uvicorn(simulator).
+
+Real crypto on both sides: the simulator decrypts what the proxy encrypted and encrypts its
+answer to the proxy's per-request key. The canary guard in conftest.py checks, after every
+test, that the prompt never reached the simulator in plaintext and never reached a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from proxy import crypto
+from proxy.simulator import Faults, SimulatorState
+from tests.conftest import CANARY, E2EE_MODEL, PLAIN_MODEL, REASONING_MODEL, ProxyFactory
+from tests.servers import ThreadedServer
+
+
+def client(server: ThreadedServer, **kwargs: Any) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=server.url + "/v1", api_key="anything-local", max_retries=0, **kwargs
+    )
+
+
+def chat_requests(state: SimulatorState) -> list[dict[str, Any]]:
+    bodies = []
+    for recorded in state.requests:
+        if recorded.path.endswith("/chat/completions"):
+            bodies.append(json.loads(recorded.body))
+    return bodies
+
+
+def test_streaming_answer_is_decrypted(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+    prompt = f"Hello {CANARY}"
+    stream = client(proxy).chat.completions.create(
+        model=E2EE_MODEL, messages=[{"role": "user", "content": prompt}], stream=True
+    )
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text.startswith(f"You said: {prompt}")
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
+    assert all(chunk.usage is None for chunk in chunks)
+    assert len({chunk.id for chunk in chunks}) == 1
+    (sent,) = chat_requests(sim_state)
+    assert sent["stream"] is True
+    assert crypto.looks_like_ciphertext(sent["messages"][0]["content"])
+
+
+def test_non_streaming_answer_is_one_completion(
+    proxy: ThreadedServer, sim_state: SimulatorState
+) -> None:
+    completion = client(proxy).chat.completions.create(
+        model=E2EE_MODEL, messages=[{"role": "user", "content": f"Hi {CANARY}"}]
+    )
+    assert completion.object == "chat.completion"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content is not None
+    assert completion.choices[0].message.content.startswith(f"You said: Hi {CANARY}")
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.total_tokens == (
+        completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
+    (sent,) = chat_requests(sim_state)
+    assert sent["stream"] is True  # upstream always streams under E2EE
+
+
+def test_multi_turn_history_every_role_encrypted(
+    proxy: ThreadedServer, sim_state: SimulatorState
+) -> None:
+    messages: list[Any] = [
+        {"role": "system", "content": f"system {CANARY}"},
+        {"role": "developer", "content": f"developer {CANARY}"},
+        {"role": "user", "content": f"first {CANARY}"},
+        {"role": "assistant", "content": f"assistant {CANARY}"},
+        {"role": "user", "content": ""},
+        {"role": "user", "content": [{"type": "text", "text": f"last {CANARY}"}]},
+    ]
+    completion = client(proxy).chat.completions.create(model=E2EE_MODEL, messages=messages)
+    assert completion.choices[0].message.content is not None
+    assert completion.choices[0].message.content.startswith(f"You said: last {CANARY}")
+    (sent,) = chat_requests(sim_state)
+    assert [m["role"] for m in sent["messages"]] == [m["role"] for m in messages]
+    for message in sent["messages"]:
+        assert crypto.looks_like_ciphertext(message["content"])
+    assert len(sent["messages"][4]["content"]) == crypto.MIN_BLOB_HEX  # "" encrypted too
+
+
+def test_unicode_survives_chunk_splits(proxy: ThreadedServer) -> None:
+    prompt = f"héllo wörld ✓ 🦊 日本語 {CANARY}"
+    stream = client(proxy).chat.completions.create(
+        model=E2EE_MODEL, messages=[{"role": "user", "content": prompt}], stream=True
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text.startswith(f"You said: {prompt}")
+    assert "🦊" in text
+
+
+def test_n_greater_than_one(proxy: ThreadedServer) -> None:
+    completion = client(proxy).chat.completions.create(
+        model=E2EE_MODEL, messages=[{"role": "user", "content": CANARY}], n=3
+    )
+    assert [choice.index for choice in completion.choices] == [0, 1, 2]
+    for choice in completion.choices:
+        assert choice.message.content is not None
+        assert CANARY in choice.message.content
+    assert len({choice.message.content for choice in completion.choices}) == 3
+
+
+def test_include_usage_relays_usage_chunk(proxy: ThreadedServer) -> None:
+    chunks = list(
+        client(proxy).chat.completions.create(
+            model=E2EE_MODEL,
+            messages=[{"role": "user", "content": CANARY}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    last = chunks[-1]
+    assert last.choices == []
+    assert last.usage is not None
+    assert last.usage.completion_tokens > 0
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+
+
+def test_reasoning_fields_are_decrypted(proxy: ThreadedServer) -> None:
+    chunks = list(
+        client(proxy).chat.completions.create(
+            model=REASONING_MODEL, messages=[{"role": "user", "content": CANARY}], stream=True
+        )
+    )
+    reasoning = "".join(
+        str((chunk.choices[0].delta.model_extra or {}).get("reasoning_content") or "")
+        for chunk in chunks
+        if chunk.choices
+    )
+    assert reasoning.startswith("Considering")
+    completion = client(proxy).chat.completions.create(
+        model=REASONING_MODEL, messages=[{"role": "user", "content": CANARY}]
+    )
+    extra = completion.choices[0].message.model_extra or {}
+    assert str(extra.get("reasoning_content", "")).startswith("Considering")
+
+
+def test_raw_sse_framing(proxy: ThreadedServer) -> None:
+    with httpx.stream(
+        "POST",
+        proxy.url + "/v1/chat/completions",
+        json={
+            "model": E2EE_MODEL,
+            "messages": [{"role": "user", "content": CANARY}],
+            "stream": True,
+        },
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-venice-proxy-e2ee"] == "true"
+        assert response.headers["x-venice-proxy-signing-address"].startswith("0x")
+        body = response.read()
+    events = body.split(b"\n\n")
+    assert events[-1] == b""
+    assert events[-2] == b"data: [DONE]"
+    for event in events[:-2]:
+        assert event.startswith(b"data: {")
+        payload = json.loads(event[6:])
+        assert payload["object"] == "chat.completion.chunk"
+        assert "cost" not in payload
+
+
+# --- refusals: nothing that would leak is forwarded ---------------------------------------
+
+
+def test_tools_are_refused(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client(proxy).chat.completions.create(
+            model=E2EE_MODEL,
+            messages=[{"role": "user", "content": CANARY}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
+    assert info.value.code == "e2ee_unsupported"
+    assert chat_requests(sim_state) == []
+
+
+def test_non_e2ee_model_is_refused(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client(proxy).chat.completions.create(
+            model=PLAIN_MODEL, messages=[{"role": "user", "content": CANARY}]
+        )
+    assert info.value.code == "model_not_e2ee"
+    assert PLAIN_MODEL in info.value.message
+    assert chat_requests(sim_state) == []
+
+
+def test_unknown_model_is_404(proxy: ThreadedServer) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client(proxy).chat.completions.create(
+            model="e2ee-does-not-exist", messages=[{"role": "user", "content": CANARY}]
+        )
+    assert info.value.code == "model_not_found"
+
+
+def test_passthrough_is_explicit(make_proxy: ProxyFactory, sim_state: SimulatorState) -> None:
+    server = make_proxy(privacy={"non_e2ee": "passthrough"})
+    raw = client(server).chat.completions.with_raw_response.create(
+        model=PLAIN_MODEL, messages=[{"role": "user", "content": "plain hello"}]
+    )
+    assert raw.headers["x-venice-proxy-e2ee"] == "false"
+    completion = raw.parse()
+    assert completion.choices[0].message.content is not None
+    assert completion.choices[0].message.content.startswith("You said: plain hello")
+
+
+def test_aliases(make_proxy: ProxyFactory) -> None:
+    server = make_proxy(models={"aliases": {"gpt-4o": E2EE_MODEL}})
+    completion = client(server).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": CANARY}]
+    )
+    assert completion.model == E2EE_MODEL
+    ids = [model.id for model in client(server).models.list()]
+    assert "gpt-4o" in ids
+
+
+def test_models_lists_only_e2ee(proxy: ThreadedServer) -> None:
+    response = httpx.get(proxy.url + "/v1/models", headers={"authorization": "Bearer whatever"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "list"
+    ids = {item["id"] for item in body["data"]}
+    assert E2EE_MODEL in ids
+    assert PLAIN_MODEL not in ids
+    for item in body["data"]:
+        assert item["model_spec"]["capabilities"]["supportsE2EE"] is True
+
+
+def test_attestation_endpoint_reports_checks(proxy: ThreadedServer) -> None:
+    response = httpx.get(proxy.url + f"/v1/attestation/{E2EE_MODEL}")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["signing_address"].startswith("0x")
+    codes = {check["code"]: check for check in body["report"]["checks"]}
+    assert codes["report_data_nonce"]["ok"] is True
+    assert codes["quote_debug_disabled"]["ok"] is True
+    assert codes["dcap"]["enforced"] is False
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+def test_upstream_429_becomes_rate_limit(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+    sim_state.faults = Faults(fail_status=429, fail_times=-1)
+    with pytest.raises(openai.RateLimitError) as info:
+        client(proxy).chat.completions.create(
+            model=E2EE_MODEL, messages=[{"role": "user", "content": CANARY}]
+        )
+    assert info.value.status_code == 429
+    assert info.value.response.headers.get("retry-after") == "1"
+
+
+def test_upstream_500_becomes_server_error(
+    proxy: ThreadedServer, sim_state: SimulatorState
+) -> None:
+    sim_state.faults = Faults(fail_status=500, fail_times=-1)
+    with pytest.raises(openai.InternalServerError) as info:
+        client(proxy).chat.completions.create(
+            model=E2EE_MODEL, messages=[{"role": "user", "content": CANARY}], stream=True
+        )
+    assert info.value.status_code == 500
+
+
+def _stream_error(server: ThreadedServer) -> openai.APIError:
+    """The error a streaming client sees: an HTTP error if the fault came before the first
+    byte, else the in-band error event (both are APIError in the SDK)."""
+
+    def consume() -> None:
+        stream = client(server).chat.completions.create(
+            model=E2EE_MODEL, messages=[{"role": "user", "content": CANARY}], stream=True
+        )
+        for _ in stream:
+            pass
+
+    with pytest.raises(openai.APIError) as info:
+        consume()
+    return info.value
+
+
+def test_cut_stream_is_an_error_not_a_short_answer(
+    proxy: ThreadedServer, sim_state: SimulatorState
+) -> None:
+    sim_state.faults = Faults(cut_stream_after=2)
+    error = _stream_error(proxy)
+    assert "ended before it was complete" in error.message or "broke" in error.message
+
+
+def test_plaintext_chunk_fails_closed(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+    sim_state.faults = Faults(plaintext_chunk=True)
+    error = _stream_error(proxy)
+    assert "unencrypted" in error.message
+    with pytest.raises(openai.APIStatusError) as info:
+        client(proxy).chat.completions.create(
+            model=E2EE_MODEL, messages=[{"role": "user", "content": CANARY}]
+        )
+    assert info.value.status_code == 502
+    assert info.value.code == "e2ee_plaintext_in_stream"
+
+
+def test_corrupt_ciphertext_fails_closed(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+    sim_state.faults = Faults(corrupt_ciphertext=True)
+    with pytest.raises(openai.APIStatusError) as info:
+        client(proxy).chat.completions.create(
+            model=E2EE_MODEL, messages=[{"role": "user", "content": CANARY}]
+        )
+    assert info.value.status_code == 502
+    assert info.value.code == "e2ee_decryption_failed"
+
+
+def test_midstream_upstream_error_is_in_band(
+    proxy: ThreadedServer, sim_state: SimulatorState
+) -> None:
+    sim_state.faults = Faults(midstream_error=True)
+    error = _stream_error(proxy)
+    assert "upstream error" in error.message
+
+
+def test_wrong_nonce_fails_attestation_before_any_chat(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    sim_state.faults = Faults(wrong_nonce=True)
+    server = make_proxy()
+    with pytest.raises(openai.APIStatusError) as info:
+        client(server).chat.completions.create(
+            model=E2EE_MODEL, messages=[{"role": "user", "content": CANARY}]
+        )
+    assert info.value.status_code == 502
+    assert info.value.code in {"nonce_echo", "report_data_nonce"}
+    assert chat_requests(sim_state) == []
+
+
+def test_debug_quote_fails_attestation(make_proxy: ProxyFactory, sim_state: SimulatorState) -> None:
+    sim_state.faults = Faults(debug_quote=True)
+    server = make_proxy()
+    with pytest.raises(openai.APIStatusError) as info:
+        client(server).chat.completions.create(
+            model=E2EE_MODEL, messages=[{"role": "user", "content": CANARY}], stream=True
+        )
+    assert info.value.code == "quote_debug_disabled"
+    assert chat_requests(sim_state) == []
+
+
+def test_missing_signing_key_refuses_e2ee(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    sim_state.faults = Faults(signing_key_missing=True)
+    server = make_proxy()
+    with pytest.raises(openai.APIStatusError) as info:
+        client(server).chat.completions.create(
+            model=E2EE_MODEL, messages=[{"role": "user", "content": CANARY}]
+        )
+    assert info.value.status_code == 502
+    assert chat_requests(sim_state) == []
+
+
+def test_key_rotation_reattests_and_retries_once(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    server = make_proxy()
+    messages: Any = [{"role": "user", "content": CANARY}]
+    client(server).chat.completions.create(model=E2EE_MODEL, messages=messages)
+    assert sim_state.attestation_fetches == 1
+    sim_state.rotate_key()
+    completion = client(server).chat.completions.create(model=E2EE_MODEL, messages=messages)
+    assert completion.choices[0].message.content is not None
+    assert CANARY in completion.choices[0].message.content
+    assert sim_state.attestation_fetches == 2
+    assert sim_state.chat_requests == 3  # first, rejected with the old key, retried
+
+
+def test_phala_legacy_backend(make_proxy: ProxyFactory, sim_state: SimulatorState) -> None:
+    sim_state.faults = Faults(phala_legacy=True)
+    server = make_proxy()
+    stream = client(server).chat.completions.create(
+        model=E2EE_MODEL, messages=[{"role": "user", "content": f"legacy {CANARY}"}], stream=True
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text.startswith(f"You said: legacy {CANARY}")
+
+
+def test_cold_model_is_attested_once_for_many_requests(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    server = make_proxy()
+
+    async def burst() -> list[str]:
+        async_client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        async with async_client:
+            results = await asyncio.gather(
+                *(
+                    async_client.chat.completions.create(
+                        model=E2EE_MODEL, messages=[{"role": "user", "content": f"{i} {CANARY}"}]
+                    )
+                    for i in range(20)
+                )
+            )
+        return [result.choices[0].message.content or "" for result in results]
+
+    answers = asyncio.run(burst())
+    assert all(answer.startswith(f"You said: {i} {CANARY}") for i, answer in enumerate(answers))
+    assert sim_state.attestation_fetches == 1
