@@ -23,7 +23,7 @@ def test_defaults() -> None:
 
 def test_example_file_documents_every_key_with_its_default() -> None:
     from_file = load_settings(EXAMPLE, environ={})
-    assert from_file == Settings()
+    assert from_file.model_dump() == Settings().model_dump()
     documented = tomllib.loads(EXAMPLE.read_text())
     commented = EXAMPLE.read_text()
     for section, model in Settings.model_fields.items():
