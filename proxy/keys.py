@@ -1,13 +1,21 @@
-"""Attested enclave keys: fetch, verify, cache per model.
+"""Attested enclave keys: fetch, verify, cache per model, refresh ahead of expiry.
 
-- :class:`Attester` fetches a fresh attestation (new random 32-byte nonce each time), verifies it
-  as a pure function of (evidence, nonce, policy, now) and returns the key only if every enforced
-  check passed. It never returns a key from a failed report: the caller gets an
-  :class:`~proxy.errors.AttestationError` naming the failed checks.
-- :class:`AttestedKeyCache` keeps one verified key per model for ``ttl_s`` seconds. Many
-  concurrent requests for a cold model share one fetch (single flight); a waiter that goes away
-  does not cancel the fetch for the others. A failed fetch is not cached: the next request tries
-  again. :meth:`AttestedKeyCache.invalidate` drops a key the upstream rejected (rotation).
+- :class:`Attester` fetches a fresh attestation (new random 32-byte nonce each time), gathers what
+  the policy needs (DCAP collateral, the NVIDIA NRAS verdict), verifies everything as a pure
+  function of (evidence, nonce, policy, now) and returns the key only if every enforced check
+  passed; otherwise an :class:`~proxy.errors.AttestationError` naming the failed checks. An
+  accepted attestation is written once to the audit log, when one is configured.
+- :class:`AttestedKeyCache` keeps one verified key per model:
+  - a key is served until ``expires_at``; from ``refresh_at`` (the last fifth of its life) a
+    request still gets it at once while one background task re-attests, so a warm model never
+    makes a request wait; a new key (rotation) replaces the old one in one assignment;
+  - a failed background refresh leaves the old key in place until its own expiry, then requests
+    fail closed (they try a fresh attestation and get its error);
+  - many concurrent requests for a cold model share one fetch (single flight), and a waiter that
+    goes away does not cancel it for the others;
+  - a failed attestation is remembered for ``failure_backoff_s`` so a burst of requests does not
+    hammer the upstream (Venice allows about 10 attestations a minute);
+  - :meth:`AttestedKeyCache.invalidate` drops a key the upstream rejected.
 """
 
 from __future__ import annotations
@@ -26,12 +34,15 @@ from proxy.attestation import (
     parse_attestation,
     verify_evidence,
 )
+from proxy.audit import AuditLog, audit_record
 from proxy.errors import AttestationError, ProxyError
 
 NONCE_BYTES = 32
+REFRESH_FRACTION = 0.8
 
 AttestationFetcher = Callable[[str, str], Awaitable[Any]]
-CollateralFetcher = Callable[[bytes], Awaitable[Mapping[str, Any]]]
+CollateralSource = Callable[[bytes], Awaitable[Mapping[str, Any]]]
+NrasSource = Callable[[Mapping[str, Any]], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +54,7 @@ class AttestedKey:
     signing_address: str
     report: AttestationReport
     verified_at: float
+    refresh_at: float
     expires_at: float
 
     def age_s(self, now: float) -> float:
@@ -59,11 +71,15 @@ class Attester:
         policy: AttestationPolicy,
         *,
         ttl_s: float,
-        fetch_collateral: CollateralFetcher | None = None,
+        collateral: CollateralSource | None = None,
+        nras: NrasSource | None = None,
+        audit: AuditLog | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._fetch_attestation = fetch_attestation
-        self._fetch_collateral = fetch_collateral
+        self._collateral = collateral
+        self._nras = nras
+        self._audit = audit
         self.policy = policy
         self._ttl_s = ttl_s
         self._clock = clock
@@ -77,27 +93,28 @@ class Attester:
                 "the attestation response is not a JSON object", code="attestation_shape_unknown"
             )
         evidence = parse_attestation(body)
-        collateral: Mapping[str, Any] | None = None
-        if self.policy.dcap == "require" and self._fetch_collateral is not None:
-            collateral = await self._fetch_collateral(evidence.intel_quote)
+        extra: dict[str, Any] = {}
+        if self.policy.dcap == "require" and self._collateral is not None:
+            extra["collateral"] = await self._collateral(evidence.intel_quote)
+        if self.policy.nvidia == "nras" and self._nras is not None and evidence.nvidia_payload:
+            extra["nras"] = await self._nras(evidence.nvidia_payload)
         now = self._clock()
         report = verify_evidence(
-            evidence,
-            expected_model=model,
-            nonce=nonce,
-            policy=self.policy,
-            now=int(now),
-            collateral=collateral,
+            evidence, expected_model=model, nonce=nonce, policy=self.policy, now=int(now), **extra
         )
         report.raise_for_failure()
-        return AttestedKey(
+        key = AttestedKey(
             model=model,
             public_key=enclave_key(report),
             signing_address=report.signing_address,
             report=report,
             verified_at=now,
+            refresh_at=now + self._ttl_s * REFRESH_FRACTION,
             expires_at=now + self._ttl_s,
         )
+        if self._audit is not None:
+            self._audit.append(audit_record(report, evidence.intel_quote, now))
+        return key
 
 
 def _retrieve_exception(task: asyncio.Task[AttestedKey]) -> None:
@@ -107,19 +124,23 @@ def _retrieve_exception(task: asyncio.Task[AttestedKey]) -> None:
 
 
 class AttestedKeyCache:
-    """One verified key per model, with a TTL and single-flight refresh."""
+    """One verified key per model: TTL, refresh ahead of expiry, single flight."""
 
     def __init__(
         self,
         attest: Callable[[str], Awaitable[AttestedKey]],
         *,
+        failure_backoff_s: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._attest = attest
         self._clock = clock
+        self._failure_backoff_s = failure_backoff_s
         self._keys: dict[str, AttestedKey] = {}
+        self._failures: dict[str, tuple[float, ProxyError]] = {}
         self._inflight: dict[str, asyncio.Task[AttestedKey]] = {}
         self.fetches = 0
+        self.refresh_failures = 0
 
     def peek(self, model: str) -> AttestedKey | None:
         """The cached key if still valid, without fetching."""
@@ -128,28 +149,43 @@ class AttestedKeyCache:
             return key
         return None
 
+    def models(self) -> list[str]:
+        """Models with a cached key (valid or not)."""
+        return list(self._keys)
+
     async def get(self, model: str) -> AttestedKey:
         """A valid verified key, fetching (once for all concurrent callers) on a miss."""
-        key = self.peek(model)
-        if key is not None:
+        now = self._clock()
+        key = self._keys.get(model)
+        if key is not None and key.expires_at > now:
+            if key.refresh_at <= now and model not in self._inflight:
+                self._start(model)
             return key
-        task = self._inflight.get(model)
-        if task is None:
-            task = asyncio.create_task(self._refresh(model), name=f"attest:{model}")
-            task.add_done_callback(_retrieve_exception)
-            self._inflight[model] = task
+        failure = self._failures.get(model)
+        if failure is not None and failure[0] > now and model not in self._inflight:
+            raise failure[1]
+        task = self._inflight.get(model) or self._start(model)
         # shield: one caller's disconnect must not cancel the fetch the others wait on.
         return await asyncio.shield(task)
+
+    def _start(self, model: str) -> asyncio.Task[AttestedKey]:
+        task = asyncio.create_task(self._refresh(model), name=f"attest:{model}")
+        task.add_done_callback(_retrieve_exception)
+        self._inflight[model] = task
+        return task
 
     async def _refresh(self, model: str) -> AttestedKey:
         self.fetches += 1
         try:
             key = await self._attest(model)
-        except ProxyError:
-            self._keys.pop(model, None)
+        except ProxyError as exc:
+            # The old key (if any) stays until its own expiry; peek() ignores it after that.
+            self.refresh_failures += 1
+            self._failures[model] = (self._clock() + self._failure_backoff_s, exc)
             raise
         finally:
             self._inflight.pop(model, None)
+        self._failures.pop(model, None)
         self._keys[model] = key
         return key
 
@@ -161,6 +197,8 @@ class AttestedKeyCache:
 
     async def aclose(self) -> None:
         """Cancel fetches still running (shutdown)."""
-        for task in list(self._inflight.values()):
+        tasks = list(self._inflight.values())
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._inflight.clear()

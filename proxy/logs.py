@@ -52,6 +52,8 @@ def configure_logging(
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    """A structlog logger carrying ``logger=name``."""
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name).bind(logger=name)
+    """A structlog logger carrying ``component=name``."""
+    # Initial values keep the proxy lazy: module-level loggers pick up configure_logging()
+    # even when created before it ran.
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(component=name)
     return logger

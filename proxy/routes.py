@@ -191,6 +191,9 @@ async def _stream_body(
             outcome.first, outcome.rest, include_usage=outcome.include_usage, stats=outcome.stats
         ):
             yield part
+    except (asyncio.CancelledError, GeneratorExit):
+        outcome.stats.error_code = "client_disconnected"
+        raise
     finally:
         await outcome.aclose()
         _log_request(

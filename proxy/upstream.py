@@ -34,7 +34,6 @@ from proxy.errors import (
 
 _MAX_ERROR_MESSAGE = 500
 _MAX_ERROR_BODY = 64 * 1024
-_STREAM_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +120,7 @@ class UpstreamStream:
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         """The body as it arrives; the first chunk within the first-byte limit, later ones
         within the idle limit."""
-        iterator = self._response.aiter_bytes(_STREAM_CHUNK)
+        iterator = self._response.aiter_bytes()
         limit = self._timeouts.first_byte_s
         while True:
             try:

@@ -412,3 +412,73 @@ def test_cold_model_is_attested_once_for_many_requests(
     answers = asyncio.run(burst())
     assert all(answer.startswith(f"You said: {i} {CANARY}") for i, answer in enumerate(answers))
     assert sim_state.attestation_fetches == 1
+
+
+def _wait_for(condition: Any, timeout_s: float = 10.0) -> bool:
+    """Poll ``condition`` until true or a generous deadline passes (an event, not a timing)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())
+
+
+@pytest.mark.parametrize("fault", ["plaintext_chunk", "corrupt_ciphertext"])
+def test_midstream_crypto_faults_end_the_stream_in_band(
+    proxy: ThreadedServer, sim_state: SimulatorState, fault: str
+) -> None:
+    # warm the shared proxy's key first (an earlier test may have rotated the enclave key)
+    client(proxy).chat.completions.create(
+        model=E2EE_MODEL, messages=[{"role": "user", "content": "x"}]
+    )
+    sim_state.reset()
+    sim_state.faults = Faults(fault_at_token=3, **{fault: True})
+    with httpx.stream(
+        "POST",
+        proxy.url + "/v1/chat/completions",
+        json={
+            "model": E2EE_MODEL,
+            "messages": [{"role": "user", "content": CANARY}],
+            "stream": True,
+        },
+    ) as response:
+        assert response.status_code == 200
+        body = response.read()
+    events = [json.loads(e[6:]) for e in body.split(b"\n\n") if e.startswith(b"data: {")]
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert "error" in events[-1]
+    expected = (
+        "e2ee_plaintext_in_stream" if fault == "plaintext_chunk" else "e2ee_decryption_failed"
+    )
+    assert events[-1]["error"]["code"] == expected
+    content = [e for e in events[:-1] if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert 1 <= len(content) <= 3  # what came before the fault, nothing after it
+    assert not any(e["choices"][0].get("finish_reason") for e in events[:-1] if e["choices"])
+    assert sim_state.chat_requests == 1  # no retry once bytes reached the client
+
+
+def test_client_disconnect_cancels_upstream(
+    proxy: ThreadedServer, sim_state: SimulatorState
+) -> None:
+    sim_state.token_delay_s = 0.05
+    try:
+        with httpx.stream(
+            "POST",
+            proxy.url + "/v1/chat/completions",
+            json={
+                "model": E2EE_MODEL,
+                "messages": [{"role": "user", "content": f"{CANARY} " + "word " * 200}],
+                "stream": True,
+            },
+        ) as response:
+            lines = response.iter_lines()
+            for _ in range(3):
+                next(lines)
+        # the client is gone: the simulator's stream must be cancelled, not run to the end
+        assert _wait_for(lambda: sim_state.streams_cancelled == 1 and sim_state.streams_open == 0)
+        assert sim_state.streams_completed == 0
+    finally:
+        sim_state.token_delay_s = 0.0

@@ -109,19 +109,27 @@ async def _stream_body(
     assert answer.items is not None
     sent = bytearray()
     first = True
-    for item in answer.items:
-        if item is Marker.CUT:
-            raise SimulatedStreamCutError()
-        if item is Marker.COMPLETE:
-            # Reached only after the server took [DONE]: a disconnect cancels us before this.
-            _store_signature(state, answer, raw_request, bytes(sent))
-            return
-        assert isinstance(item, bytes)
-        if not first and state.token_delay_s > 0:
-            await asyncio.sleep(state.token_delay_s)
-        first = False
-        sent += item
-        yield item
+    state.streams_open += 1
+    try:
+        for item in answer.items:
+            if item is Marker.CUT:
+                raise SimulatedStreamCutError()
+            if item is Marker.COMPLETE:
+                # Reached only after the server took [DONE]: a disconnect cancels us before this.
+                _store_signature(state, answer, raw_request, bytes(sent))
+                state.streams_completed += 1
+                return
+            assert isinstance(item, bytes)
+            if not first and state.token_delay_s > 0:
+                await asyncio.sleep(state.token_delay_s)
+            first = False
+            sent += item
+            yield item
+    except asyncio.CancelledError:
+        state.streams_cancelled += 1
+        raise
+    finally:
+        state.streams_open -= 1
 
 
 def _build_router(state: SimulatorState) -> APIRouter:

@@ -149,6 +149,7 @@ def stream_items(
     steps = _token_steps(plan, mirror_reasoning=phala and any(c.reasoning for c in plan.choices))
     error_after = max(1, len(steps) // 2) if faults.midstream_error else None
     leaked = tampered = False
+    content_tokens = 0
     for sent, (index, token_delta) in enumerate(steps):
         if sent == faults.cut_stream_after:
             yield Marker.CUT
@@ -159,7 +160,11 @@ def stream_items(
             return
         delta = dict(token_delta)
         if sealer is not None:
-            first_content = index == 0 and "content" in delta
+            first_content = (
+                index == 0 and "content" in delta and content_tokens >= faults.fault_at_token
+            )
+            if index == 0 and "content" in delta:
+                content_tokens += 1
             leak = faults.plaintext_chunk and not leaked and first_content
             sealer.seal_delta(delta, skip=frozenset({"content"}) if leak else frozenset())
             leaked = leaked or leak

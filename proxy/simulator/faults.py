@@ -11,8 +11,10 @@ What each switch does on the wire:
   carries ``Retry-After: 1``.
 - ``cut_stream_after``: after that many token chunks the connection is dropped without
   ``[DONE]`` (the chunked body never terminates, so the client sees a truncated stream).
-- ``plaintext_chunk``: the first content token of choice 0 is sent in plaintext under E2EE.
-- ``corrupt_ciphertext``: the first encrypted content blob of choice 0 has one byte of its GCM
+- ``plaintext_chunk``: the first content token of choice 0 (from token ``fault_at_token`` on,
+  default 0) is sent in plaintext under E2EE.
+- ``corrupt_ciphertext``: the first encrypted content blob of choice 0 (from token
+  ``fault_at_token`` on) has one byte of its GCM
   tag flipped.
 - ``midstream_error``: half-way through the tokens, Venice's in-band error
   ``data: {"error": {...}}`` then ``data: [DONE]`` (no finish, no usage, no signature).
@@ -40,6 +42,7 @@ class Faults:
     cut_stream_after: int | None = None
     plaintext_chunk: bool = False
     corrupt_ciphertext: bool = False
+    fault_at_token: int = 0
     midstream_error: bool = False
     wrong_nonce: bool = False
     debug_quote: bool = False

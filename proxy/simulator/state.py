@@ -78,6 +78,9 @@ class SimulatorState:
         self.requests: list[RecordedRequest] = []
         self.attestation_fetches = 0
         self.chat_requests = 0
+        self.streams_open = 0
+        self.streams_completed = 0
+        self.streams_cancelled = 0
         self._signatures: dict[str, StoredSignature] = {}
 
     def __repr__(self) -> str:
@@ -151,5 +154,7 @@ class SimulatorState:
         self.requests.clear()
         self.attestation_fetches = 0
         self.chat_requests = 0
+        self.streams_completed = 0
+        self.streams_cancelled = 0
         self.faults = Faults()
         self._signatures.clear()
