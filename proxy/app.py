@@ -25,6 +25,7 @@ from proxy.errors import ProxyError, UpstreamStatusError, error_body
 from proxy.keys import AttestedKeyCache, Attester
 from proxy.logs import get_logger
 from proxy.models import ModelCatalogue
+from proxy.retry import RetryPolicy
 from proxy.settings import Settings
 from proxy.upstream import UpstreamClient, UpstreamTimeouts
 
@@ -88,6 +89,11 @@ def build_services(
         keys,
         aliases=settings.models.aliases,
         non_e2ee=settings.privacy.non_e2ee,
+        retry=RetryPolicy(
+            max_retries=up.retries,
+            max_delay_s=up.retry_max_delay_s,
+            max_total_s=up.retry_max_total_s,
+        ),
     )
     return Services(settings, upstream, catalogue, keys, chat, demo)
 

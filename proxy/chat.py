@@ -17,8 +17,10 @@ forwarded in plaintext and the response carries ``X-Venice-Proxy-E2EE: false``.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,11 +28,13 @@ from proxy.errors import (
     DecryptionError,
     InvalidRequestError,
     ModelNotFoundError,
+    ProxyError,
     UpstreamStatusError,
 )
 from proxy.keys import AttestedKey, AttestedKeyCache
 from proxy.models import ModelCatalogue, resolve_alias
 from proxy.protocol import ChunkDecryptor, encrypt_request
+from proxy.retry import RetryPolicy, retry_delay, retry_reason
 from proxy.stream import StreamStats, decrypted_chunks, has_text
 from proxy.upstream import UpstreamClient, UpstreamStream
 
@@ -120,6 +124,18 @@ def _is_key_rejection(exc: UpstreamStatusError) -> bool:
     return any(marker in text for marker in _KEY_REJECTION_MARKERS)
 
 
+class _StaleKeyError(Exception):
+    """The enclave did not accept our key or its first answer did not decrypt (rotation)."""
+
+    def __init__(self, public_key: bytes, error: ProxyError) -> None:
+        super().__init__("stale enclave key")
+        self.public_key = public_key
+        self.error = error
+
+
+Attempt = Callable[[int], Awaitable[ChatOutcome]]
+
+
 class ChatService:
     """Runs chat requests against the upstream; shared by all requests of one app."""
 
@@ -131,14 +147,20 @@ class ChatService:
         *,
         aliases: Mapping[str, str],
         non_e2ee: Literal["reject", "passthrough"],
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[str], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.upstream = upstream
         self.catalogue = catalogue
         self.keys = keys
         self.aliases = dict(aliases)
         self.non_e2ee = non_e2ee
+        self.retry = retry or RetryPolicy()
+        self._on_retry = on_retry
+        self._sleep = sleep
 
-    async def start(self, request: dict[str, Any]) -> ChatOutcome:
+    async def start(self, request: dict[str, Any], *, request_id: str | None = None) -> ChatOutcome:
         """Validate, attest, encrypt, open and read ahead. Raises before any client byte."""
         validate_chat_request(request)
         model = resolve_alias(request["model"], self.aliases)
@@ -149,9 +171,12 @@ class ChatService:
                 "GET /v1/models lists the E2EE models",
                 param="model",
             )
+        extra = {"x-request-id": request_id} if request_id else {}
         if not info.supports_e2ee:
             if self.non_e2ee == "passthrough":
-                return await self._start_plaintext(request, model)
+                return await self._with_retries(
+                    lambda attempt: self._attempt_plaintext(request, model, attempt, extra)
+                )
             raise ModelNotFoundError(
                 f"the model '{model}' does not support end-to-end encryption, and this proxy "
                 'refuses to send prompts in plaintext (set privacy.non_e2ee = "passthrough" '
@@ -159,58 +184,95 @@ class ChatService:
                 param="model",
                 code="model_not_e2ee",
             )
-        return await self._start_e2ee(request, model)
+        return await self._with_retries(
+            lambda attempt: self._attempt_e2ee(request, model, attempt, extra)
+        )
 
-    async def _start_e2ee(self, request: dict[str, Any], model: str) -> ChatOutcome:
-        client_stream = bool(request.get("stream"))
-        for attempt in (1, 2):
-            key = await self.keys.get(model)
-            encrypted = encrypt_request(request, model_key=key.public_key, upstream_model=model)
-            stats = StreamStats()
+    async def _with_retries(self, attempt_once: Attempt) -> ChatOutcome:
+        """Run attempts: one re-attestation for a stale key, bounded retries for transient
+        upstream faults. Every attempt encrypts afresh."""
+        started = time.monotonic()
+        key_retried = False
+        retries = 0
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                upstream = await self.upstream.open_chat(_dumps(encrypted.body), encrypted.headers)
-            except UpstreamStatusError as exc:
-                if attempt == 1 and _is_key_rejection(exc):
-                    self.keys.invalidate(model, key.public_key)
-                    continue
-                raise
-            decryptor = ChunkDecryptor(encrypted.client_keys.private)
-            rest = decrypted_chunks(upstream.iter_bytes(), decryptor, stats)
-            first: list[dict[str, Any]] = []
-            try:
-                async for chunk in rest:
-                    first.append(chunk)
-                    if has_text(chunk):
-                        break
-            except DecryptionError:
-                await upstream.aclose()
-                if attempt == 1 and not any(has_text(chunk) for chunk in first):
-                    # The very first field did not open: the key is stale (rotation).
-                    self.keys.invalidate(model, key.public_key)
-                    continue
-                raise
-            except BaseException:
-                await upstream.aclose()
-                raise
-            return ChatOutcome(
-                model=model,
-                e2ee=True,
-                client_stream=client_stream,
-                include_usage=encrypted.include_usage,
-                first=first,
-                rest=rest,
-                upstream=upstream,
-                stats=stats,
-                key=key,
-                attempts=attempt,
-                headers={
-                    "x-venice-proxy-e2ee": "true",
-                    "x-venice-proxy-signing-address": key.signing_address,
-                },
+                return await attempt_once(attempt)
+            except _StaleKeyError as stale:
+                if key_retried:
+                    raise stale.error from None
+                key_retried = True
+                self.keys.invalidate_key(stale.public_key)
+                if self._on_retry:
+                    self._on_retry("stale_key")
+            except ProxyError as exc:
+                delay = retry_delay(
+                    self.retry,
+                    retries,
+                    exc,
+                    elapsed_s=time.monotonic() - started,
+                    now=time.time(),
+                )
+                if delay is None:
+                    raise
+                retries += 1
+                if self._on_retry:
+                    self._on_retry(retry_reason(exc) or "other")
+                await self._sleep(delay)
+
+    async def _attempt_e2ee(
+        self, request: dict[str, Any], model: str, attempt: int, extra: Mapping[str, str]
+    ) -> ChatOutcome:
+        key = await self.keys.get(model)
+        encrypted = encrypt_request(request, model_key=key.public_key, upstream_model=model)
+        stats = StreamStats()
+        try:
+            upstream = await self.upstream.open_chat(
+                _dumps(encrypted.body), {**encrypted.headers, **extra}
             )
-        raise AssertionError("unreachable")  # pragma: no cover
+        except UpstreamStatusError as exc:
+            if _is_key_rejection(exc):
+                raise _StaleKeyError(key.public_key, exc) from exc
+            raise
+        decryptor = ChunkDecryptor(encrypted.client_keys.private)
+        rest = decrypted_chunks(upstream.iter_bytes(), decryptor, stats)
+        first: list[dict[str, Any]] = []
+        try:
+            async for chunk in rest:
+                first.append(chunk)
+                if has_text(chunk):
+                    break
+        except DecryptionError as exc:
+            await upstream.aclose()
+            if not any(has_text(chunk) for chunk in first):
+                # The very first field did not open: the key is stale (rotation).
+                raise _StaleKeyError(key.public_key, exc) from exc
+            raise
+        except BaseException:
+            await upstream.aclose()
+            raise
+        return ChatOutcome(
+            model=model,
+            e2ee=True,
+            client_stream=bool(request.get("stream")),
+            include_usage=encrypted.include_usage,
+            first=first,
+            rest=rest,
+            upstream=upstream,
+            stats=stats,
+            key=key,
+            attempts=attempt,
+            headers={
+                "x-venice-proxy-e2ee": "true",
+                "x-venice-proxy-signing-address": key.signing_address,
+                **_tcb_header(key),
+            },
+        )
 
-    async def _start_plaintext(self, request: dict[str, Any], model: str) -> ChatOutcome:
+    async def _attempt_plaintext(
+        self, request: dict[str, Any], model: str, attempt: int, extra: Mapping[str, str]
+    ) -> ChatOutcome:
         client_stream = bool(request.get("stream"))
         options = request.get("stream_options")
         include_usage = (
@@ -222,7 +284,7 @@ class ChatService:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        upstream = await self.upstream.open_chat(_dumps(body), {})
+        upstream = await self.upstream.open_chat(_dumps(body), dict(extra))
         stats = StreamStats()
         return ChatOutcome(
             model=model,
@@ -233,5 +295,11 @@ class ChatService:
             rest=decrypted_chunks(upstream.iter_bytes(), None, stats),
             upstream=upstream,
             stats=stats,
+            attempts=attempt,
             headers={"x-venice-proxy-e2ee": "false"},
         )
+
+
+def _tcb_header(key: AttestedKey) -> dict[str, str]:
+    status = key.report.tcb_status
+    return {"x-venice-proxy-tcb-status": status} if status else {}

@@ -190,10 +190,12 @@ class UpstreamStatusError(UpstreamError):
         code: str | None = None,
         param: str | None = None,
         retry_after: str | None = None,
+        ratelimit_reset: str | None = None,
     ) -> None:
         super().__init__(message, code=code, param=param)
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+        self.ratelimit_reset = ratelimit_reset
 
     @property
     def http_status(self) -> int:

@@ -195,6 +195,12 @@ class AttestedKeyCache:
         if key is not None and (public_key is None or key.public_key == public_key):
             del self._keys[model]
 
+    def invalidate_key(self, public_key: bytes) -> None:
+        """Forget every model whose cached key is ``public_key`` (the upstream rejected it)."""
+        for model, key in list(self._keys.items()):
+            if key.public_key == public_key:
+                del self._keys[model]
+
     async def aclose(self) -> None:
         """Cancel fetches still running (shutdown)."""
         tasks = list(self._inflight.values())

@@ -136,7 +136,9 @@ async def chat_completions(request: Request) -> Response:
         if isinstance(payload, dict):
             model = payload.get("model") if isinstance(payload.get("model"), str) else None
             stream = payload.get("stream") is True
-        outcome = await _until_disconnect(request, services.chat.start(payload))
+        outcome = await _until_disconnect(
+            request, services.chat.start(payload, request_id=request_id)
+        )
     except ProxyError as exc:
         _log_request(
             request_id,

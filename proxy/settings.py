@@ -63,6 +63,9 @@ class UpstreamSettings(_Section):
     first_byte_timeout_s: float = Field(default=120.0, gt=0)
     idle_timeout_s: float = Field(default=120.0, gt=0)
     models_cache_ttl_s: float = Field(default=300.0, ge=0)
+    retries: int = Field(default=2, ge=0, le=10)
+    retry_max_delay_s: float = Field(default=8.0, ge=0)
+    retry_max_total_s: float = Field(default=30.0, ge=0)
 
     @field_validator("base_url")
     @classmethod

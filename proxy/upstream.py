@@ -90,6 +90,7 @@ def status_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstre
         f"upstream error {status}: {message}",
         code=code,
         retry_after=headers.get("retry-after"),
+        ratelimit_reset=headers.get("x-ratelimit-reset-requests") if status == 429 else None,
     )
 
 

@@ -62,7 +62,7 @@ def proxy_settings(sim_url: str, **sections: dict[str, Any]) -> Settings:
     """Settings for a proxy in front of the simulator (DCAP off: the simulator's quote is
     synthetic)."""
     overrides: dict[str, Any] = {
-        "upstream": {"base_url": sim_url + "/api/v1", "models_cache_ttl_s": 0},
+        "upstream": {"base_url": sim_url + "/api/v1", "models_cache_ttl_s": 0, "retries": 0},
         "attestation": {"dcap": "off"},
     }
     for name, values in sections.items():
