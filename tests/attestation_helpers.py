@@ -33,6 +33,7 @@ class Fixture:
     nonce_hex: str | None  # None: the file records its own _client_nonce
     at: int | None  # None: the file records its own _capture_epoch
     other_collateral: str  # another capture's collateral that must NOT verify this quote
+    dev_image: bool = False  # vm_config names a dstack dev image (a real finding on -p backends)
 
     @property
     def has_gpu(self) -> bool:
@@ -61,6 +62,7 @@ FIXTURE_LIST = (
         None,
         None,
         "collateral_glm_5_1.json",
+        dev_image=True,
     ),
     Fixture(
         "gpt_oss_120b_p",
@@ -83,6 +85,7 @@ FIXTURE_LIST = (
         None,
         None,
         "collateral_glm_5_1.json",
+        dev_image=True,
     ),
     Fixture(
         "live_evidence_aci",
@@ -94,6 +97,7 @@ FIXTURE_LIST = (
         None,
         None,
         "collateral_glm_5_1.json",
+        dev_image=True,
     ),
     Fixture(
         "venice_qwen3_5_122b",
@@ -148,8 +152,12 @@ def collateral_of(fixture: Fixture) -> dict[str, Any]:
 
 
 def policy_for(fixture: Fixture) -> AttestationPolicy:
-    """The strict default policy, minus the GPU check for the aci capture (it has no GPU)."""
-    return AttestationPolicy(nvidia="nonce" if fixture.has_gpu else "off")
+    """The strict default policy, minus the GPU check for the aci capture (it has no GPU) and
+    with dev images tolerated where the real capture runs one (``os_image_not_dev`` is then
+    reported, not enforced; its own tests use the default)."""
+    return AttestationPolicy(
+        nvidia="nonce" if fixture.has_gpu else "off", allow_dev_image=fixture.dev_image
+    )
 
 
 def evidence_of(fixture: Fixture) -> Evidence:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from proxy.attestation import (
     CHECK_CODES,
+    NRAS_NOT_FETCHED,
     NRAS_NOT_IMPLEMENTED,
     AttestationPolicy,
     AttestationReport,
@@ -308,8 +309,11 @@ def test_an_unparseable_quote_fails_every_quote_dependent_check() -> None:
         "report_data_padding",
         "report_data_nonce",
         "dcap",
+        "event_log_replay",
+        "compose_hash_binding",
     }
     assert report.failures[0].code == "quote_parse"
+    assert report.check("event_log_replay").detail == "not evaluated: quote_parse failed"
 
 
 # --- policy ---------------------------------------------------------------------------------
@@ -336,10 +340,11 @@ def test_nvidia_off_reports_gpu_nonce_unenforced() -> None:
     assert (check.ok, check.enforced) == (None, False)
 
 
-def test_nvidia_nras_fails_closed_until_implemented() -> None:
+def test_nvidia_nras_without_a_fetched_answer_fails_closed() -> None:
     report = run(GLM, policy=AttestationPolicy(nvidia="nras"))
     nras = report.check("gpu_nras")
-    assert (nras.ok, nras.enforced, nras.detail) == (None, True, NRAS_NOT_IMPLEMENTED)
+    assert (nras.ok, nras.enforced, nras.detail) == (None, True, NRAS_NOT_FETCHED)
+    assert NRAS_NOT_IMPLEMENTED == NRAS_NOT_FETCHED  # the old name still imports
     assert report.check("gpu_nonce").ok is True
     assert failed(report) == {"gpu_nras"}
     assert not report.passed
@@ -402,7 +407,13 @@ def test_report_to_dict_is_json_safe_and_complete() -> None:
     assert document["signing_public_key"].startswith("04")
     assert [c["code"] for c in document["checks"]] == [c.code for c in report.checks]
     assert set(document["checks"][0]) == {"code", "ok", "enforced", "detail", "tier"}
-    assert {c["tier"] for c in document["checks"]} == {"response", "binding", "quote", "gpu"}
+    assert {c["tier"] for c in document["checks"]} == {
+        "response",
+        "binding",
+        "quote",
+        "gpu",
+        "software",
+    }
 
 
 def test_raise_for_failure_names_every_failed_check() -> None:
@@ -433,7 +444,8 @@ def test_synthetic_attestation_passes_structurally_and_fails_dcap() -> None:
     keys = generate_keypair()
     nonce = bytes(range(32))
     evidence = parse_attestation(synthetic_body(keys, nonce))
-    relaxed = AttestationPolicy(dcap="off")
+    # The synthetic body has no event log, compose hash or vm_config: software checks are off.
+    relaxed = AttestationPolicy(dcap="off", software="off")
 
     def verify(policy: AttestationPolicy, **overrides: Any) -> AttestationReport:
         arguments: dict[str, Any] = {
@@ -448,8 +460,12 @@ def test_synthetic_attestation_passes_structurally_and_fails_dcap() -> None:
 
     assert evidence.shape == "near"
     assert enclave_key(verify(relaxed)) == keys.public
-    assert failed(verify(AttestationPolicy())) == {"dcap"}
-    assert "failed" in verify(AttestationPolicy()).check("dcap").detail.lower()
+    strict_software = AttestationPolicy(software="off")
+    assert failed(verify(strict_software)) == {"dcap"}
+    assert "failed" in verify(strict_software).check("dcap").detail.lower()
+    missing = verify(AttestationPolicy(dcap="off"))
+    assert failed(missing) == {"event_log_replay", "compose_hash_binding", "os_image_not_dev"}
+    assert all(check.ok is None for check in missing.failures)
     assert failed(verify(relaxed, nonce=bytes(32))) == {
         "nonce_echo",
         "report_data_nonce",

@@ -1,4 +1,4 @@
-"""Verify normalized evidence: a pure function of (evidence, nonce, policy, now, collateral).
+"""Verify normalized evidence: a pure function of (evidence, nonce, policy, now, collateral, nras).
 
 Checks, in the order they run (tier in brackets). Each always yields exactly one result; a check
 whose input failed an earlier check reports ``ok=False`` with "not evaluated: <code> failed".
@@ -20,23 +20,32 @@ report_data_padding      binding    REPORTDATA[20:32] is twelve zero bytes
 report_data_nonce        binding    REPORTDATA[32:64] == our 32-byte nonce
 gpu_nonce                gpu        nvidia_payload ``nonce`` (and every per-GPU ``nonce``
                                     present) equals ours; not enforced when nvidia is "off"
-gpu_nras                 gpu        only with nvidia "nras": not implemented yet, reported
-                                    ``ok=None`` and enforced, so it fails closed
+gpu_nras                 gpu        only with nvidia "nras": the NRAS answer the caller fetched
+                                    (``nras=``) verifies (:mod:`.nras`) for our nonce at
+                                    ``now`` and covers as many GPUs as ``nvidia_payload``
+                                    lists; without ``nras`` it fails closed ("not fetched")
 dcap                     quote      Intel DCAP verifies the quote with the given collateral at
                                     ``now``, its report matches the parsed one, and the TCB
                                     status is allowed (never ``Revoked``); not enforced when
                                     dcap is "off"; fails with "no collateral" when required
                                     and none was given
+event_log_replay         software   every event log replays to RTMR0-3 (:mod:`.software`)
+compose_hash_binding     software   the quote binds sha256(app_compose) = compose_hash
+os_image_not_dev         software   vm_config names no dstack dev image
+measurements_pinned      software   pinned measurements for this model match (informational
+                                    without pins: the detail lists the values seen)
 =======================  =========  ==========================================================
 
 Why both address checks: ``signing_address_match`` ties the advertised address to the key and
 ``report_data_address`` ties the key to the hardware-signed REPORTDATA; only the second one is
 authenticated, and only once ``dcap`` passes.
 
-Deliberately NOT checked here: the GPU evidence itself (only its echoed nonce; NRAS is I/O),
-measurements (mr_td, RTMRs, compose hash, os image: the "software" tier, not implemented in
-this module), the event log replay, the EIP-55 checksum of a mixed-case address, and any of
-Venice's ``server_verification`` claims.
+The software tier (:mod:`.software`) follows ``policy.software``, ``policy.allow_dev_image``
+and ``policy.pins``.
+
+Deliberately NOT checked here: the GPU evidence itself without NRAS (only its echoed nonce),
+the EIP-55 checksum of a mixed-case address, and any of Venice's ``server_verification``
+claims.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from typing import Any, Final
 
 from proxy.attestation.dcap import DcapResult, verify_quote_dcap
 from proxy.attestation.evidence import Evidence
+from proxy.attestation.nras import NrasEvidence, verify_nras_response
 from proxy.attestation.policy import AttestationPolicy
 from proxy.attestation.quote import TEE_TYPE_TDX, TdxQuote, parse_tdx_quote
 from proxy.attestation.report import (
@@ -55,6 +65,13 @@ from proxy.attestation.report import (
     TIER_RESPONSE,
     AttestationReport,
     CheckResult,
+)
+from proxy.attestation.software import (
+    COMPOSE_HASH_BINDING,
+    EVENT_LOG_REPLAY,
+    MEASUREMENTS_PINNED,
+    OS_IMAGE_NOT_DEV,
+    software_checks,
 )
 from proxy.crypto import ADDRESS_BYTES, address_of
 from proxy.errors import AttestationError, QuoteParseError
@@ -89,9 +106,15 @@ CHECK_CODES: Final = (
     GPU_NONCE,
     GPU_NRAS,
     DCAP,
+    EVENT_LOG_REPLAY,
+    COMPOSE_HASH_BINDING,
+    OS_IMAGE_NOT_DEV,
+    MEASUREMENTS_PINNED,
 )
 
-NRAS_NOT_IMPLEMENTED: Final = "not evaluated: NRAS verification is not implemented yet"
+NRAS_NOT_FETCHED: Final = "not evaluated: the NRAS answer was not fetched"
+# The old name, kept for callers written before NRAS was implemented.
+NRAS_NOT_IMPLEMENTED: Final = NRAS_NOT_FETCHED
 
 _PADDING = bytes(12)
 
@@ -120,6 +143,7 @@ def verify_evidence(
     policy: AttestationPolicy,
     now: int,
     collateral: Mapping[str, Any] | None = None,
+    nras: NrasEvidence | None = None,
 ) -> AttestationReport:
     """Run every check and return the report. Never raises for a failed check."""
     nonce_hex = nonce.hex()
@@ -134,9 +158,11 @@ def verify_evidence(
     quote, parse_result = _parse(evidence)
     results += [parse_result, _tee_type(quote), _debug(quote)]
     results += _report_data(quote, key, nonce)
-    results += _gpu(evidence, nonce_hex, policy)
+    results += _gpu(evidence, nonce, policy, now, nras)
     dcap_result, verified = _dcap(evidence, quote, policy, now, collateral)
     results.append(dcap_result)
+    tdx, quote_failure = _tdx(quote)
+    results += software_checks(evidence, tdx, quote_failure, policy, expected_model)
     return AttestationReport(
         model=expected_model,
         nonce=nonce_hex,
@@ -264,13 +290,40 @@ def _report_data(quote: TdxQuote | None, key: bytes | None, nonce: bytes) -> lis
     return [address, padding_result, nonce_result]
 
 
-def _gpu(evidence: Evidence, nonce_hex: str, policy: AttestationPolicy) -> list[CheckResult]:
+def _gpu(
+    evidence: Evidence,
+    nonce: bytes,
+    policy: AttestationPolicy,
+    now: int,
+    nras: NrasEvidence | None,
+) -> list[CheckResult]:
     if policy.nvidia == "off":
         return [_result(GPU_NONCE, TIER_GPU, None, "NVIDIA checks are off", enforced=False)]
-    results = [_gpu_nonce(evidence.nvidia_payload, nonce_hex)]
+    results = [_gpu_nonce(evidence.nvidia_payload, nonce.hex())]
     if policy.nvidia == "nras":
-        results.append(_result(GPU_NRAS, TIER_GPU, None, NRAS_NOT_IMPLEMENTED))
+        results.append(_gpu_nras(evidence.nvidia_payload, nonce, now, nras))
     return results
+
+
+def _gpu_nras(
+    payload: Mapping[str, Any] | None, nonce: bytes, now: int, nras: NrasEvidence | None
+) -> CheckResult:
+    if nras is None:
+        return _result(GPU_NRAS, TIER_GPU, None, NRAS_NOT_FETCHED)
+    try:
+        verified = verify_nras_response(nras.response, nras.jwks, nonce=nonce, now=now)
+    except AttestationError as exc:
+        return _result(GPU_NRAS, TIER_GPU, False, f"{exc.code}: {exc.message}")
+    entries = payload.get("evidence_list") if payload is not None else None
+    if isinstance(entries, list) and len(entries) != len(verified.gpus):
+        detail = f"NRAS verified {len(verified.gpus)} GPUs, nvidia_payload lists {len(entries)}"
+        return _result(GPU_NRAS, TIER_GPU, False, detail)
+    models = sorted({gpu.hwmodel or "unknown model" for gpu in verified.gpus})
+    detail = (
+        f"NRAS verified {len(verified.gpus)} GPUs ({', '.join(models)}) for our nonce; "
+        f"tokens expire at {verified.expires_at}"
+    )
+    return _result(GPU_NRAS, TIER_GPU, True, detail)
 
 
 def _gpu_nonce(payload: Mapping[str, Any] | None, nonce_hex: str) -> CheckResult:
