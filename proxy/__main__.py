@@ -31,8 +31,8 @@ DEMO_BANNER = """
 ======================================================================
   DEMO MODE: no VENICE_API_KEY set.
   The proxy is running against the BUILT-IN SIMULATOR at {sim_url},
-  not Venice. Answers are synthetic; DCAP quote verification is OFF
-  (the simulator cannot produce an Intel-signed quote).
+  not Venice. Answers are synthetic; DCAP quote verification and NVIDIA
+  NRAS are OFF (the simulator cannot produce Intel- or NVIDIA-signed evidence).
   Set VENICE_API_KEY to use Venice's real E2EE models.
 
   Try it:
@@ -101,7 +101,11 @@ async def _serve_demo(settings: Settings) -> None:
     demo_settings = settings.model_copy(
         update={
             "upstream": settings.upstream.model_copy(update={"base_url": sim_url}),
-            "attestation": settings.attestation.model_copy(update={"dcap": "off"}),
+            # The simulator's quote cannot carry Intel's signature and its GPU evidence is
+            # not NVIDIA's: DCAP and NRAS are off, every other check stays on.
+            "attestation": settings.attestation.model_copy(
+                update={"dcap": "off", "nvidia": "nonce"}
+            ),
         }
     )
     sim_server = uvicorn.Server(
@@ -114,7 +118,7 @@ async def _serve_demo(settings: Settings) -> None:
         DEMO_BANNER.format(sim_url=sim_url, host=settings.server.host, port=settings.server.port),
         file=sys.stderr,
     )
-    log.warning("demo_mode", upstream=sim_url, dcap="off")
+    log.warning("demo_mode", upstream=sim_url, dcap="off", nvidia="nonce")
     try:
         await proxy_server.serve()
     finally:

@@ -9,25 +9,30 @@ crash says nothing about its cause: its traceback could hold data).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from proxy.attestation import AttestationPolicy
+from proxy.attestation import AttestationPolicy, MeasurementPins
+from proxy.audit import AuditLog
 from proxy.chat import ChatService
+from proxy.collateral import CollateralCache, file_fetcher, pccs_fetcher
 from proxy.errors import ProxyError, UpstreamStatusError, error_body
-from proxy.keys import AttestedKeyCache, Attester
+from proxy.gpu import NrasSource
+from proxy.keys import AttestedKeyCache, Attester, CollateralSource
 from proxy.logs import get_logger
 from proxy.models import ModelCatalogue
+from proxy.receipts import ReceiptVerifier
 from proxy.retry import RetryPolicy
 from proxy.settings import Settings
-from proxy.upstream import UpstreamClient, UpstreamTimeouts
+from proxy.upstream import ServiceClient, UpstreamClient, UpstreamTimeouts
 
 if TYPE_CHECKING:
     import httpx
@@ -44,7 +49,25 @@ class Services:
     catalogue: ModelCatalogue
     keys: AttestedKeyCache
     chat: ChatService
+    receipts: ReceiptVerifier
+    verifiers: ServiceClient
     demo: bool
+    background: set[asyncio.Task[object]] = field(default_factory=set)
+
+    def spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run ``work`` in the background, keeping a reference until it ends."""
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def aclose(self) -> None:
+        """Stop background work and close every connection pool."""
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.keys.aclose()
+        await self.upstream.aclose()
+        await self.verifiers.aclose()
 
 
 def attestation_policy(settings: Settings) -> AttestationPolicy:
@@ -54,7 +77,26 @@ def attestation_policy(settings: Settings) -> AttestationPolicy:
         dcap=section.dcap,
         nvidia=section.nvidia,
         allowed_tcb_status=frozenset(section.allowed_tcb_status),
+        software=section.software,
+        allow_dev_image=section.allow_dev_image,
+        pins={
+            model: MeasurementPins(**{name: tuple(values) for name, values in pins})
+            for model, pins in section.pins.items()
+        },
     )
+
+
+def collateral_source(settings: Settings) -> CollateralSource | None:
+    """Where DCAP collateral comes from (None when DCAP is off)."""
+    section = settings.attestation
+    if section.dcap == "off":
+        return None
+    fetch = (
+        file_fetcher(section.collateral_file)
+        if section.collateral_file is not None
+        else pccs_fetcher(section.pccs_url)
+    )
+    return CollateralCache(fetch).get
 
 
 def build_services(
@@ -77,10 +119,17 @@ def build_services(
         http_client=http_client,
     )
     catalogue = ModelCatalogue(upstream.list_models, ttl_s=up.models_cache_ttl_s)
+    verifiers = ServiceClient(timeout_s=up.connect_timeout_s + 30.0)
+    section = settings.attestation
     attester = Attester(
         upstream.get_attestation,
         attestation_policy(settings),
-        ttl_s=settings.attestation.cache_ttl_s,
+        ttl_s=section.cache_ttl_s,
+        collateral=collateral_source(settings),
+        nras=NrasSource(verifiers, url=section.nras_url, jwks_url=section.nras_jwks_url)
+        if section.nvidia == "nras"
+        else None,
+        audit=AuditLog(settings.logging.audit_log) if settings.logging.audit_log else None,
     )
     keys = AttestedKeyCache(attester.attest)
     chat = ChatService(
@@ -95,7 +144,8 @@ def build_services(
             max_total_s=up.retry_max_total_s,
         ),
     )
-    return Services(settings, upstream, catalogue, keys, chat, demo)
+    receipts = ReceiptVerifier(upstream.get_signature)
+    return Services(settings, upstream, catalogue, keys, chat, receipts, verifiers, demo)
 
 
 def proxy_error_response(exc: ProxyError) -> JSONResponse:
@@ -123,8 +173,7 @@ def create_app(
         try:
             yield
         finally:
-            await services.keys.aclose()
-            await services.upstream.aclose()
+            await services.aclose()
 
     app = FastAPI(
         title="venice-e2ee-proxy",

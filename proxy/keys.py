@@ -42,7 +42,7 @@ REFRESH_FRACTION = 0.8
 
 AttestationFetcher = Callable[[str, str], Awaitable[Any]]
 CollateralSource = Callable[[bytes], Awaitable[Mapping[str, Any]]]
-NrasSource = Callable[[Mapping[str, Any]], Awaitable[Any]]
+GpuVerdictSource = Callable[[Mapping[str, Any]], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +72,13 @@ class Attester:
         *,
         ttl_s: float,
         collateral: CollateralSource | None = None,
-        nras: NrasSource | None = None,
+        nras: GpuVerdictSource | None = None,
         audit: AuditLog | None = None,
         clock: Callable[[], float] = time.time,
+        make_nonce: Callable[[], bytes] = lambda: os.urandom(NONCE_BYTES),
     ) -> None:
         self._fetch_attestation = fetch_attestation
+        self._make_nonce = make_nonce
         self._collateral = collateral
         self._nras = nras
         self._audit = audit
@@ -86,7 +88,7 @@ class Attester:
 
     async def attest(self, model: str) -> AttestedKey:
         """A verified key for ``model`` or :class:`AttestationError`."""
-        nonce = os.urandom(NONCE_BYTES)
+        nonce = self._make_nonce()
         body = await self._fetch_attestation(model, nonce.hex())
         if not isinstance(body, Mapping):
             raise AttestationError(

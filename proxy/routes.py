@@ -22,9 +22,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from proxy.app import Services, proxy_error_response
 from proxy.chat import ChatOutcome
-from proxy.errors import InvalidRequestError, ProxyError, RequestTooLargeError
+from proxy.errors import AttestationError, InvalidRequestError, ProxyError, RequestTooLargeError
 from proxy.logs import get_logger
 from proxy.models import resolve_alias
+from proxy.receipts import ReceiptResult
 from proxy.stream import aggregate, sse_to_client
 
 router = APIRouter()
@@ -154,9 +155,10 @@ async def chat_completions(request: Request) -> Response:
         return response
 
     headers = {**outcome.headers, "x-request-id": request_id}
+    mode = services.settings.signatures.mode if outcome.e2ee else "off"
     if outcome.client_stream:
         return StreamingResponse(
-            _stream_body(outcome, request_id, started),
+            _stream_body(services, outcome, request_id, started),
             media_type="text/event-stream",
             headers={**_SSE_HEADERS, **headers},
         )
@@ -164,6 +166,10 @@ async def chat_completions(request: Request) -> Response:
         completion = await _until_disconnect(
             request, aggregate(outcome.first, outcome.rest, outcome.stats)
         )
+        if mode == "strict":
+            failure = await _receipt_failure(services, outcome, request_id)
+            if failure is not None:
+                raise failure
     except ProxyError as exc:
         _log_request(
             request_id,
@@ -179,18 +185,71 @@ async def chat_completions(request: Request) -> Response:
         return response
     finally:
         await outcome.aclose()
+    if mode == "async":
+        services.spawn(_check_receipt(services, outcome, request_id))
     _log_request(
         request_id, outcome, model=outcome.model, stream=False, status=200, started=started
     )
     return JSONResponse(completion, headers=headers)
 
 
+async def _check_receipt(
+    services: Services, outcome: ChatOutcome, request_id: str
+) -> ReceiptResult | None:
+    """Verify the enclave's signature over a completed answer; log the outcome."""
+    completion_id = outcome.stats.completion_id
+    if outcome.key is None or completion_id is None:
+        return None
+    result = await services.receipts.verify(
+        outcome.model, completion_id, outcome.key.signing_address
+    )
+    outcome.stats.signature = result.outcome
+    (log.info if result.ok else log.warning)(
+        "signature_check",
+        request_id=request_id,
+        completion_id=completion_id,
+        model=outcome.model,
+        outcome=result.outcome,
+        code=result.code,
+        signing_address=outcome.key.signing_address,
+    )
+    return result
+
+
+async def _receipt_failure(
+    services: Services, outcome: ChatOutcome, request_id: str
+) -> ProxyError | None:
+    """For ``signatures.mode = "strict"``: an error unless the attested enclave signed."""
+    result = await _check_receipt(services, outcome, request_id)
+    if result is None:
+        return AttestationError(
+            "the answer carried no completion id to check its signature",
+            code="signature_unavailable",
+        )
+    if result.ok:
+        return None
+    return AttestationError(
+        f"the enclave's signature over this answer did not verify ({result.code}); "
+        "the answer was withheld",
+        code=result.code,
+    )
+
+
 async def _stream_body(
-    outcome: ChatOutcome, request_id: str, started: float
+    services: Services, outcome: ChatOutcome, request_id: str, started: float
 ) -> AsyncIterator[bytes]:
+    mode = services.settings.signatures.mode if outcome.e2ee else "off"
+
+    async def before_done() -> ProxyError | None:
+        return await _receipt_failure(services, outcome, request_id)
+
     try:
         async for part in sse_to_client(
-            outcome.first, outcome.rest, include_usage=outcome.include_usage, stats=outcome.stats
+            outcome.first,
+            outcome.rest,
+            include_usage=outcome.include_usage,
+            stats=outcome.stats,
+            before_done=before_done if mode == "strict" else None,
         ):
             yield part
     except (asyncio.CancelledError, GeneratorExit):
@@ -198,6 +257,9 @@ async def _stream_body(
         raise
     finally:
         await outcome.aclose()
+        stats = outcome.stats
+        if mode == "async" and stats.completed and stats.error_code is None:
+            services.spawn(_check_receipt(services, outcome, request_id))
         _log_request(
             request_id, outcome, model=outcome.model, stream=True, status=200, started=started
         )

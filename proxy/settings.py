@@ -19,7 +19,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +36,9 @@ from pydantic_settings import (
 )
 
 DEFAULT_BASE_URL = "https://api.venice.ai/api/v1"
+INTEL_PCS_URL = "https://api.trustedservices.intel.com"
+NRAS_URL = "https://nras.attestation.nvidia.com/v3/attest/gpu"
+NRAS_JWKS_URL = "https://nras.attestation.nvidia.com/.well-known/jwks.json"
 CONFIG_ENV = "VENICE_PROXY_CONFIG"
 API_KEY_ENV = "VENICE_API_KEY"
 
@@ -75,20 +86,50 @@ class UpstreamSettings(_Section):
         return value.rstrip("/")
 
 
+class PinsSettings(_Section):
+    """Allowed measurement values for one model (lowercase hex; empty = not pinned). Lists, so
+    a rollout can allow the old and the new value at once."""
+
+    mrtd: list[str] = Field(default_factory=list)
+    rtmr0: list[str] = Field(default_factory=list)
+    rtmr1: list[str] = Field(default_factory=list)
+    rtmr2: list[str] = Field(default_factory=list)
+    compose_hash: list[str] = Field(default_factory=list)
+    os_image_hash: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _valid_hex(self) -> PinsSettings:
+        from proxy.attestation import MeasurementPins
+
+        MeasurementPins(**{name: tuple(values) for name, values in self})
+        return self
+
+
 class AttestationSettings(_Section):
     """``[attestation]``: what a model's TEE must prove before a prompt is encrypted to it."""
 
-    dcap: Literal["require", "off"] = "off"
-    nvidia: Literal["off", "nonce", "nras"] = "nonce"
-    pccs_url: str | None = None
+    dcap: Literal["require", "off"] = "require"
+    pccs_url: str = INTEL_PCS_URL
+    collateral_file: Path | None = None
+    nvidia: Literal["off", "nonce", "nras"] = "nras"
+    nras_url: str = NRAS_URL
+    nras_jwks_url: str = NRAS_JWKS_URL
+    software: Literal["require", "off"] = "require"
+    allow_dev_image: bool = False
     cache_ttl_s: float = Field(default=1800.0, gt=0)
     allowed_tcb_status: list[str] = Field(default_factory=lambda: ["UpToDate", "SWHardeningNeeded"])
+    pins: dict[str, PinsSettings] = Field(default_factory=dict)
 
-    @field_validator("nvidia")
+    @field_validator("allowed_tcb_status")
     @classmethod
-    def _nvidia_implemented(cls, value: str) -> str:
-        if value == "nras":
-            raise ValueError("'nras' is not supported yet; use 'nonce' or 'off'")
+    def _known_statuses(cls, value: list[str]) -> list[str]:
+        from proxy.attestation import KNOWN_TCB_STATUSES
+
+        for status in value:
+            if status == "Revoked":
+                raise ValueError("'Revoked' can never be allowed")
+            if status not in KNOWN_TCB_STATUSES:
+                raise ValueError(f"unknown TCB status {status!r}")
         return value
 
 
@@ -99,16 +140,11 @@ class PrivacySettings(_Section):
 
 
 class SignaturesSettings(_Section):
-    """``[signatures]``: response-signature verification (not implemented yet: ``off`` only)."""
+    """``[signatures]``: verify each completed answer's enclave signature (``off``, ``async``:
+    after the fact, logged and counted; ``strict``: an answer whose signature fails is an
+    error)."""
 
-    mode: Literal["off", "async", "strict"] = "off"
-
-    @field_validator("mode")
-    @classmethod
-    def _mode_implemented(cls, value: str) -> str:
-        if value != "off":
-            raise ValueError(f"{value!r} is not supported yet; use 'off'")
-        return value
+    mode: Literal["off", "async", "strict"] = "async"
 
 
 class ModelsSettings(_Section):

@@ -18,8 +18,9 @@ Stream rules (PROTOCOL.md §5):
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ from proxy.protocol import ChunkDecryptor
 from proxy.sse import DONE, SSEDecoder, encode_json
 
 _ENCRYPTED_FIELDS = ("content", "reasoning_content", "reasoning")
+_DRAIN_LIMIT_BYTES = 64 * 1024
+_DRAIN_LIMIT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -40,6 +43,8 @@ class StreamStats:
     cost: Any = None
     completed: bool = False
     error_code: str | None = field(default=None)
+    completion_id: str | None = None
+    signature: str | None = None
 
 
 def _upstream_error(payload: Mapping[str, Any]) -> UpstreamError:
@@ -84,6 +89,7 @@ async def decrypted_chunks(
         for event in decoder.feed(data):
             if event.data == "[DONE]":
                 stats.completed = True
+                await _drain(body)
                 return
             try:
                 chunk = json.loads(event.data)
@@ -95,6 +101,8 @@ async def decrypted_chunks(
                 raise _upstream_error(chunk)
             if decryptor is not None:
                 decryptor.decrypt_chunk(chunk)
+            if stats.completion_id is None and isinstance(chunk.get("id"), str):
+                stats.completion_id = chunk["id"]
             stats.chunks += 1
             yield chunk
     decoder.finish()
@@ -104,9 +112,29 @@ async def decrypted_chunks(
     )
 
 
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Read the upstream body to its end after ``[DONE]`` (bounded), instead of hanging up.
+
+    A backend signs only a stream that completed without a disconnect (PROTOCOL.md §6), and a
+    body read to its end lets the connection be reused.
+    """
+    remaining = _DRAIN_LIMIT_BYTES
+    try:
+        async with asyncio.timeout(_DRAIN_LIMIT_S):
+            async for data in body:
+                remaining -= len(data)
+                if remaining <= 0:
+                    return
+    except (TimeoutError, ProxyError):
+        return
+
+
 def is_usage_chunk(chunk: Mapping[str, Any]) -> bool:
     """Venice's closing chunk: no choices, a usage object."""
     return not chunk.get("choices") and isinstance(chunk.get("usage"), Mapping)
+
+
+BeforeDone = Callable[[], Awaitable[ProxyError | None]]
 
 
 async def sse_to_client(
@@ -115,10 +143,13 @@ async def sse_to_client(
     *,
     include_usage: bool,
     stats: StreamStats,
+    before_done: BeforeDone | None = None,
 ) -> AsyncIterator[bytes]:
     """Client SSE bytes: the already-read ``first`` chunks, then ``rest``, then ``[DONE]``.
 
-    Errors after this starts are reported in-band.
+    Errors after this starts are reported in-band. ``before_done`` runs after a complete
+    upstream stream and before ``[DONE]``; an error it returns is reported in-band (strict
+    signature checking).
     """
     try:
         for chunk in first:
@@ -129,6 +160,10 @@ async def sse_to_client(
             out = _client_chunk(chunk, include_usage, stats)
             if out is not None:
                 yield out
+        if before_done is not None:
+            failure = await before_done()
+            if failure is not None:
+                raise failure
     except ProxyError as exc:
         stats.error_code = exc.code or exc.error_type
         yield encode_json(exc.to_body())

@@ -217,6 +217,10 @@ class UpstreamClient:
         """``GET /tee/attestation?model=&nonce=`` as parsed JSON."""
         return await self._get_json("/tee/attestation", {"model": model, "nonce": nonce_hex})
 
+    async def get_signature(self, model: str, request_id: str) -> Any:
+        """``GET /tee/signature?model=&request_id=`` as parsed JSON."""
+        return await self._get_json("/tee/signature", {"model": model, "request_id": request_id})
+
     async def list_models(self) -> Any:
         """``GET /models?type=text`` as parsed JSON."""
         return await self._get_json("/models", {"type": "text"})
@@ -268,3 +272,41 @@ async def _read_bounded(response: httpx.Response) -> bytes:
     except httpx.HTTPError:
         pass
     return bytes(data)
+
+
+class ServiceClient:
+    """Plain JSON over HTTP(S) to third-party verifiers (NVIDIA NRAS). It never sends the
+    Venice API key; failures map to the same error tree as the upstream's."""
+
+    def __init__(
+        self, *, timeout_s: float = 30.0, http_client: httpx.AsyncClient | None = None
+    ) -> None:
+        self._owns_client = http_client is None
+        self._timeout_s = timeout_s
+        self._http = http_client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s), follow_redirects=False
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool if this object created it."""
+        if self._owns_client:
+            await self._http.aclose()
+
+    async def request_json(self, method: str, url: str, body: Any = None) -> Any:
+        """``method url`` with an optional JSON body; the JSON answer."""
+        request = self._http.build_request(
+            method, url, json=body, headers={"accept": "application/json"}
+        )
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._http.send(request)
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(f"{url} did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise _translate(exc) from exc
+        if response.status_code >= 400:
+            raise status_error(response.status_code, response.content, response.headers)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise UpstreamError(f"{url} answered with invalid JSON", code="bad_json") from exc

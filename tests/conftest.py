@@ -63,7 +63,7 @@ def proxy_settings(sim_url: str, **sections: dict[str, Any]) -> Settings:
     synthetic)."""
     overrides: dict[str, Any] = {
         "upstream": {"base_url": sim_url + "/api/v1", "models_cache_ttl_s": 0, "retries": 0},
-        "attestation": {"dcap": "off"},
+        "attestation": {"dcap": "off", "nvidia": "nonce"},
     }
     for name, values in sections.items():
         overrides[name] = {**overrides.get(name, {}), **values}

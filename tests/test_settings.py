@@ -18,7 +18,9 @@ def test_defaults() -> None:
     assert settings.server.port == 8000
     assert settings.upstream.base_url == "https://api.venice.ai/api/v1"
     assert settings.privacy.non_e2ee == "reject"
-    assert settings.signatures.mode == "off"
+    assert settings.signatures.mode == "async"
+    assert settings.attestation.dcap == "require"
+    assert settings.attestation.nvidia == "nras"
 
 
 def test_example_file_documents_every_key_with_its_default() -> None:
@@ -64,8 +66,11 @@ def test_env_nested_json(monkeypatch: pytest.MonkeyPatch) -> None:
     ("toml", "expected"),
     [
         ('[attestation]\ndcap = "maybe"\n', "attestation.dcap"),
-        ('[attestation]\nnvidia = "nras"\n', "not supported yet"),
-        ('[signatures]\nmode = "strict"\n', "signatures.mode"),
+        ('[attestation]\nnvidia = "gpu"\n', "attestation.nvidia"),
+        ('[attestation]\nallowed_tcb_status = ["Revoked"]\n', "never be allowed"),
+        ('[attestation]\nallowed_tcb_status = ["Fine"]\n', "unknown TCB status"),
+        ('[attestation.pins."m"]\nmrtd = ["abc"]\n', "attestation.pins.m"),
+        ('[signatures]\nmode = "sometimes"\n', "signatures.mode"),
         ('[privacy]\nnon_e2ee = "allow"\n', "privacy.non_e2ee"),
         ('[server]\nport = "eighty"\n', "server.port"),
         ("[server]\nprot = 1\n", "server.prot"),

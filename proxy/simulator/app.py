@@ -84,6 +84,9 @@ def _chat_headers(state: SimulatorState, answer: ChatAnswer) -> dict[str, str]:
     return headers
 
 
+_IMPOSTOR_KEY = hashlib.sha256(b"venice-e2ee-proxy simulator impostor").digest()
+
+
 def _store_signature(
     state: SimulatorState, answer: ChatAnswer, raw_request: bytes, response: bytes
 ) -> None:
@@ -96,7 +99,10 @@ def _store_signature(
         StoredSignature(
             model=answer.model.id,
             text=text,
-            signature=sign_text(answer.enclave.private, text),
+            # The bad_signature fault signs with a key no attestation vouches for.
+            signature=sign_text(
+                _IMPOSTOR_KEY if state.faults.bad_signature else answer.enclave.private, text
+            ),
             signing_address=address_hex(answer.enclave.public),
             expires_at=time.monotonic() + SIGNATURE_TTL_S,
         ),

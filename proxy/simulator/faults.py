@@ -24,6 +24,7 @@ What each switch does on the wire:
   ``delta.content == ""`` deleted, ``reasoning`` left in plaintext, hex-only request content)
   and the Phala legacy attestation shape.
 - ``signing_key_missing``: the attestation omits ``signing_public_key`` and ``signing_key``.
+- ``bad_signature``: completed answers are signed by a key the attestation does not name.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Faults:
     debug_quote: bool = False
     phala_legacy: bool = False
     signing_key_missing: bool = False
+    bad_signature: bool = False
 
     def __post_init__(self) -> None:
         if self.fail_status is not None and not 400 <= self.fail_status <= 599:
