@@ -22,8 +22,10 @@ from pydantic import SecretStr
 
 from proxy.app import create_app
 from proxy.errors import ProxyError
+from proxy.guard import is_loopback
 from proxy.logs import configure_logging, get_logger
 from proxy.settings import DEFAULT_BASE_URL, Settings, SettingsError, load_settings, resolve_api_key
+from proxy.shutdown import DrainingServer
 
 log = get_logger("proxy.cli")
 
@@ -112,7 +114,7 @@ async def _serve_demo(settings: Settings) -> None:
         uvicorn.Config(create_simulator_app(SimulatorState()), log_level="warning", lifespan="on")
     )
     app = create_app(demo_settings, api_key=SecretStr("demo-key"), demo=True)
-    proxy_server = uvicorn.Server(_uvicorn_config(app, demo_settings))
+    proxy_server = _server(app, demo_settings)
     sim_task = asyncio.create_task(sim_server.serve(sockets=[sim_sock]))
     print(
         DEMO_BANNER.format(sim_url=sim_url, host=settings.server.host, port=settings.server.port),
@@ -140,6 +142,12 @@ def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     )
 
 
+def _server(app: Any, settings: Settings) -> uvicorn.Server:
+    return DrainingServer(
+        _uvicorn_config(app, settings), app.state.services.drain, settings.server.shutdown_grace_s
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """``serve``: run the proxy (or the offline demo without a key)."""
     overrides: dict[str, Any] = {}
@@ -156,13 +164,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if api_key is None and settings.upstream.base_url == DEFAULT_BASE_URL:
         asyncio.run(_serve_demo(settings))
         return 0
+    _warn_about(settings, api_key)
+    app = create_app(settings, api_key=api_key)
+    _server(app, settings).run()
+    return 0
+
+
+def _warn_about(settings: Settings, api_key: SecretStr | None) -> None:
+    """Log what an operator should know about a risky but valid configuration."""
     if api_key is None:
         log.warning("no_api_key", upstream=settings.upstream.base_url)
+    if not is_loopback(settings.server.host) and not settings.server.api_keys:
+        log.warning(
+            "exposed_without_auth",
+            host=settings.server.host,
+            detail="listening beyond loopback with no server.api_keys: anyone who can reach "
+            "this port can use the Venice key",
+        )
     if settings.attestation.dcap == "off":
         log.warning("dcap_off", detail="TDX quote signatures are NOT verified")
-    app = create_app(settings, api_key=api_key)
-    uvicorn.Server(_uvicorn_config(app, settings)).run()
-    return 0
+    if settings.attestation.nvidia != "nras":
+        log.warning("nras_off", detail="GPU evidence is NOT verified by NVIDIA NRAS")
+    if settings.privacy.non_e2ee == "passthrough":
+        log.warning("plaintext_passthrough", detail="non-E2EE models get prompts in plaintext")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

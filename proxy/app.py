@@ -10,7 +10,7 @@ crash says nothing about its cause: its traceback could hold data).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,15 +19,24 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from proxy.attestation import AttestationPolicy, MeasurementPins
 from proxy.audit import AuditLog
 from proxy.chat import ChatService
 from proxy.collateral import CollateralCache, file_fetcher, pccs_fetcher
-from proxy.errors import ProxyError, UpstreamStatusError, error_body
+from proxy.errors import AttestationError, ProxyError, UpstreamStatusError, error_body
 from proxy.gpu import NrasSource
-from proxy.keys import AttestedKeyCache, Attester, CollateralSource
+from proxy.guard import (
+    DrainController,
+    DrainMiddleware,
+    HostGuardMiddleware,
+    InFlightLimitMiddleware,
+    LocalAuthMiddleware,
+)
+from proxy.keys import AttestedKey, AttestedKeyCache, Attester, CollateralSource
 from proxy.logs import get_logger
+from proxy.metrics import Metrics, RequestMetricsMiddleware, RetryReason
 from proxy.models import ModelCatalogue
 from proxy.receipts import ReceiptVerifier
 from proxy.retry import RetryPolicy
@@ -51,6 +60,8 @@ class Services:
     chat: ChatService
     receipts: ReceiptVerifier
     verifiers: ServiceClient
+    metrics: Metrics
+    drain: DrainController
     demo: bool
     background: set[asyncio.Task[object]] = field(default_factory=set)
 
@@ -118,9 +129,22 @@ def build_services(
         ),
         http_client=http_client,
     )
-    catalogue = ModelCatalogue(upstream.list_models, ttl_s=up.models_cache_ttl_s)
+    metrics = Metrics()
+    aliases = settings.models.aliases
+
+    def allow_model_labels(models: Iterable[str]) -> None:
+        metrics.set_models([*models, *aliases])
+
+    catalogue = ModelCatalogue(
+        upstream.list_models, ttl_s=up.models_cache_ttl_s, on_refresh=allow_model_labels
+    )
     verifiers = ServiceClient(timeout_s=up.connect_timeout_s + 30.0)
     section = settings.attestation
+
+    def count_failed_checks(codes: tuple[str, ...]) -> None:
+        for code in codes:
+            metrics.record_verification_failure(code)
+
     attester = Attester(
         upstream.get_attestation,
         attestation_policy(settings),
@@ -130,8 +154,30 @@ def build_services(
         if section.nvidia == "nras"
         else None,
         audit=AuditLog(settings.logging.audit_log) if settings.logging.audit_log else None,
+        on_failed_checks=count_failed_checks,
     )
-    keys = AttestedKeyCache(attester.attest)
+
+    def count_attestation(model: str, key: AttestedKey | None, error: ProxyError | None) -> None:
+        if key is not None:
+            metrics.record_attestation_fetch(model, "ok", verified_at=key.verified_at)
+            log.info(
+                "attestation_accepted",
+                model=model,
+                signing_address=key.signing_address,
+                tcb_status=key.report.tcb_status,
+            )
+            return
+        if isinstance(error, AttestationError):
+            metrics.record_attestation_fetch(model, "verification_failed")
+        else:
+            metrics.record_attestation_fetch(model, "fetch_error")
+        log.warning("attestation_failed", model=model, code=error.code if error else None)
+
+    keys = AttestedKeyCache(attester.attest, on_result=count_attestation)
+
+    def count_retry(reason: str) -> None:
+        metrics.record_retry(_RETRY_LABELS.get(reason, "server_error"))
+
     chat = ChatService(
         upstream,
         catalogue,
@@ -143,9 +189,28 @@ def build_services(
             max_delay_s=up.retry_max_delay_s,
             max_total_s=up.retry_max_total_s,
         ),
+        on_retry=count_retry,
     )
     receipts = ReceiptVerifier(upstream.get_signature)
-    return Services(settings, upstream, catalogue, keys, chat, receipts, verifiers, demo)
+    return Services(
+        settings,
+        upstream,
+        catalogue,
+        keys,
+        chat,
+        receipts,
+        verifiers,
+        metrics,
+        DrainController(),
+        demo,
+    )
+
+
+_RETRY_LABELS: dict[str, RetryReason] = {
+    "connect": "connect",
+    "status_429": "rate_limited",
+    "stale_key": "key_rejected",
+}
 
 
 def proxy_error_response(exc: ProxyError) -> JSONResponse:
@@ -170,6 +235,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for model in settings.attestation.warm_up:
+            services.spawn(_warm_up(services, model))
         try:
             yield
         finally:
@@ -184,6 +251,7 @@ def create_app(
     )
     app.state.services = services
     app.include_router(router)
+    _add_guards(app, settings, services)
 
     @app.exception_handler(ProxyError)
     async def _proxy_error(_: Request, exc: ProxyError) -> JSONResponse:
@@ -205,3 +273,43 @@ def create_app(
         )
 
     return app
+
+
+async def _warm_up(services: Services, model: str) -> None:
+    """Attest a configured model at start-up so its first request does not wait."""
+    try:
+        await services.keys.get(model)
+    except ProxyError:
+        return  # logged and counted by the cache's observer; /readyz reports it
+
+
+def _add_guards(app: FastAPI, settings: Settings, services: Services) -> None:
+    """Listener guards, outermost first: metrics, Host, drain, CORS, local auth, in-flight.
+
+    Starlette wraps each added middleware around the ones added before it, so they are added
+    innermost first.
+    """
+    server = settings.server
+    app.add_middleware(InFlightLimitMiddleware, max_in_flight=server.max_in_flight)
+    app.add_middleware(
+        LocalAuthMiddleware, api_keys=[key.get_secret_value() for key in server.api_keys]
+    )
+    if server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=server.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["authorization", "content-type", "x-request-id"],
+            expose_headers=[
+                "x-request-id",
+                "x-venice-proxy-e2ee",
+                "x-venice-proxy-signing-address",
+            ],
+        )
+    app.add_middleware(DrainMiddleware, controller=services.drain)
+    hosts = [*server.allowed_hosts]
+    if server.host not in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
+        hosts.append(server.host)
+    app.add_middleware(HostGuardMiddleware, allowed_hosts=hosts)
+    app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
+    services.metrics.bind_in_flight(lambda: services.drain.in_flight)

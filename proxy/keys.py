@@ -76,9 +76,11 @@ class Attester:
         audit: AuditLog | None = None,
         clock: Callable[[], float] = time.time,
         make_nonce: Callable[[], bytes] = lambda: os.urandom(NONCE_BYTES),
+        on_failed_checks: Callable[[tuple[str, ...]], None] | None = None,
     ) -> None:
         self._fetch_attestation = fetch_attestation
         self._make_nonce = make_nonce
+        self._on_failed_checks = on_failed_checks
         self._collateral = collateral
         self._nras = nras
         self._audit = audit
@@ -104,6 +106,8 @@ class Attester:
         report = verify_evidence(
             evidence, expected_model=model, nonce=nonce, policy=self.policy, now=int(now), **extra
         )
+        if not report.passed and self._on_failed_checks is not None:
+            self._on_failed_checks(tuple(check.code for check in report.failures))
         report.raise_for_failure()
         key = AttestedKey(
             model=model,
@@ -134,8 +138,10 @@ class AttestedKeyCache:
         *,
         failure_backoff_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        on_result: Callable[[str, AttestedKey | None, ProxyError | None], None] | None = None,
     ) -> None:
         self._attest = attest
+        self._on_result = on_result
         self._clock = clock
         self._failure_backoff_s = failure_backoff_s
         self._keys: dict[str, AttestedKey] = {}
@@ -184,11 +190,15 @@ class AttestedKeyCache:
             # The old key (if any) stays until its own expiry; peek() ignores it after that.
             self.refresh_failures += 1
             self._failures[model] = (self._clock() + self._failure_backoff_s, exc)
+            if self._on_result is not None:
+                self._on_result(model, None, exc)
             raise
         finally:
             self._inflight.pop(model, None)
         self._failures.pop(model, None)
         self._keys[model] = key
+        if self._on_result is not None:
+            self._on_result(model, key, None)
         return key
 
     def invalidate(self, model: str, public_key: bytes | None = None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +59,10 @@ class ModelCatalogue:
         *,
         ttl_s: float,
         clock: Callable[[], float] = time.monotonic,
+        on_refresh: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self._fetch = fetch
+        self._on_refresh = on_refresh
         self._ttl_s = ttl_s
         self._clock = clock
         self._models: dict[str, ModelInfo] | None = None
@@ -75,6 +77,8 @@ class ModelCatalogue:
             if self._models is None or self._clock() - self._fetched_at >= self._ttl_s:
                 self._models = parse_catalogue(await self._fetch())
                 self._fetched_at = self._clock()
+                if self._on_refresh is not None:
+                    self._on_refresh(self._models)
             return self._models
 
     async def lookup(self, model: str) -> ModelInfo | None:

@@ -1,10 +1,12 @@
 """HTTP handlers: thin. Parse the body, call the chat service, shape the response, log one line.
 
 Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models`` (also
-``/models``), ``GET /v1/attestation/{model}``, ``GET /healthz``, ``GET /readyz``.
+``/models``), ``GET /v1/attestation/{model}``, ``GET /healthz``, ``GET /readyz``,
+``GET /metrics``.
 
-Any ``Authorization`` header a client sends is accepted and ignored (Open WebUI always sends
-one); the upstream always gets the proxy's own Venice key.
+Without ``server.api_keys`` any ``Authorization`` header a client sends is accepted and ignored
+(Open WebUI always sends one; the guard in :mod:`proxy.guard` enforces local keys when set); the
+upstream always gets the proxy's own Venice key.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -24,6 +27,7 @@ from proxy.app import Services, proxy_error_response
 from proxy.chat import ChatOutcome
 from proxy.errors import AttestationError, InvalidRequestError, ProxyError, RequestTooLargeError
 from proxy.logs import get_logger
+from proxy.metrics import DecryptionKind, UpstreamHeaders
 from proxy.models import resolve_alias
 from proxy.receipts import ReceiptResult
 from proxy.stream import aggregate, sse_to_client
@@ -93,34 +97,79 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
     return await task
 
 
-def _log_request(
-    request_id: str,
-    outcome: ChatOutcome | None,
-    *,
-    model: str | None,
-    stream: bool,
-    status: int,
-    started: float,
-    error_code: str | None = None,
-) -> None:
-    stats = outcome.stats if outcome else None
-    usage = stats.usage if stats else None
-    log.info(
-        "chat_request",
-        request_id=request_id,
-        model=model,
-        stream=stream,
-        e2ee=outcome.e2ee if outcome else None,
-        status=status,
-        attempts=outcome.attempts if outcome else 0,
-        chunks=stats.chunks if stats else 0,
-        completed=stats.completed if stats else False,
-        prompt_tokens=usage.get("prompt_tokens") if usage else None,
-        completion_tokens=usage.get("completion_tokens") if usage else None,
-        signing_address=outcome.key.signing_address if outcome and outcome.key else None,
-        error=error_code or (stats.error_code if stats else None),
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
-    )
+@dataclass(slots=True)
+class _Exchange:
+    """One chat request's facts for its log line and metrics (never any content)."""
+
+    services: Services
+    request_id: str
+    started: float
+    model: str | None = None
+    stream: bool = False
+    outcome: ChatOutcome | None = None
+    upstream: UpstreamHeaders | None = None
+    ttfb_s: float | None = None
+
+    def attach(self, outcome: ChatOutcome) -> None:
+        """Remember the opened upstream stream and read its account headers."""
+        self.outcome = outcome
+        self.model = outcome.model
+        self.upstream = self.services.metrics.record_upstream_headers(outcome.upstream.headers)
+        if self.upstream.deprecation_warning:
+            log.warning(
+                "model_deprecation",
+                model=outcome.model,
+                warning=self.upstream.deprecation_warning,
+                date=self.upstream.deprecation_date,
+            )
+
+    def first_byte(self) -> None:
+        """The first byte of the answer is leaving for the client."""
+        if self.ttfb_s is None:
+            self.ttfb_s = time.perf_counter() - self.started
+            self.services.metrics.observe_ttfb(self.model, self.ttfb_s)
+
+    def finish(self, status: int, error_code: str | None = None) -> None:
+        """Emit the request's one log line and its metrics."""
+        outcome = self.outcome
+        stats = outcome.stats if outcome else None
+        code = error_code or (stats.error_code if stats else None)
+        if code in _DECRYPTION_CODES:
+            self.services.metrics.record_decryption_failure(_DECRYPTION_CODES[code])
+        if stats is not None:
+            self.services.metrics.record_chunks(stats.chunks)
+        usage = stats.usage if stats else None
+        key = outcome.key if outcome else None
+        upstream = self.upstream
+        log.info(
+            "chat_request",
+            request_id=self.request_id,
+            model=self.model,
+            stream=self.stream,
+            e2ee=outcome.e2ee if outcome else None,
+            status=status,
+            upstream_status=outcome.upstream.status_code if outcome else None,
+            attempts=outcome.attempts if outcome else 0,
+            chunks=stats.chunks if stats else 0,
+            completed=stats.completed if stats else False,
+            prompt_tokens=usage.get("prompt_tokens") if usage else None,
+            completion_tokens=usage.get("completion_tokens") if usage else None,
+            signing_address=key.signing_address if key else None,
+            attestation_age_s=round(key.age_s(time.time()), 1) if key else None,
+            venice_request_id=upstream.cf_ray if upstream else None,
+            ratelimit_remaining_requests=upstream.ratelimit_remaining_requests
+            if upstream
+            else None,
+            error=code,
+            ttfb_ms=round(self.ttfb_s * 1000, 2) if self.ttfb_s is not None else None,
+            duration_ms=round((time.perf_counter() - self.started) * 1000, 2),
+        )
+
+
+_DECRYPTION_CODES: dict[str, DecryptionKind] = {
+    "e2ee_decryption_failed": "decrypt",
+    "e2ee_plaintext_in_stream": "plaintext",
+}
 
 
 @router.post("/v1/chat/completions")
@@ -128,37 +177,28 @@ def _log_request(
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions over Venice E2EE."""
     services = _services(request)
-    started = time.perf_counter()
-    request_id = _request_id(request)
-    model: str | None = None
-    stream = False
+    exchange = _Exchange(services, _request_id(request), time.perf_counter())
     try:
         payload = await _read_json(request, services.settings.server.max_body_bytes)
         if isinstance(payload, dict):
-            model = payload.get("model") if isinstance(payload.get("model"), str) else None
-            stream = payload.get("stream") is True
+            model = payload.get("model")
+            exchange.model = model if isinstance(model, str) else None
+            exchange.stream = payload.get("stream") is True
         outcome = await _until_disconnect(
-            request, services.chat.start(payload, request_id=request_id)
+            request, services.chat.start(payload, request_id=exchange.request_id)
         )
     except ProxyError as exc:
-        _log_request(
-            request_id,
-            None,
-            model=model,
-            stream=stream,
-            status=exc.http_status,
-            started=started,
-            error_code=exc.code,
-        )
+        exchange.finish(exc.http_status, exc.code)
         response = proxy_error_response(exc)
-        response.headers["x-request-id"] = request_id
+        response.headers["x-request-id"] = exchange.request_id
         return response
+    exchange.attach(outcome)
 
-    headers = {**outcome.headers, "x-request-id": request_id}
+    headers = {**outcome.headers, "x-request-id": exchange.request_id}
     mode = services.settings.signatures.mode if outcome.e2ee else "off"
     if outcome.client_stream:
         return StreamingResponse(
-            _stream_body(services, outcome, request_id, started),
+            _stream_body(exchange, outcome),
             media_type="text/event-stream",
             headers={**_SSE_HEADERS, **headers},
         )
@@ -167,36 +207,27 @@ async def chat_completions(request: Request) -> Response:
             request, aggregate(outcome.first, outcome.rest, outcome.stats)
         )
         if mode == "strict":
-            failure = await _receipt_failure(services, outcome, request_id)
+            failure = await _receipt_failure(services, outcome, exchange.request_id)
             if failure is not None:
                 raise failure
     except ProxyError as exc:
-        _log_request(
-            request_id,
-            outcome,
-            model=outcome.model,
-            stream=False,
-            status=exc.http_status,
-            started=started,
-            error_code=exc.code,
-        )
+        exchange.finish(exc.http_status, exc.code)
         response = proxy_error_response(exc)
         response.headers.update(headers)
         return response
     finally:
         await outcome.aclose()
     if mode == "async":
-        services.spawn(_check_receipt(services, outcome, request_id))
-    _log_request(
-        request_id, outcome, model=outcome.model, stream=False, status=200, started=started
-    )
+        services.spawn(_check_receipt(services, outcome, exchange.request_id))
+    exchange.first_byte()
+    exchange.finish(200)
     return JSONResponse(completion, headers=headers)
 
 
 async def _check_receipt(
     services: Services, outcome: ChatOutcome, request_id: str
 ) -> ReceiptResult | None:
-    """Verify the enclave's signature over a completed answer; log the outcome."""
+    """Verify the enclave's signature over a completed answer; log and count the outcome."""
     completion_id = outcome.stats.completion_id
     if outcome.key is None or completion_id is None:
         return None
@@ -204,6 +235,7 @@ async def _check_receipt(
         outcome.model, completion_id, outcome.key.signing_address
     )
     outcome.stats.signature = result.outcome
+    services.metrics.record_signature(result.outcome)
     (log.info if result.ok else log.warning)(
         "signature_check",
         request_id=request_id,
@@ -235,13 +267,12 @@ async def _receipt_failure(
     )
 
 
-async def _stream_body(
-    services: Services, outcome: ChatOutcome, request_id: str, started: float
-) -> AsyncIterator[bytes]:
+async def _stream_body(exchange: _Exchange, outcome: ChatOutcome) -> AsyncIterator[bytes]:
+    services = exchange.services
     mode = services.settings.signatures.mode if outcome.e2ee else "off"
 
     async def before_done() -> ProxyError | None:
-        return await _receipt_failure(services, outcome, request_id)
+        return await _receipt_failure(services, outcome, exchange.request_id)
 
     try:
         async for part in sse_to_client(
@@ -251,6 +282,7 @@ async def _stream_body(
             stats=outcome.stats,
             before_done=before_done if mode == "strict" else None,
         ):
+            exchange.first_byte()
             yield part
     except (asyncio.CancelledError, GeneratorExit):
         outcome.stats.error_code = "client_disconnected"
@@ -259,10 +291,8 @@ async def _stream_body(
         await outcome.aclose()
         stats = outcome.stats
         if mode == "async" and stats.completed and stats.error_code is None:
-            services.spawn(_check_receipt(services, outcome, request_id))
-        _log_request(
-            request_id, outcome, model=outcome.model, stream=True, status=200, started=started
-        )
+            services.spawn(_check_receipt(services, outcome, exchange.request_id))
+        exchange.finish(200)
 
 
 @router.get("/v1/models")
@@ -318,13 +348,27 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Readiness: configuration valid and an upstream key present (or demo mode)."""
+    """Readiness: not draining, an upstream key present (or demo mode), and every warm-up
+    model attested with an unexpired key. JSON with the reasons."""
     services = _services(request)
     reasons: list[str] = []
+    if services.drain.draining:
+        reasons.append("shutting down")
     if not services.upstream.has_api_key and not services.demo:
         reasons.append("no Venice API key: set VENICE_API_KEY or upstream.api_key_file")
+    for model in services.settings.attestation.warm_up:
+        if services.keys.peek(model) is None:
+            reasons.append(f"model {model} has no verified, unexpired attestation")
     ready = not reasons
     return JSONResponse(
         {"ready": ready, "demo": services.demo, "reasons": reasons},
         status_code=200 if ready else 503,
     )
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (no content, keys or client-chosen text in any label)."""
+    services = _services(request)
+    body, content_type = services.metrics.render(request.headers.get("accept", ""))
+    return Response(body, media_type=content_type)

@@ -63,6 +63,7 @@ class ServerSettings(_Section):
     tls_key: Path | None = None
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_in_flight: int = Field(default=256, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
 
 
 class UpstreamSettings(_Section):
@@ -119,6 +120,7 @@ class AttestationSettings(_Section):
     cache_ttl_s: float = Field(default=1800.0, gt=0)
     allowed_tcb_status: list[str] = Field(default_factory=lambda: ["UpToDate", "SWHardeningNeeded"])
     pins: dict[str, PinsSettings] = Field(default_factory=dict)
+    warm_up: list[str] = Field(default_factory=list)
 
     @field_validator("allowed_tcb_status")
     @classmethod

@@ -24,6 +24,7 @@ class ThreadedServer:
     """One uvicorn server on its own event loop in a daemon thread."""
 
     def __init__(self, app: Any) -> None:
+        self.app = app
         self._sock = free_socket()
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
