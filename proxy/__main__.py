@@ -14,6 +14,7 @@ import json
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from proxy.app import create_app
+from proxy.attestation import AttestationReport
 from proxy.errors import ProxyError
 from proxy.guard import is_loopback
 from proxy.logs import configure_logging, get_logger
@@ -62,9 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--port", type=int, default=8001)
 
     verify = commands.add_parser("verify", help="attest a model and print the report")
-    verify.add_argument("model")
+    verify.add_argument("model", nargs="?", help="model id (online; optional offline)")
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.add_argument("--config", type=Path, default=None)
+    verify.add_argument("--offline", action="store_true", help="check a saved attestation")
+    verify.add_argument("--attestation", type=Path, help="saved attestation (offline)")
+    verify.add_argument("--nonce", help="the 64-hex nonce it was fetched with (offline)")
+    verify.add_argument("--collateral", type=Path, help="DCAP collateral JSON (offline)")
+    verify.add_argument("--nras-response", type=Path, help="saved NRAS answer (offline)")
+    verify.add_argument("--nras-jwks", type=Path, help="saved NRAS JWKS (offline)")
+    verify.add_argument("--at", type=int, help="verify as of this unix time (offline)")
 
     models = commands.add_parser("models", help="list the upstream's models")
     models.add_argument("--config", type=Path, default=None)
@@ -201,38 +210,53 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _verify(settings: Settings, api_key: SecretStr | None, model: str) -> dict[str, Any]:
+async def _verify(settings: Settings, api_key: SecretStr | None, model: str) -> AttestationReport:
     from proxy.app import build_services
 
     services = build_services(settings, api_key=api_key)
     try:
-        key = await services.keys.get(model)
-        return key.report.to_dict()
+        return await services.attester.report(model)
     finally:
-        await services.upstream.aclose()
+        await services.aclose()
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """``verify MODEL``: fetch a fresh attestation, check it, print the report."""
+    """``verify``: run every check on a fresh (or saved) attestation and print the report."""
+    from proxy.app import attestation_policy
+    from proxy.verify_cli import VerifyInputError, print_error, print_report, verify_offline
+
     settings = _load(args.config)
-    configure_logging(settings.logging.level, settings.logging.format)
+    configure_logging("warning", settings.logging.format)
     try:
-        report = asyncio.run(_verify(settings, _api_key(settings), args.model))
-    except ProxyError as exc:
-        if args.json:
-            print(json.dumps(exc.to_body(), indent=2))
+        if args.offline:
+            if args.attestation is None:
+                raise VerifyInputError("--offline needs --attestation FILE")
+            policy = attestation_policy(settings)
+            if args.collateral is None:
+                policy = replace(policy, dcap="off")
+            if args.nras_response is None and policy.nvidia == "nras":
+                policy = replace(policy, nvidia="nonce")
+            report = verify_offline(
+                args.attestation,
+                policy,
+                nonce_hex=args.nonce,
+                collateral=args.collateral,
+                nras_response=args.nras_response,
+                nras_jwks=args.nras_jwks,
+                at=args.at,
+                model=args.model,
+            )
         else:
-            print(f"FAILED ({exc.code}): {exc.message}")
+            if args.model is None:
+                raise VerifyInputError("verify needs a MODEL (or --offline)")
+            report = asyncio.run(_verify(settings, _api_key(settings), args.model))
+    except VerifyInputError as exc:
+        print_error(exc, as_json=args.json)
+        return 2
+    except ProxyError as exc:
+        print_error(exc, as_json=args.json)
         return 1
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for check in report.get("checks", []):
-            mark = {True: "PASS", False: "FAIL", None: "SKIP"}[check.get("ok")]
-            enforced = "enforced" if check.get("enforced") else "advisory"
-            print(f"{mark:4}  {check.get('code'):28} {enforced:9} {check.get('detail')}")
-        print(f"model {args.model}: attestation verified")
-    return 0
+    return print_report(report, as_json=args.json)
 
 
 async def _models(settings: Settings, api_key: SecretStr | None) -> list[dict[str, Any]]:

@@ -57,6 +57,7 @@ class Services:
     upstream: UpstreamClient
     catalogue: ModelCatalogue
     keys: AttestedKeyCache
+    attester: Attester
     chat: ChatService
     receipts: ReceiptVerifier
     verifiers: ServiceClient
@@ -197,6 +198,7 @@ def build_services(
         upstream,
         catalogue,
         keys,
+        attester,
         chat,
         receipts,
         verifiers,

@@ -90,6 +90,29 @@ class Attester:
 
     async def attest(self, model: str) -> AttestedKey:
         """A verified key for ``model`` or :class:`AttestationError`."""
+        report, quote, now = await self._verify(model)
+        if not report.passed and self._on_failed_checks is not None:
+            self._on_failed_checks(tuple(check.code for check in report.failures))
+        report.raise_for_failure()
+        key = AttestedKey(
+            model=model,
+            public_key=enclave_key(report),
+            signing_address=report.signing_address,
+            report=report,
+            verified_at=now,
+            refresh_at=now + self._ttl_s * REFRESH_FRACTION,
+            expires_at=now + self._ttl_s,
+        )
+        if self._audit is not None:
+            self._audit.append(audit_record(report, quote, now))
+        return key
+
+    async def report(self, model: str) -> AttestationReport:
+        """The full report for a fresh attestation, passed or not (for ``verify``)."""
+        report, _, _ = await self._verify(model)
+        return report
+
+    async def _verify(self, model: str) -> tuple[AttestationReport, bytes, float]:
         nonce = self._make_nonce()
         body = await self._fetch_attestation(model, nonce.hex())
         if not isinstance(body, Mapping):
@@ -106,21 +129,7 @@ class Attester:
         report = verify_evidence(
             evidence, expected_model=model, nonce=nonce, policy=self.policy, now=int(now), **extra
         )
-        if not report.passed and self._on_failed_checks is not None:
-            self._on_failed_checks(tuple(check.code for check in report.failures))
-        report.raise_for_failure()
-        key = AttestedKey(
-            model=model,
-            public_key=enclave_key(report),
-            signing_address=report.signing_address,
-            report=report,
-            verified_at=now,
-            refresh_at=now + self._ttl_s * REFRESH_FRACTION,
-            expires_at=now + self._ttl_s,
-        )
-        if self._audit is not None:
-            self._audit.append(audit_record(report, evidence.intel_quote, now))
-        return key
+        return report, evidence.intel_quote, now
 
 
 def _retrieve_exception(task: asyncio.Task[AttestedKey]) -> None:

@@ -132,3 +132,99 @@ def test_demo_mode_without_a_key(demo_proxy: tuple[str, subprocess.Popen[str]]) 
     assert "DEMO MODE" in stderr
     assert "curl" in stderr
     assert CANARY not in stderr
+
+
+FIXTURES = REPO.parent / "shared" / "fixtures" / "attestations"
+QWEN = "venice_qwen3_5_122b_20260424"
+QWEN_NONCE = "ac82eb750ec4cfbb273f90d33567776bfae8657e2a43f6dff2f3adad9b86095a"
+
+
+def _offline(*extra: str) -> subprocess.CompletedProcess[str]:
+    return _run(
+        "verify",
+        "--offline",
+        "--attestation",
+        str(FIXTURES / f"{QWEN}_attestation.json"),
+        "--collateral",
+        str(FIXTURES / f"{QWEN}_collateral.json"),
+        "--nras-response",
+        str(FIXTURES / f"{QWEN}_nras_response.json"),
+        "--nras-jwks",
+        str(FIXTURES / f"{QWEN}_nras_jwks.json"),
+        "--at",
+        "1776995921",
+        *extra,
+        env=_env(),
+    )
+
+
+def test_verify_offline_on_a_real_capture() -> None:
+    result = _offline("--nonce", QWEN_NONCE, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] is True
+    checks = {check["code"]: check for check in report["checks"]}
+    for code in ("dcap", "gpu_nras", "event_log_replay", "report_data_nonce"):
+        assert checks[code]["ok"] is True
+        assert checks[code]["enforced"] is True
+    assert set(checks["dcap"]) == {"code", "ok", "enforced", "detail", "tier"}
+    text = _offline("--nonce", QWEN_NONCE)
+    assert text.returncode == 0
+    assert "[quote]" in text.stdout
+    assert "attestation PASSED" in text.stdout
+
+
+def test_verify_offline_fails_with_the_wrong_nonce() -> None:
+    result = _offline("--nonce", "00" * 32, "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert {"nonce_echo", "report_data_nonce"} <= set(report["failures"])
+
+
+def test_verify_offline_fails_past_collateral_expiry() -> None:
+    result = _run(
+        "verify",
+        "--offline",
+        "--json",
+        "--attestation",
+        str(FIXTURES / f"{QWEN}_attestation.json"),
+        "--nonce",
+        QWEN_NONCE,
+        "--collateral",
+        str(FIXTURES / f"{QWEN}_collateral.json"),
+        "--at",
+        str(1776995921 + 400 * 86400),
+        env={**_env(), "VENICE_PROXY_ATTESTATION__NVIDIA": "nonce"},
+    )
+    assert result.returncode == 1
+    assert "dcap" in json.loads(result.stdout)["failures"]
+
+
+def test_verify_offline_uses_the_capture_nonce_and_time() -> None:
+    result = _run(
+        "verify",
+        "--offline",
+        "--json",
+        "--attestation",
+        str(FIXTURES / "attestation_glm_5_1.json"),
+        "--collateral",
+        str(FIXTURES / "collateral_glm_5_1.json"),
+        env={**_env(), "VENICE_PROXY_ATTESTATION__NVIDIA": "nonce"},
+    )
+    assert result.returncode == 0, result.stdout
+    assert json.loads(result.stdout)["tcb_status"] == "UpToDate"
+
+
+def test_verify_offline_bad_input_is_exit_2(tmp_path: Path) -> None:
+    missing = _run("verify", "--offline", "--attestation", str(tmp_path / "x.json"), env=_env())
+    assert missing.returncode == 2
+    assert "cannot read" in missing.stdout
+    raw = _run(
+        "verify",
+        "--offline",
+        "--attestation",
+        str(FIXTURES / f"{QWEN}_attestation.json"),
+        env=_env(),
+    )
+    assert raw.returncode == 2
+    assert "--nonce is required" in raw.stdout
