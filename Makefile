@@ -33,3 +33,8 @@ test: lint typecheck unit
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks against the built-in simulator (not part of `make test`): make bench ARGS=--quick
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run $(ARGS)

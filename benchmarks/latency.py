@@ -1,0 +1,199 @@
+"""Sequential latency (what the proxy adds to one request) and long-stream throughput, measured
+from a client in this process against a simulator and a proxy in two other processes.
+
+Four variants, interleaved request by request (the order rotates) so drift hits all alike:
+
+==============  ===========================================================================
+direct_plain    client -> simulator, plaintext model                    (the baseline)
+proxy_e2ee      client -> proxy -> simulator, E2EE model                (the headline)
+direct_e2ee     client seals its own request -> simulator, E2EE model, ciphertext answer
+                read but not decrypted: what the simulator's own E2EE work costs
+proxy_plain     client -> proxy (passthrough) -> simulator, plaintext model: the extra hop
+==============  ===========================================================================
+
+Requests are sequential with a short idle gap between them (the plan's ``overhead_gap_s``): by
+default the proxy checks each E2EE answer's enclave signature in the background right after
+``[DONE]``, and without the gap that work would be timed as part of whatever request came next.
+
+``overhead = percentile(proxy_e2ee) - percentile(direct_plain)``, for time to first token and to
+last token, p50 and p99 (difference of percentiles, not percentile of paired differences).
+``proxy_e2ee - direct_e2ee`` is the part the proxy itself adds (the simulator's sealing, which
+Venice does inside its TEE, cancels out); ``proxy_plain - direct_plain`` is the bare hop.
+
+The long stream: one answer of N tokens with no delay between tokens, timed from its first
+content token to ``[DONE]`` (``interval`` per chunk), plus the proxy's CPU time per relayed
+chunk read from ``/proc`` (all of the proxy's work per chunk: sockets, h11, ASGI, the pipeline),
+for the E2EE model and for the plaintext model relayed in passthrough (no crypto at all), so
+``proxy_e2ee - proxy_plain`` is what the decryption costs in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from benchmarks.client import Prompt, StreamResult, Target, stream_once
+from benchmarks.procs import ManagedProcess
+from benchmarks.stats import median_of_runs, percentile
+
+
+@dataclass(frozen=True, slots=True)
+class VariantRun:
+    """Percentiles of one variant in one run, in milliseconds."""
+
+    ttft_p50: float
+    ttft_p99: float
+    ttlt_p50: float
+    ttlt_p99: float
+    samples: int
+
+
+def _variant_run(results: Sequence[StreamResult]) -> VariantRun:
+    ttft = [r.ttft_s * 1000 for r in results if r.ttft_s is not None]
+    ttlt = [r.ttlt_s * 1000 for r in results if r.ttlt_s is not None]
+    return VariantRun(
+        ttft_p50=percentile(ttft, 50),
+        ttft_p99=percentile(ttft, 99),
+        ttlt_p50=percentile(ttlt, 50),
+        ttlt_p99=percentile(ttlt, 99),
+        samples=len(ttlt),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OverheadFigures:
+    """Medians over runs. ``variants[name]`` holds each variant's own percentiles (ms)."""
+
+    variants: dict[str, dict[str, float]]
+    added: dict[str, dict[str, float]]
+    requests_per_run: int
+    runs: int
+    answer_tokens: int
+    errors: int
+
+
+def _diff(a: VariantRun, b: VariantRun) -> dict[str, float]:
+    return {
+        "ttft_p50": a.ttft_p50 - b.ttft_p50,
+        "ttft_p99": a.ttft_p99 - b.ttft_p99,
+        "ttlt_p50": a.ttlt_p50 - b.ttlt_p50,
+        "ttlt_p99": a.ttlt_p99 - b.ttlt_p99,
+    }
+
+
+_COMPARISONS = {
+    "proxy_e2ee_vs_direct_plain": ("proxy_e2ee", "direct_plain"),
+    "proxy_e2ee_vs_direct_e2ee": ("proxy_e2ee", "direct_e2ee"),
+    "proxy_plain_vs_direct_plain": ("proxy_plain", "direct_plain"),
+    "direct_e2ee_vs_direct_plain": ("direct_e2ee", "direct_plain"),
+}
+
+
+async def measure_overhead(
+    client: httpx.AsyncClient,
+    targets: Sequence[Target],
+    prompt: Prompt,
+    *,
+    requests_per_run: int,
+    runs: int,
+    gap_s: float,
+    warmup: int = 20,
+) -> OverheadFigures:
+    """Interleave ``requests_per_run`` requests of every target, ``runs`` times, ``gap_s``
+    apart so background work of one request (the proxy's asynchronous signature check) does not
+    land in the next one's timing, whichever variant that is."""
+    errors = 0
+    for _ in range(warmup):
+        for target in targets:
+            await stream_once(client, target, prompt)
+    per_run: list[dict[str, VariantRun]] = []
+    for _ in range(runs):
+        results: dict[str, list[StreamResult]] = {target.name: [] for target in targets}
+        for i in range(requests_per_run):
+            shift = i % len(targets)
+            for target in [*targets[shift:], *targets[:shift]]:
+                expected = None if target.model_key is not None else prompt.answer
+                result = await stream_once(client, target, prompt, expected=expected)
+                errors += 0 if result.ok else 1
+                results[target.name].append(result)
+                await asyncio.sleep(gap_s)
+        per_run.append({name: _variant_run(values) for name, values in results.items()})
+
+    names = [target.name for target in targets]
+    variants = {
+        name: {
+            key: median_of_runs([getattr(run[name], key) for run in per_run])
+            for key in ("ttft_p50", "ttft_p99", "ttlt_p50", "ttlt_p99")
+        }
+        for name in names
+    }
+    added: dict[str, dict[str, float]] = {}
+    for label, (a, b) in _COMPARISONS.items():
+        if a in names and b in names:
+            diffs = [_diff(run[a], run[b]) for run in per_run]
+            added[label] = {key: median_of_runs([d[key] for d in diffs]) for key in diffs[0]}
+    return OverheadFigures(
+        variants=variants,
+        added=added,
+        requests_per_run=requests_per_run,
+        runs=runs,
+        answer_tokens=prompt.tokens,
+        errors=errors,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LongStreamFigures:
+    """Per variant: microseconds between chunks on the wire, and chunks per second."""
+
+    interval_us: dict[str, float]
+    chunks_per_s: dict[str, float]
+    proxy_cpu_us_per_chunk: dict[str, float]
+    simulator_cpu_us_per_chunk: dict[str, float]
+    tokens: int
+    runs: int
+    errors: int
+
+
+async def measure_long_stream(
+    client: httpx.AsyncClient,
+    targets: Sequence[Target],
+    prompt: Prompt,
+    *,
+    proxy: ManagedProcess,
+    simulator: ManagedProcess,
+    runs: int,
+) -> LongStreamFigures:
+    """Stream ``prompt``'s long answer through each target ``runs`` times."""
+    intervals: dict[str, list[float]] = {target.name: [] for target in targets}
+    sim_cpu: dict[str, list[float]] = {target.name: [] for target in targets}
+    proxy_cpu: dict[str, list[float]] = {t.name: [] for t in targets if t.name.startswith("proxy")}
+    errors = 0
+    for _ in range(runs):
+        for target in targets:
+            proxy_before, sim_before = proxy.cpu_seconds(), simulator.cpu_seconds()
+            expected = None if target.model_key is not None else prompt.answer
+            result = await stream_once(client, target, prompt, expected=expected)
+            proxy_used = proxy.cpu_seconds() - proxy_before
+            sim_used = simulator.cpu_seconds() - sim_before
+            if not result.ok or result.ttft_s is None or result.ttlt_s is None:
+                errors += 1
+                continue
+            gaps = max(1, result.content_events - 1)
+            intervals[target.name].append((result.ttlt_s - result.ttft_s) / gaps * 1e6)
+            sim_cpu[target.name].append(sim_used / result.events * 1e6)
+            if target.name in proxy_cpu:
+                proxy_cpu[target.name].append(proxy_used / result.events * 1e6)
+    interval_us = {name: median_of_runs(values) for name, values in intervals.items()}
+    return LongStreamFigures(
+        interval_us=interval_us,
+        chunks_per_s={name: 1e6 / value for name, value in interval_us.items() if value > 0},
+        proxy_cpu_us_per_chunk={name: median_of_runs(v) for name, v in proxy_cpu.items()},
+        simulator_cpu_us_per_chunk={name: median_of_runs(v) for name, v in sim_cpu.items()},
+        tokens=prompt.tokens,
+        runs=runs,
+        errors=errors,
+    )

@@ -1,0 +1,200 @@
+"""Many concurrent streams at a realistic token rate, through the proxy and directly.
+
+One run = the same load twice against a simulator process whose ``token_delay_s`` is
+``1 / rate``: first client -> simulator (plaintext model, the baseline), then client -> a FRESH
+proxy process -> simulator (E2EE model). The proxy is warmed with one request so its key is
+attested before the load starts (a cold model is the single-flight benchmark's subject). Stream
+``i`` of ``N`` starts at ``i * ramp_s / N``, so all ``N`` are open together for nearly the whole
+``duration`` and the start is not one thundering herd; every stream carries ``duration * rate``
+content tokens and is checked token for token.
+
+Figures per run: errors (non-200, in-band error, no ``[DONE]``, wrong content, transport
+error), time-to-first-token percentiles (from each stream's own start), the token rate each
+stream actually delivered (content tokens after the first / time from first token to
+``[DONE]``), the proxy's peak RSS (``VmHWM``) and the CPU share each process used (CPU seconds
+/ wall seconds; 1.0 = one core), plus the share used by anything else on the machine (from
+``/proc/stat``), which says how much the figures were disturbed. On a 2-core machine the
+client, the simulator (which seals every token with a fresh ephemeral key) and the proxy share
+two cores, so the delivered rate sags when their sum passes 2.0; that is reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.client import (
+    E2EE_MODEL,
+    Prompt,
+    StreamResult,
+    Target,
+    direct_target,
+    new_client,
+    prompt_for_tokens,
+    proxy_target,
+    stream_once,
+)
+from benchmarks.procs import SIM_API_KEY, ManagedProcess, start_proxy, system_busy_seconds
+from benchmarks.stats import median, median_of_runs, percentile
+from proxy.settings import ServerSettings
+
+DEFAULT_MAX_IN_FLIGHT: int = ServerSettings().max_in_flight
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRun:
+    """One load run against one target."""
+
+    target: str
+    streams: int
+    errors: dict[str, int]
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    tokens_per_s_median: float
+    tokens_per_s_min: float
+    wall_s: float
+    client_cpu_share: float
+    simulator_cpu_share: float
+    other_cpu_share: float
+    chunks: int
+    proxy_cpu_share: float | None = None
+    proxy_cpu_us_per_chunk: float | None = None
+    proxy_rss_mb: float | None = None
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+async def _staggered(
+    target: Target, prompt: Prompt, streams: int, ramp_s: float
+) -> list[StreamResult]:
+    async with new_client(streams) as client:
+
+        async def one(index: int) -> StreamResult:
+            await asyncio.sleep(index * ramp_s / streams)
+            return await stream_once(client, target, prompt, expected=prompt.answer)
+
+        return list(await asyncio.gather(*(one(i) for i in range(streams))))
+
+
+def _rates(results: Sequence[StreamResult]) -> list[float]:
+    rates = []
+    for result in results:
+        if result.ok and result.ttft_s is not None and result.ttlt_s is not None:
+            span = result.ttlt_s - result.ttft_s
+            if span > 0 and result.content_events > 1:
+                rates.append((result.content_events - 1) / span)
+    return rates
+
+
+async def load_run(
+    target: Target,
+    prompt: Prompt,
+    *,
+    streams: int,
+    ramp_s: float,
+    simulator: ManagedProcess,
+    proxy: ManagedProcess | None = None,
+) -> LoadRun:
+    """Run ``streams`` concurrent streams against ``target`` and summarize them."""
+    sim_before = simulator.cpu_seconds()
+    proxy_before = proxy.cpu_seconds() if proxy is not None else 0.0
+    client_before = time.process_time()
+    busy_before = system_busy_seconds()
+    start = time.perf_counter()
+    results = await _staggered(target, prompt, streams, ramp_s)
+    wall = time.perf_counter() - start
+    busy = system_busy_seconds() - busy_before
+    client = time.process_time() - client_before
+    sim = simulator.cpu_seconds() - sim_before
+    via = proxy.cpu_seconds() - proxy_before if proxy is not None else 0.0
+    errors = Counter(result.error for result in results if result.error is not None)
+    ttft = [r.ttft_s * 1000 for r in results if r.ttft_s is not None]
+    rates = _rates(results)
+    chunks = sum(result.events for result in results)
+    return LoadRun(
+        target=target.name,
+        streams=streams,
+        errors=dict(errors),
+        ttft_p50_ms=percentile(ttft, 50),
+        ttft_p99_ms=percentile(ttft, 99),
+        tokens_per_s_median=median(rates),
+        tokens_per_s_min=min(rates) if rates else float("nan"),
+        wall_s=wall,
+        client_cpu_share=client / wall,
+        simulator_cpu_share=sim / wall,
+        other_cpu_share=max(0.0, busy - client - sim - via) / wall,
+        chunks=chunks,
+        proxy_cpu_share=via / wall if proxy else None,
+        proxy_cpu_us_per_chunk=via / chunks * 1e6 if proxy and chunks else None,
+        proxy_rss_mb=proxy.vm_hwm_mb() if proxy else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFigures:
+    """Medians over runs (``rss_mb`` is the largest peak of any run)."""
+
+    streams: int
+    duration_s: float
+    rate: float
+    errors: int
+    baseline_errors: int
+    ttft_added_ms_p99: float
+    rss_mb: float
+    max_in_flight: int | None
+    runs: list[tuple[LoadRun, LoadRun]]
+
+
+async def measure_load(
+    log_dir: Path,
+    simulator: ManagedProcess,
+    *,
+    streams: int,
+    duration_s: float,
+    rate: float,
+    runs: int,
+    ramp_s: float = 1.0,
+) -> LoadFigures:
+    """``runs`` x (baseline load, proxy load on a fresh proxy process).
+
+    The proxy's ``server.max_in_flight`` (default 256, over which it answers 503 at once by
+    design) is raised to ``streams`` when needed, so the test measures the relay, not the
+    admission limit; :data:`LoadFigures.max_in_flight` records the value used.
+    """
+    max_in_flight = streams if streams > DEFAULT_MAX_IN_FLIGHT else None
+    prompt = prompt_for_tokens(round(duration_s * rate))
+    baseline = direct_target(simulator.url, SIM_API_KEY, "direct_plain", model_key=None)
+    pairs: list[tuple[LoadRun, LoadRun]] = []
+    for _ in range(runs):
+        direct = await load_run(
+            baseline, prompt, streams=streams, ramp_s=ramp_s, simulator=simulator
+        )
+        with start_proxy(
+            log_dir, upstream_url=simulator.url + "/api/v1", max_in_flight=max_in_flight
+        ) as proxy:
+            target = proxy_target(proxy.url, E2EE_MODEL, "proxy_e2ee")
+            async with new_client(1) as client:
+                warm = await stream_once(client, target, prompt_for_tokens(8))
+            if not warm.ok:
+                raise RuntimeError(f"proxy warm-up failed: {warm.error}\n{proxy.log_tail()}")
+            via_proxy = await load_run(
+                target, prompt, streams=streams, ramp_s=ramp_s, simulator=simulator, proxy=proxy
+            )
+        pairs.append((direct, via_proxy))
+    return LoadFigures(
+        streams=streams,
+        duration_s=duration_s,
+        rate=rate,
+        errors=sum(p.error_count for _, p in pairs),
+        baseline_errors=sum(d.error_count for d, _ in pairs),
+        ttft_added_ms_p99=median_of_runs([p.ttft_p99_ms - d.ttft_p99_ms for d, p in pairs]),
+        rss_mb=max(p.proxy_rss_mb or 0.0 for _, p in pairs),
+        max_in_flight=max_in_flight,
+        runs=pairs,
+    )

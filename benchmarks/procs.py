@@ -1,0 +1,212 @@
+"""Run the simulator and the proxy as separate OS processes, and read their resource use.
+
+- The simulator runs ``python -m benchmarks.sim_main`` (the project's simulator with a chosen
+  ``token_delay_s``; ``venice-e2ee-proxy simulate`` has no flag for it).
+- The proxy runs ``python -m proxy serve --port P`` configured only through the environment, as
+  a user would: ``VENICE_API_KEY``, ``VENICE_PROXY_UPSTREAM__BASE_URL``,
+  ``VENICE_PROXY_ATTESTATION__DCAP=off`` (the simulator's quote has no Intel signature),
+  ``VENICE_PROXY_ATTESTATION__NVIDIA=nonce`` (NRAS would be a network round trip) and
+  ``VENICE_PROXY_PRIVACY__NON_E2EE=passthrough`` (so the plaintext model can be relayed for the
+  hop-only comparison; E2EE requests are unaffected). Any ``VENICE_*`` variable of the caller's
+  environment is dropped first so a user's config cannot leak into the figures.
+- Each process's stdout and stderr go to a log file in a temporary directory (never a pipe
+  nobody reads, which would block the process once full).
+
+Resource figures come from ``/proc/<pid>``: ``VmHWM`` (peak resident set) from ``status`` and
+user + system CPU time from ``stat`` (clock-tick resolution, 10 ms on Linux).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+SIM_API_KEY = "bench-sim-key"
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the child binds it right after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """Peak resident set size of ``pid`` in MiB (``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    # The command name in field 2 may contain spaces; fields after its ")" are fixed.
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """What to start and how to tell it is ready."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    port: int
+    ready_path: str
+    ready_headers: dict[str, str]
+
+
+class ManagedProcess:
+    """A child server process; use as a context manager so it is always stopped."""
+
+    def __init__(self, spec: ProcessSpec, log_dir: Path) -> None:
+        self.spec = spec
+        self.log_path = log_dir / f"{spec.name}-{spec.port}.log"
+        self._log = self.log_path.open("wb")
+        self._popen = subprocess.Popen(  # noqa: S603 - argv built here from fixed parts
+            list(spec.argv),
+            env=spec.env,
+            cwd=_REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{spec.port}"
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def wait_ready(self, timeout_s: float = 30.0) -> ManagedProcess:
+        """Poll the readiness path until it answers 200."""
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                if self._popen.poll() is not None:
+                    raise RuntimeError(f"{self.spec.name} exited early:\n{self.log_tail()}")
+                try:
+                    response = client.get(
+                        self.url + self.spec.ready_path, headers=self.spec.ready_headers
+                    )
+                    if response.status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.spec.name} did not start:\n{self.log_tail()}")
+                time.sleep(0.05)
+
+    def vm_hwm_mb(self) -> float:
+        return vm_hwm_mb(self.pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def log_tail(self, lines: int = 20) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGINT (uvicorn's graceful stop), then SIGKILL if it lingers."""
+        if self._popen.poll() is None:
+            self._popen.send_signal(signal.SIGINT)
+            try:
+                self._popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait(timeout=10)
+        self._log.close()
+
+    def __enter__(self) -> ManagedProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _clean_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VENICE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_simulator(log_dir: Path, *, token_delay_s: float) -> ManagedProcess:
+    """A simulated Venice in its own process, ready to serve."""
+    port = free_port()
+    spec = ProcessSpec(
+        name="simulator",
+        argv=(
+            sys.executable,
+            "-m",
+            "benchmarks.sim_main",
+            "--port",
+            str(port),
+            "--token-delay",
+            repr(token_delay_s),
+        ),
+        env=_clean_env(),
+        port=port,
+        ready_path="/api/v1/models",
+        ready_headers={"authorization": f"Bearer {SIM_API_KEY}"},
+    )
+    return ManagedProcess(spec, log_dir).wait_ready()
+
+
+def start_proxy(
+    log_dir: Path, *, upstream_url: str, max_in_flight: int | None = None
+) -> ManagedProcess:
+    """The proxy in its own process, in front of ``upstream_url`` (``.../api/v1``).
+
+    ``max_in_flight`` raises ``server.max_in_flight`` (default 256) when a test needs more
+    concurrent streams than that; otherwise the proxy's default applies.
+    """
+    port = free_port()
+    env = _clean_env() | {
+        "VENICE_API_KEY": SIM_API_KEY,
+        "VENICE_PROXY_UPSTREAM__BASE_URL": upstream_url,
+        "VENICE_PROXY_ATTESTATION__DCAP": "off",
+        # NRAS is a network round trip to NVIDIA; the simulator's GPU evidence is synthetic.
+        "VENICE_PROXY_ATTESTATION__NVIDIA": "nonce",
+        "VENICE_PROXY_PRIVACY__NON_E2EE": "passthrough",
+        "VENICE_PROXY_LOGGING__FORMAT": "json",
+    }
+    if max_in_flight is not None:
+        env["VENICE_PROXY_SERVER__MAX_IN_FLIGHT"] = str(max_in_flight)
+    spec = ProcessSpec(
+        name="proxy",
+        argv=(sys.executable, "-m", "proxy", "serve", "--port", str(port)),
+        env=env,
+        port=port,
+        ready_path="/healthz",
+        ready_headers={},
+    )
+    return ManagedProcess(spec, log_dir).wait_ready()
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds all processors spent busy since boot (``/proc/stat``; idle and iowait
+    excluded). Compared with our own processes' CPU time it shows other load on the machine."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
