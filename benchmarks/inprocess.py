@@ -9,7 +9,7 @@
   stream composer sealing a 2000-token answer to a client key, fed one event per ``feed`` (what
   arrives from the socket when the upstream paces its tokens). Two variants are reported next to
   it: the same bytes fed in 64 KiB reads (what httpx hands over when the proxy lags behind), and
-  the proxy's real async generators (:func:`proxy.stream.decrypted_chunks` +
+  the proxy's real async generators (:func:`proxy.stream.decrypted_batches` +
   :func:`proxy.stream.sse_to_client`), which add the generator hops and the usage/cost handling.
 - ``attestation_verify_ms``: :func:`proxy.attestation.verify_evidence` on the real
   ``attestation_glm_5_1.json`` capture with its collateral already in memory ("warm"), at its
@@ -60,7 +60,7 @@ from proxy.simulator.chunks import CompletionMeta, stream_items
 from proxy.simulator.faults import Faults
 from proxy.simulator.sealing import ResponseSealer
 from proxy.sse import SSEDecoder, encode_json
-from proxy.stream import StreamStats, decrypted_chunks, sse_to_client
+from proxy.stream import StreamStats, decrypted_batches, sse_to_client
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "attestations"
 READ_SIZE = 64 * 1024
@@ -130,7 +130,7 @@ async def _replay(reads: list[bytes]) -> AsyncIterator[bytes]:
 async def _generators_once(recording: UpstreamRecording, reads: list[bytes]) -> tuple[float, int]:
     stats = StreamStats()
     decryptor = ChunkDecryptor(recording.keys.private)
-    rest = decrypted_chunks(_replay(reads), decryptor, stats)
+    rest = decrypted_batches(_replay(reads), decryptor, stats)
     start = time.perf_counter()
     async for _ in sse_to_client([], rest, include_usage=False, stats=stats):
         pass

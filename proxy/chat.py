@@ -35,7 +35,7 @@ from proxy.keys import AttestedKey, AttestedKeyCache
 from proxy.models import ModelCatalogue, resolve_alias
 from proxy.protocol import ChunkDecryptor, encrypt_request
 from proxy.retry import RetryPolicy, retry_delay, retry_reason
-from proxy.stream import StreamStats, decrypted_chunks, has_text
+from proxy.stream import Batch, StreamStats, decrypted_batches, has_text
 from proxy.upstream import UpstreamClient, UpstreamStream
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -44,7 +44,14 @@ _MAX_N = 128
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # json.loads accepts "\ud800" escapes; a lone surrogate has no UTF-8 encoding.
+        raise InvalidRequestError(
+            "the request contains a lone UTF-16 surrogate (invalid Unicode)",
+            code="invalid_unicode",
+        ) from exc
 
 
 def validate_chat_request(payload: Any) -> dict[str, Any]:
@@ -104,8 +111,8 @@ class ChatOutcome:
     e2ee: bool
     client_stream: bool
     include_usage: bool
-    first: list[dict[str, Any]]
-    rest: AsyncIterator[dict[str, Any]]
+    first: Batch
+    rest: AsyncIterator[Batch]
     upstream: UpstreamStream
     stats: StreamStats
     key: AttestedKey | None = None
@@ -236,12 +243,12 @@ class ChatService:
                 raise _StaleKeyError(key.public_key, exc) from exc
             raise
         decryptor = ChunkDecryptor(encrypted.client_keys.private)
-        rest = decrypted_chunks(upstream.iter_bytes(), decryptor, stats)
-        first: list[dict[str, Any]] = []
+        rest = decrypted_batches(upstream.iter_bytes(), decryptor, stats)
+        first: Batch = []
         try:
-            async for chunk in rest:
-                first.append(chunk)
-                if has_text(chunk):
+            async for batch in rest:
+                first.extend(batch)
+                if any(has_text(chunk) for chunk in batch):
                     break
         except DecryptionError as exc:
             await upstream.aclose()
@@ -292,7 +299,7 @@ class ChatService:
             client_stream=client_stream,
             include_usage=include_usage,
             first=[],
-            rest=decrypted_chunks(upstream.iter_bytes(), None, stats),
+            rest=decrypted_batches(upstream.iter_bytes(), None, stats),
             upstream=upstream,
             stats=stats,
             attempts=attempt,

@@ -50,7 +50,7 @@ def next_update(collateral: Mapping[str, Any]) -> float | None:
             value = json.loads(text)["nextUpdate"] if isinstance(text, str) else None
             if isinstance(value, str):
                 times.append(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue
     return min(times) if times else None
 
@@ -80,7 +80,7 @@ def file_fetcher(path: Path) -> CollateralFetcher:
     async def fetch(quote: bytes) -> Mapping[str, Any]:
         try:
             document = json.loads(await asyncio.to_thread(path.read_text, encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise AttestationError(
                 f"could not read DCAP collateral file {path}", code=UNAVAILABLE
             ) from exc

@@ -46,12 +46,26 @@ class ProxyError(Exception):
     default_message: ClassVar[str] = "internal proxy error"
 
     def __init__(
-        self, message: str | None = None, *, code: str | None = None, param: str | None = None
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        foreign: bool = False,
     ) -> None:
         self.message = message if message is not None else self.default_message
         self.code = code if code is not None else self.default_code
         self.param = param
+        self.foreign = foreign
         super().__init__(self.message)
+
+    @property
+    def log_code(self) -> str:
+        """The code safe to log: ours, never text another party chose (an upstream's error
+        code could echo anything, the prompt included)."""
+        if self.foreign:
+            return f"{type(self).__name__}:{self.http_status}"
+        return self.code or self.error_type
 
     @property
     def http_status(self) -> int:
@@ -192,7 +206,7 @@ class UpstreamStatusError(UpstreamError):
         retry_after: str | None = None,
         ratelimit_reset: str | None = None,
     ) -> None:
-        super().__init__(message, code=code, param=param)
+        super().__init__(message, code=code, param=param, foreign=True)
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.ratelimit_reset = ratelimit_reset

@@ -35,6 +35,7 @@ from proxy.stream import aggregate, sse_to_client
 router = APIRouter()
 log = get_logger("proxy.request")
 
+CLIENT_CLOSED_REQUEST = 499  # the de facto status for "the client hung up first"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 T = TypeVar("T")
@@ -68,13 +69,18 @@ async def _read_json(request: Request, limit: int) -> Any:
     if not body:
         raise InvalidRequestError("the request body is empty", code="empty_body")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_reject_constant)
     except RecursionError as exc:
         raise InvalidRequestError("the request body is nested too deeply") from exc
     except ValueError as exc:
         raise InvalidRequestError(
             "the request body is not valid JSON", code="invalid_json"
         ) from exc
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); Python's parser accepts them by default.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
@@ -187,8 +193,11 @@ async def chat_completions(request: Request) -> Response:
         outcome = await _until_disconnect(
             request, services.chat.start(payload, request_id=exchange.request_id)
         )
+    except asyncio.CancelledError:
+        exchange.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
+        raise
     except ProxyError as exc:
-        exchange.finish(exc.http_status, exc.code)
+        exchange.finish(exc.http_status, exc.log_code)
         response = proxy_error_response(exc)
         response.headers["x-request-id"] = exchange.request_id
         return response
@@ -210,8 +219,11 @@ async def chat_completions(request: Request) -> Response:
             failure = await _receipt_failure(services, outcome, exchange.request_id)
             if failure is not None:
                 raise failure
+    except asyncio.CancelledError:
+        exchange.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
+        raise
     except ProxyError as exc:
-        exchange.finish(exc.http_status, exc.code)
+        exchange.finish(exc.http_status, exc.log_code)
         response = proxy_error_response(exc)
         response.headers.update(headers)
         return response

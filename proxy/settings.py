@@ -62,7 +62,7 @@ class ServerSettings(_Section):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
-    max_in_flight: int = Field(default=256, gt=0)
+    max_in_flight: int = Field(default=512, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
 
 

@@ -58,7 +58,7 @@ def _upstream_error(payload: Mapping[str, Any]) -> UpstreamError:
             code = err["code"]
     elif isinstance(err, str):
         message = f"upstream error mid-stream: {err[:300]}"
-    return UpstreamError(message, code=code)
+    return UpstreamError(message, code=code, foreign=True)
 
 
 def has_text(chunk: Mapping[str, Any]) -> bool:
@@ -77,34 +77,53 @@ def has_text(chunk: Mapping[str, Any]) -> bool:
     return False
 
 
-async def decrypted_chunks(
-    body: AsyncIterator[bytes], decryptor: ChunkDecryptor | None, stats: StreamStats
-) -> AsyncIterator[dict[str, Any]]:
-    """Parse and decrypt the upstream event stream until ``[DONE]``.
+Batch = list[dict[str, Any]]
 
-    With ``decryptor=None`` (plaintext passthrough) chunks are only parsed.
+
+def _parse_event(data: str, decryptor: ChunkDecryptor | None, stats: StreamStats) -> dict[str, Any]:
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise SSEProtocolError("the upstream sent an event that is not valid JSON") from exc
+    if not isinstance(chunk, dict):
+        raise SSEProtocolError("the upstream sent an event that is not a JSON object")
+    if "error" in chunk:
+        raise _upstream_error(chunk)
+    if decryptor is not None:
+        decryptor.decrypt_chunk(chunk)
+    if stats.completion_id is None and isinstance(chunk.get("id"), str):
+        stats.completion_id = chunk["id"]
+    stats.chunks += 1
+    return chunk
+
+
+async def decrypted_batches(
+    body: AsyncIterator[bytes], decryptor: ChunkDecryptor | None, stats: StreamStats
+) -> AsyncIterator[Batch]:
+    """Parse and decrypt the upstream event stream until ``[DONE]``, one batch per upstream
+    read (so the client gets one write per read, not one per chunk).
+
+    With ``decryptor=None`` (plaintext passthrough) chunks are only parsed. When a chunk fails,
+    the good chunks before it in the same read are yielded first, then the error is raised.
     """
     decoder = SSEDecoder()
     async for data in body:
-        for event in decoder.feed(data):
-            if event.data == "[DONE]":
-                stats.completed = True
-                await _drain(body)
-                return
-            try:
-                chunk = json.loads(event.data)
-            except ValueError as exc:
-                raise SSEProtocolError("the upstream sent an event that is not JSON") from exc
-            if not isinstance(chunk, dict):
-                raise SSEProtocolError("the upstream sent an event that is not a JSON object")
-            if "error" in chunk:
-                raise _upstream_error(chunk)
-            if decryptor is not None:
-                decryptor.decrypt_chunk(chunk)
-            if stats.completion_id is None and isinstance(chunk.get("id"), str):
-                stats.completion_id = chunk["id"]
-            stats.chunks += 1
-            yield chunk
+        batch: Batch = []
+        try:
+            for event in decoder.feed(data):
+                if event.data == "[DONE]":
+                    stats.completed = True
+                    break
+                batch.append(_parse_event(event.data, decryptor, stats))
+        except ProxyError:
+            if batch:
+                yield batch
+            raise
+        if batch:
+            yield batch
+        if stats.completed:
+            await _drain(body)
+            return
     decoder.finish()
     raise UpstreamError(
         "the upstream stream ended before it was complete (no [DONE])",
@@ -138,8 +157,8 @@ BeforeDone = Callable[[], Awaitable[ProxyError | None]]
 
 
 async def sse_to_client(
-    first: list[dict[str, Any]],
-    rest: AsyncIterator[dict[str, Any]],
+    first: Batch,
+    rest: AsyncIterator[Batch],
     *,
     include_usage: bool,
     stats: StreamStats,
@@ -147,27 +166,32 @@ async def sse_to_client(
 ) -> AsyncIterator[bytes]:
     """Client SSE bytes: the already-read ``first`` chunks, then ``rest``, then ``[DONE]``.
 
-    Errors after this starts are reported in-band. ``before_done`` runs after a complete
-    upstream stream and before ``[DONE]``; an error it returns is reported in-band (strict
-    signature checking).
+    One write per upstream read. Errors after this starts are reported in-band.
+    ``before_done`` runs after a complete upstream stream and before ``[DONE]``; an error it
+    returns is reported in-band (strict signature checking).
     """
     try:
-        for chunk in first:
-            out = _client_chunk(chunk, include_usage, stats)
-            if out is not None:
+        if first:
+            out = _client_bytes(first, include_usage, stats)
+            if out:
                 yield out
-        async for chunk in rest:
-            out = _client_chunk(chunk, include_usage, stats)
-            if out is not None:
+        async for batch in rest:
+            out = _client_bytes(batch, include_usage, stats)
+            if out:
                 yield out
         if before_done is not None:
             failure = await before_done()
             if failure is not None:
                 raise failure
     except ProxyError as exc:
-        stats.error_code = exc.code or exc.error_type
+        stats.error_code = exc.log_code
         yield encode_json(exc.to_body())
     yield DONE
+
+
+def _client_bytes(batch: Batch, include_usage: bool, stats: StreamStats) -> bytes:
+    parts = [_client_chunk(chunk, include_usage, stats) for chunk in batch]
+    return b"".join(part for part in parts if part is not None)
 
 
 def _client_chunk(chunk: dict[str, Any], include_usage: bool, stats: StreamStats) -> bytes | None:
@@ -181,15 +205,14 @@ def _client_chunk(chunk: dict[str, Any], include_usage: bool, stats: StreamStats
     return encode_json(chunk)
 
 
-async def aggregate(
-    first: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]], stats: StreamStats
-) -> dict[str, Any]:
+async def aggregate(first: Batch, rest: AsyncIterator[Batch], stats: StreamStats) -> dict[str, Any]:
     """One ``chat.completion`` built from the whole stream (errors propagate)."""
     aggregator = CompletionAggregator()
     for chunk in first:
         aggregator.add(chunk)
-    async for chunk in rest:
-        aggregator.add(chunk)
+    async for batch in rest:
+        for chunk in batch:
+            aggregator.add(chunk)
     result = aggregator.result()
     usage = result.get("usage")
     stats.usage = usage if isinstance(usage, dict) else None

@@ -79,7 +79,7 @@ def status_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstre
     text = body[:_MAX_ERROR_BODY].decode("utf-8", errors="replace")
     try:
         payload: Any = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         payload = None
     message, code = _error_message(status, payload, text)
     hint = _STATUS_HINTS.get(status)
@@ -208,7 +208,7 @@ class UpstreamClient:
             raise status_error(response.status_code, response.content, response.headers)
         try:
             return response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UpstreamError(
                 f"the upstream answered {path} with invalid JSON", code="upstream_bad_json"
             ) from exc
@@ -259,6 +259,14 @@ class UpstreamClient:
             finally:
                 await response.aclose()
             raise status_error(response.status_code, body_bytes, response.headers)
+        content_type = response.headers.get("content-type", "")
+        if stream and not content_type.lower().startswith("text/event-stream"):
+            await response.aclose()
+            raise UpstreamError(
+                f"the upstream answered {response.status_code} with content type "
+                f"'{content_type[:60]}' instead of an event stream",
+                code="upstream_bad_content_type",
+            )
         return UpstreamStream(response, self.timeouts)
 
 
@@ -308,5 +316,5 @@ class ServiceClient:
             raise status_error(response.status_code, response.content, response.headers)
         try:
             return response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise UpstreamError(f"{url} answered with invalid JSON", code="bad_json") from exc

@@ -47,7 +47,7 @@ def unwrap_capture(document: Mapping[str, Any]) -> Capture:
     if isinstance(body, str):
         try:
             body = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise AttestationError(
                 "the capture's attestation is not valid JSON", code="capture_invalid"
             ) from exc

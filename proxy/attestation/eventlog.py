@@ -130,7 +130,7 @@ def parse_event_log(value: Any, source: str) -> EventLog:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise EventLogError(f"{source} is not valid JSON") from exc
     if not isinstance(value, list):
         raise EventLogError(f"{source} is not a list")

@@ -250,7 +250,7 @@ def _json_value(value: Any, code: str, what: str) -> Any:
         return value
     try:
         return json.loads(value)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise AttestationError(f"{what} is not valid JSON", code=code) from exc
 
 
