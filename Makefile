@@ -20,8 +20,8 @@ simulate: $(STAMP)
 	$(BIN)/venice-e2ee-proxy simulate $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy tests
-	$(BIN)/ruff format --check proxy tests
+	$(BIN)/ruff check proxy tests benchmarks scripts
+	$(BIN)/ruff format --check proxy tests benchmarks scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

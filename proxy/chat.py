@@ -41,6 +41,7 @@ from proxy.upstream import UpstreamClient, UpstreamStream
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _KEY_REJECTION_MARKERS = ("decrypt", "public key", "model_key", "model key", "e2ee header")
 _MAX_N = 128
+_MAX_MODEL_NAME = 256
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
@@ -68,6 +69,18 @@ def validate_chat_request(payload: Any) -> dict[str, Any]:
         raise InvalidRequestError(
             "'model' is required and must be a non-empty string", param="model"
         )
+    if len(model) > _MAX_MODEL_NAME:
+        raise InvalidRequestError(
+            f"'model' is longer than {_MAX_MODEL_NAME} characters", param="model"
+        )
+    try:
+        model.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(
+            "'model' contains invalid Unicode (a lone surrogate)",
+            param="model",
+            code="invalid_unicode",
+        ) from None
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError(

@@ -56,6 +56,7 @@ from proxy.errors import (
     DecryptionError,
     InvalidRequestError,
     PlaintextInStreamError,
+    SSEProtocolError,
     UnsupportedForE2EEError,
 )
 
@@ -248,11 +249,22 @@ class ChunkDecryptor:
             return chunk
         for choice in choices:
             if not isinstance(choice, dict):
-                continue
+                raise SSEProtocolError("the upstream sent a choice that is not an object")
             for container_name in _RESPONSE_CONTAINERS:
                 container = choice.get(container_name)
                 if isinstance(container, dict):
                     self._decrypt_fields(container)
+                elif container is not None:
+                    # A string delta (or any other shape) could carry text we never decrypted.
+                    raise SSEProtocolError(
+                        f"the upstream sent a '{container_name}' that is not an object"
+                    )
+            text = choice.get("text")
+            if text is not None and text != "":
+                # Completions-style text is sealed like content, or refused.
+                if not isinstance(text, str):
+                    raise PlaintextInStreamError()
+                choice["text"] = self._open(text)
         return chunk
 
     def _decrypt_fields(self, container: dict[str, Any]) -> None:

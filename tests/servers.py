@@ -14,7 +14,7 @@ import uvicorn
 
 def free_socket() -> socket.socket:
     """A listening-ready socket bound to 127.0.0.1 on a free port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
