@@ -512,3 +512,25 @@ def test_end_to_end_with_request_keys() -> None:
     chunk = delta_chunk(content=answer)
     ChunkDecryptor(request.client_keys.private).decrypt_chunk(chunk)
     assert chunk["choices"][0]["delta"]["content"] == "pong to ping"
+
+
+def test_malformed_choices_fail_closed() -> None:
+    """Shapes that could carry text past the decryptor are refused, not passed through."""
+    from proxy.errors import SSEProtocolError
+
+    decryptor = ChunkDecryptor(crypto.generate_keypair().private)
+    for chunk in (
+        {"choices": ["leaked text"]},
+        {"choices": [{"index": 0, "delta": "leaked text"}]},
+        {"choices": [{"index": 0, "message": ["leaked"]}]},
+    ):
+        with pytest.raises(SSEProtocolError):
+            decryptor.decrypt_chunk(chunk)
+    with pytest.raises(PlaintextInStreamError):
+        decryptor.decrypt_chunk({"choices": [{"index": 0, "text": "completions-style leak"}]})
+
+
+def test_completions_style_text_is_decrypted() -> None:
+    client = crypto.generate_keypair()
+    chunk = {"choices": [{"index": 0, "text": crypto.seal_text(client.public, "hi")}]}
+    assert ChunkDecryptor(client.private).decrypt_chunk(chunk)["choices"][0]["text"] == "hi"
