@@ -18,6 +18,7 @@
     └── UpstreamError                  502 upstream_error
         ├── UpstreamStatusError        the upstream's status, mapped type
         ├── UpstreamTimeoutError       504 upstream_error         code=upstream_timeout
+        │   └── UpstreamConnectTimeoutError 504                   code=upstream_connect_timeout
         └── UpstreamConnectError       502 upstream_error         code=upstream_unreachable
 
 The OpenAI error body ``{"error": {"message", "type", "param", "code"}}`` is built in one place,
@@ -230,6 +231,13 @@ class UpstreamTimeoutError(UpstreamError):
     status = 504
     default_code = "upstream_timeout"
     default_message = "the upstream timed out"
+
+
+class UpstreamConnectTimeoutError(UpstreamTimeoutError):
+    """The upstream did not accept the connection in time (nothing was sent: safe to retry)."""
+
+    default_code = "upstream_connect_timeout"
+    default_message = "the upstream did not accept the connection in time"
 
 
 class UpstreamConnectError(UpstreamError):

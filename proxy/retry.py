@@ -1,10 +1,10 @@
 """When to retry an upstream request, and how long to wait first. Pure.
 
 Retried (only before any byte reached the client, each attempt re-encrypted with fresh keys by
-the caller): connection failures, HTTP 429, 500, 502, 503 and 504, and a stream that broke or
-ended before its first text arrived. Not retried: timeouts after connecting (a slow prefill
-would be paid twice), 4xx other than 429, attestation and decryption failures (those have their
-own single re-attestation path).
+the caller): connection failures and connect timeouts (nothing was sent), HTTP 429, 500, 502,
+503 and 504, and a stream that broke or ended before its first text arrived. Not retried:
+timeouts after connecting (a slow prefill would be paid twice), 4xx other than 429, attestation
+and decryption failures (those have their own single re-attestation path).
 
 Delay for retry ``n`` (0-based): the upstream's own hint when it gave one (``Retry-After`` in
 seconds or as an HTTP date; else Venice's ``x-ratelimit-reset-requests``, a unix time), else
@@ -19,7 +19,13 @@ import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from proxy.errors import ProxyError, UpstreamConnectError, UpstreamError, UpstreamStatusError
+from proxy.errors import (
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamConnectTimeoutError,
+    UpstreamError,
+    UpstreamStatusError,
+)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRYABLE_STREAM_CODES = frozenset(
@@ -42,7 +48,7 @@ def retry_reason(exc: ProxyError) -> str | None:
     if isinstance(exc, UpstreamStatusError):
         status = exc.upstream_status
         return f"status_{status}" if status in RETRYABLE_STATUSES else None
-    if isinstance(exc, UpstreamConnectError):
+    if isinstance(exc, UpstreamConnectError | UpstreamConnectTimeoutError):
         return "connect"
     if type(exc) is UpstreamError and exc.code in RETRYABLE_STREAM_CODES:
         return "stream"

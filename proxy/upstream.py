@@ -27,6 +27,7 @@ import httpx
 from proxy.errors import (
     ProxyError,
     UpstreamConnectError,
+    UpstreamConnectTimeoutError,
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeoutError,
@@ -141,6 +142,8 @@ class UpstreamStream:
 
 
 def _translate(exc: httpx.HTTPError) -> ProxyError:
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return UpstreamConnectTimeoutError()
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeoutError()
     if isinstance(exc, httpx.ConnectError):
