@@ -16,7 +16,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -135,6 +135,13 @@ class _Exchange:
             self.ttfb_s = time.perf_counter() - self.started
             self.services.metrics.observe_ttfb(self.model, self.ttfb_s)
 
+    def fail(self, exc: ProxyError, headers: Mapping[str, str]) -> Response:
+        """Log the request as failed with ``exc`` and answer with its OpenAI error."""
+        self.finish(exc.http_status, exc.log_code)
+        response = proxy_error_response(exc)
+        response.headers.update(headers)
+        return response
+
     def finish(self, status: int, error_code: str | None = None) -> None:
         """Emit the request's one log line and its metrics."""
         outcome = self.outcome
@@ -197,10 +204,7 @@ async def chat_completions(request: Request) -> Response:
         exchange.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
         raise
     except ProxyError as exc:
-        exchange.finish(exc.http_status, exc.log_code)
-        response = proxy_error_response(exc)
-        response.headers["x-request-id"] = exchange.request_id
-        return response
+        return exchange.fail(exc, {"x-request-id": exchange.request_id})
     exchange.attach(outcome)
 
     headers = {**outcome.headers, "x-request-id": exchange.request_id}
@@ -223,10 +227,7 @@ async def chat_completions(request: Request) -> Response:
         exchange.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
         raise
     except ProxyError as exc:
-        exchange.finish(exc.http_status, exc.log_code)
-        response = proxy_error_response(exc)
-        response.headers.update(headers)
-        return response
+        return exchange.fail(exc, headers)
     finally:
         await outcome.aclose()
     if mode == "async":

@@ -200,21 +200,7 @@ class UpstreamClient:
         request = self._http.build_request(
             "GET", self.base_url + path, params=dict(params), headers=self._headers()
         )
-        try:
-            async with asyncio.timeout(self.timeouts.first_byte_s):
-                response = await self._http.send(request)
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError() from exc
-        except httpx.HTTPError as exc:
-            raise _translate(exc) from exc
-        if response.status_code >= 400:
-            raise status_error(response.status_code, response.content, response.headers)
-        try:
-            return response.json()
-        except (ValueError, RecursionError) as exc:
-            raise UpstreamError(
-                f"the upstream answered {path} with invalid JSON", code="upstream_bad_json"
-            ) from exc
+        return await _send_for_json(self._http, request, self.timeouts.first_byte_s, path)
 
     async def get_attestation(self, model: str, nonce_hex: str) -> Any:
         """``GET /tee/attestation?model=&nonce=`` as parsed JSON."""
@@ -308,16 +294,25 @@ class ServiceClient:
         request = self._http.build_request(
             method, url, json=body, headers={"accept": "application/json"}
         )
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                response = await self._http.send(request)
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError(f"{url} did not answer in time") from exc
-        except httpx.HTTPError as exc:
-            raise _translate(exc) from exc
-        if response.status_code >= 400:
-            raise status_error(response.status_code, response.content, response.headers)
-        try:
-            return response.json()
-        except (ValueError, RecursionError) as exc:
-            raise UpstreamError(f"{url} answered with invalid JSON", code="bad_json") from exc
+        return await _send_for_json(self._http, request, self._timeout_s, url)
+
+
+async def _send_for_json(
+    http: httpx.AsyncClient, request: httpx.Request, timeout_s: float, what: str
+) -> Any:
+    """Send ``request`` and parse its JSON answer; every failure in our error tree."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            response = await http.send(request)
+    except TimeoutError as exc:
+        raise UpstreamTimeoutError(f"{what} did not answer in time") from exc
+    except httpx.HTTPError as exc:
+        raise _translate(exc) from exc
+    if response.status_code >= 400:
+        raise status_error(response.status_code, response.content, response.headers)
+    try:
+        return response.json()
+    except (ValueError, RecursionError) as exc:
+        raise UpstreamError(
+            f"the answer to {what} is not valid JSON", code="upstream_bad_json"
+        ) from exc
