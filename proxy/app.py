@@ -172,7 +172,7 @@ def build_services(
             metrics.record_attestation_fetch(model, "verification_failed")
         else:
             metrics.record_attestation_fetch(model, "fetch_error")
-        log.warning("attestation_failed", model=model, code=error.code if error else None)
+        log.warning("attestation_failed", model=model, code=error.log_code if error else None)
 
     keys = AttestedKeyCache(attester.attest, on_result=count_attestation)
 
