@@ -482,3 +482,32 @@ def test_client_disconnect_cancels_upstream(
         assert sim_state.streams_completed == 0
     finally:
         sim_state.token_delay_s = 0.0
+
+
+@pytest.mark.parametrize(
+    ("status", "exception", "hint"),
+    [
+        (401, openai.AuthenticationError, "VENICE_API_KEY"),
+        (402, openai.APIStatusError, "insufficient balance"),
+        (403, openai.PermissionDeniedError, "upstream error 403"),
+        (404, openai.NotFoundError, "upstream error 404"),
+        (429, openai.RateLimitError, "rate limit"),
+        (503, openai.InternalServerError, "upstream error 503"),
+    ],
+)
+def test_upstream_statuses_become_openai_errors(
+    proxy: ThreadedServer,
+    sim_state: SimulatorState,
+    status: int,
+    exception: type[openai.APIStatusError],
+    hint: str,
+) -> None:
+    sim_state.faults = Faults(fail_status=status, fail_times=-1)
+    with pytest.raises(exception) as info:
+        client(proxy).chat.completions.create(
+            model=E2EE_MODEL, messages=[{"role": "user", "content": CANARY}]
+        )
+    assert info.value.status_code == status
+    assert hint in info.value.message
+    body = info.value.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
