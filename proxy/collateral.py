@@ -27,7 +27,6 @@ import dcap_qvl
 
 from proxy.errors import AttestationError
 
-INTEL_PCS_URL = "https://api.trustedservices.intel.com"
 UNAVAILABLE = "dcap_collateral_unavailable"
 _PEM_START = b"-----BEGIN CERTIFICATE-----"
 

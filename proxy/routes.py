@@ -167,6 +167,7 @@ class _Exchange:
             completed=stats.completed if stats else False,
             prompt_tokens=usage.get("prompt_tokens") if usage else None,
             completion_tokens=usage.get("completion_tokens") if usage else None,
+            cost_usd=_cost_usd(stats.cost) if stats else None,
             signing_address=key.signing_address if key else None,
             attestation_age_s=round(key.age_s(time.time()), 1) if key else None,
             venice_request_id=upstream.cf_ray if upstream else None,
@@ -177,6 +178,12 @@ class _Exchange:
             ttfb_ms=round(self.ttfb_s * 1000, 2) if self.ttfb_s is not None else None,
             duration_ms=round((time.perf_counter() - self.started) * 1000, 2),
         )
+
+
+def _cost_usd(cost: Any) -> float | None:
+    """Venice's reported cost in USD, when it sent a number (its ``cost`` object)."""
+    value = cost.get("usd") if isinstance(cost, Mapping) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 _DECRYPTION_CODES: dict[str, DecryptionKind] = {
@@ -247,7 +254,6 @@ async def _check_receipt(
     result = await services.receipts.verify(
         outcome.model, completion_id, outcome.key.signing_address
     )
-    outcome.stats.signature = result.outcome
     services.metrics.record_signature(result.outcome)
     (log.info if result.ok else log.warning)(
         "signature_check",

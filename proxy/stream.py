@@ -44,7 +44,6 @@ class StreamStats:
     completed: bool = False
     error_code: str | None = field(default=None)
     completion_id: str | None = None
-    signature: str | None = None
 
 
 def _upstream_error(payload: Mapping[str, Any]) -> UpstreamError:

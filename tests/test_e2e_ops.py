@@ -254,3 +254,4 @@ def test_request_log_line(proxy: ThreadedServer, log_lines: Callable[[], list[st
     assert record["attestation_age_s"] is not None
     assert record["request_id"].startswith("req_")
     assert record["completion_tokens"] > 0
+    assert isinstance(record["cost_usd"], float)
