@@ -30,8 +30,8 @@ from typing import Any
 
 import httpx
 
-from proxy.crypto import parse_public_key
-from proxy.protocol import encrypt_request
+from proxy.core.crypto import parse_public_key
+from proxy.core.protocol import encrypt_request
 from proxy.simulator.answer import ANSWER_PREFIX, ANSWER_SUFFIX, tokenize
 
 E2EE_MODEL = "e2ee-simulated-near"

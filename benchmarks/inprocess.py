@@ -3,14 +3,15 @@
 - ``crypto_floor_us``: one response field opened the only way the protocol allows, on a blob
   with a fresh server ephemeral key (NEAR and aci never reuse one): ECDH (secp256k1 point
   multiplication, raw x) + HKDF-SHA256 + AES-256-GCM decrypt of a 5-byte token, via
-  :func:`proxy.crypto.aes_key_for` and :func:`proxy.crypto.open_with_key`.
+  :func:`proxy.core.crypto.aes_key_for` and :func:`proxy.core.crypto.open_with_key`.
 - ``chunk_us``: the proxy's pure per-chunk pipeline ``SSEDecoder.feed -> json.loads ->
   ChunkDecryptor.decrypt_chunk -> encode_json`` on real upstream bytes: the simulator's own
   stream composer sealing a 2000-token answer to a client key, fed one event per ``feed`` (what
   arrives from the socket when the upstream paces its tokens). Two variants are reported next to
   it: the same bytes fed in 64 KiB reads (what httpx hands over when the proxy lags behind), and
-  the proxy's real async generators (:func:`proxy.stream.decrypted_batches` +
-  :func:`proxy.stream.sse_to_client`), which add the generator hops and the usage/cost handling.
+  the proxy's real async generators (:func:`proxy.service.relay.decrypted_batches` +
+  :func:`proxy.service.relay.sse_to_client`), which add the generator hops and the usage/cost
+  handling.
 - ``attestation_verify_ms``: :func:`proxy.attestation.verify_evidence` on the real
   ``attestation_glm_5_1.json`` capture with its collateral already in memory ("warm"), at its
   ``_capture_epoch``, policy dcap=require and nvidia=nonce; parsing the body is outside the
@@ -43,7 +44,7 @@ import dcap_qvl
 from benchmarks.client import E2EE_MODEL, prompt_for_tokens
 from benchmarks.stats import median_of_runs
 from proxy.attestation import AttestationPolicy, parse_attestation, unwrap_capture, verify_evidence
-from proxy.crypto import (
+from proxy.core.crypto import (
     KeyPair,
     aes_key_for,
     decode_blob_hex,
@@ -54,13 +55,13 @@ from proxy.crypto import (
     seal,
     shared_x,
 )
-from proxy.protocol import ChunkDecryptor
+from proxy.core.protocol import ChunkDecryptor
+from proxy.core.sse import SSEDecoder, encode_json
+from proxy.service.relay import StreamStats, decrypted_batches, sse_to_client
 from proxy.simulator.answer import plan_answer
 from proxy.simulator.chunks import CompletionMeta, stream_items
 from proxy.simulator.faults import Faults
 from proxy.simulator.sealing import ResponseSealer
-from proxy.sse import SSEDecoder, encode_json
-from proxy.stream import StreamStats, decrypted_batches, sse_to_client
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "attestations"
 READ_SIZE = 64 * 1024

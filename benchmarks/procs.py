@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,17 +29,11 @@ from types import TracebackType
 
 import httpx
 
+from proxy.http.loopback import free_port
+
 SIM_API_KEY = "bench-sim-key"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the child binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def vm_hwm_mb(pid: int) -> float:

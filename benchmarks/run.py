@@ -236,7 +236,7 @@ def run_inprocess(plan: Plan, results: Results) -> None:
     results.row("crypto_floor_us", _fmt(floor, 2), "", "ECDH + HKDF + AES-GCM, one field")
     results.row("chunk_us", _fmt(pipeline.chunk_us, 2), "<= 2x floor", f"{ratio:.2f}x floor")
     results.row("  pipeline, 64 KiB reads (us)", _fmt(pipeline.chunk_us_64k_reads, 2))
-    results.row("  proxy.stream generators (us)", _fmt(pipeline.chunk_us_generators, 2))
+    results.row("  proxy.service.relay generators (us)", _fmt(pipeline.chunk_us_generators, 2))
     for step, micros in budget.items():
         results.row(f"  step: {step} (us)", _fmt(micros, 2))
     results.row(

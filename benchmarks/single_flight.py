@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.client import E2EE_MODEL, new_client, prompt_for_tokens, proxy_target, stream_once
 from benchmarks.procs import start_proxy
-from benchmarks.threaded import ThreadedServer
+from proxy.http.loopback import ThreadedServer
 from proxy.simulator import SimulatorState, create_simulator_app
 
 

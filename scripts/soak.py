@@ -37,19 +37,17 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
+from proxy.http.loopback import ThreadedServer, free_port
 from proxy.simulator import Faults, SimulatorState, create_simulator_app
 
 CANARY = "CANARY-soak-5e1d-secret-prompt"
@@ -58,49 +56,11 @@ MODEL = "e2ee-simulated-near"
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "ünïcode", "🦊"]
 
 
-def tcp_socket() -> socket.socket:
-    """A loopback socket on a free port (``IPPROTO_TCP`` so asyncio sets TCP_NODELAY)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-class Simulator:
-    """The simulator app under uvicorn in a daemon thread."""
-
-    def __init__(self, state: SimulatorState) -> None:
-        self.sock = tcp_socket()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            create_simulator_app(state), log_level="critical", lifespan="off", access_log=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the simulator did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
 class ProxyProcess:
     """``python -m proxy serve`` in front of the simulator, logs to a file."""
 
     def __init__(self, sim_url: str, log_path: Path) -> None:
-        probe = tcp_socket()
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         env = {
@@ -311,7 +271,7 @@ def _child(rng: random.Random) -> random.Random:
 async def soak(args: argparse.Namespace, log_file: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)  # noqa: S311 - traffic shapes, not secrets
     state = SimulatorState(api_key=SIM_API_KEY)
-    simulator = Simulator(state)
+    simulator = ThreadedServer(create_simulator_app(state), log_level="critical", lifespan="off")
     simulator.start()
     proxy = ProxyProcess(simulator.url, log_file)
     report: dict[str, Any] = {"minutes": args.minutes, "concurrency": args.concurrency}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.attestation import AttestationPolicy, Evidence, parse_attestation, unwrap_capture
-from proxy.crypto import KeyPair, address_hex
+from proxy.core.crypto import KeyPair, address_hex
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "attestations"
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from proxy.app import create_app
-from proxy.logs import configure_logging
+from proxy.http.app import create_app
+from proxy.http.loopback import ThreadedServer
+from proxy.observability.logs import configure_logging
 from proxy.settings import Settings, load_settings
 from proxy.simulator import Faults, SimulatorState, create_simulator_app
-from tests.servers import ThreadedServer
 
 CANARY = "CANARY-7f3a9c-secret-prompt"
 PLAIN_MODEL = "simulated-plain"

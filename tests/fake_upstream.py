@@ -7,7 +7,7 @@
   NVIDIA nonce check), unless :attr:`FakeUpstream.overrides` names a raw body for that path;
 - ``POST /api/v1/chat/completions`` does what :attr:`FakeUpstream.behaviour` says, writing the
   exact bytes itself: a well-formed encrypted stream (every ``content`` sealed to the request's
-  ``X-Venice-TEE-Client-Pub-Key`` with :func:`proxy.crypto.seal_text`), or a fault. Chat
+  ``X-Venice-TEE-Client-Pub-Key`` with :func:`proxy.core.crypto.seal_text`), or a fault. Chat
   answers always carry ``Connection: close`` and use chunked transfer encoding, like a real
   server streaming SSE.
 
@@ -47,9 +47,9 @@ from typing import Any, Literal
 
 import httpx
 
-from proxy.crypto import parse_public_key, seal_text
+from proxy.core.crypto import parse_public_key, seal_text
+from proxy.http.loopback import ThreadedServer
 from proxy.simulator import SimulatorState, create_simulator_app
-from tests.servers import ThreadedServer
 
 Kind = Literal[
     "ok",  # a complete, well-formed encrypted stream
@@ -554,7 +554,7 @@ def start_proxy(
     """
     from pydantic import SecretStr
 
-    from proxy.app import create_app
+    from proxy.http.app import create_app
     from tests.conftest import SIM_API_KEY, proxy_settings
 
     settings = proxy_settings(upstream_url, **sections)

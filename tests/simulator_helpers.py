@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from proxy.crypto import KeyPair, generate_keypair, open_text, seal_text
+from proxy.core.crypto import KeyPair, generate_keypair, open_text, seal_text
 from proxy.simulator import SimulatorState, create_simulator_app
 
 BASE_URL = "http://simulator.test/api/v1"

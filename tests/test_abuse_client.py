@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from proxy.http.loopback import ThreadedServer
 from tests.conftest import CANARY, E2EE_MODEL
 from tests.fake_upstream import Behaviour, FakeUpstream, ProxyHarness, proxy_harness
-from tests.servers import ThreadedServer
 
 MiB = 1 << 20
 # The client's receive buffer: small and fixed, so the kernel cannot hide a missing

@@ -24,11 +24,11 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.crypto import looks_like_ciphertext
+from proxy.core.crypto import looks_like_ciphertext
+from proxy.http.loopback import ThreadedServer
 from proxy.simulator import SimulatorState
 from tests.conftest import CANARY, E2EE_MODEL
 from tests.fake_upstream import FakeUpstream, ProxyHarness, proxy_harness, token_text
-from tests.servers import ThreadedServer
 
 GOOD_PROMPT = f"{CANARY} still there?"
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from proxy.aggregate import CompletionAggregator
-from proxy.errors import UpstreamError
+from proxy.core.aggregate import CompletionAggregator
+from proxy.core.errors import UpstreamError
 
 HEAD = {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1700, "model": "glm"}
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from proxy.attestation import KNOWN_TCB_STATUSES, verify_quote_dcap
-from proxy.errors import AttestationError
+from proxy.core.errors import AttestationError
 from tests.attestation_helpers import (
     FIXTURE_IDS,
     FIXTURE_LIST,

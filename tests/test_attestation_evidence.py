@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from proxy.attestation import parse_attestation, parse_tdx_quote, unwrap_capture
-from proxy.crypto import address_hex, generate_keypair
-from proxy.errors import AttestationError
+from proxy.core.crypto import address_hex, generate_keypair
+from proxy.core.errors import AttestationError
 from tests.attestation_helpers import (
     FIXTURE_IDS,
     FIXTURE_LIST,

@@ -23,7 +23,7 @@ from proxy.attestation import (
     verify_nras_response,
 )
 from proxy.attestation.nras import GPU_TRUE_CLAIMS, NRAS_ISSUER, b64url_decode
-from proxy.errors import AttestationError
+from proxy.core.errors import AttestationError
 from tests.attestation_helpers import (
     FIXTURES_BY_NAME,
     body_of,

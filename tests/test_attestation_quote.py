@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from proxy.attestation import decode_quote, parse_tdx_quote, verify_quote_dcap
 from proxy.attestation import quote as q
-from proxy.errors import AttestationError, QuoteParseError
+from proxy.core.errors import AttestationError, QuoteParseError
 from tests.attestation_helpers import (
     FIXTURE_IDS,
     FIXTURE_LIST,

@@ -22,8 +22,8 @@ from proxy.attestation import (
 )
 from proxy.attestation import checks as checks_module
 from proxy.attestation.dcap import DcapResult, verify_quote_dcap
-from proxy.crypto import address_hex, generate_keypair
-from proxy.errors import AttestationError
+from proxy.core.crypto import address_hex, generate_keypair
+from proxy.core.errors import AttestationError
 from tests.attestation_helpers import (
     FIXTURE_IDS,
     FIXTURE_LIST,

@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from proxy.attestation import AttestationPolicy
-from proxy.audit import AuditLog
-from proxy.collateral import CollateralCache, file_fetcher, next_update, platform_key
-from proxy.errors import AttestationError
-from proxy.gpu import NrasSource
-from proxy.keys import Attester
-from proxy.upstream import ServiceClient
+from proxy.core.errors import AttestationError
+from proxy.observability.audit import AuditLog
+from proxy.service.dcap_collateral import CollateralCache, file_fetcher, next_update, platform_key
+from proxy.service.enclave_keys import Attester
+from proxy.service.nras_client import NrasSource
+from proxy.venice.client import ServiceClient
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "attestations"
 PREFIX = "venice_qwen3_5_122b_20260424"

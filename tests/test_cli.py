@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxy.http.loopback import ThreadedServer, free_socket
 from proxy.simulator import SimulatorState
 from tests.conftest import CANARY, E2EE_MODEL, SIM_API_KEY
-from tests.servers import ThreadedServer, free_socket
 
 REPO = Path(__file__).resolve().parents[1]
 

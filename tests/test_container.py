@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from proxy.guard import HostGuardMiddleware
+from proxy.http.guard import HostGuardMiddleware
+from proxy.http.loopback import free_port
 from proxy.settings import Settings, load_settings
-from tests.servers import free_socket
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -74,13 +74,6 @@ def healthcheck_command() -> list[str]:
     command = json.loads(exec_form)
     assert isinstance(command, list)
     return [str(part) for part in command]
-
-
-def free_port() -> int:
-    sock = free_socket()
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -167,8 +160,8 @@ def _run_probe(command: list[str], port: int) -> int:
 
 
 def test_healthcheck_command_works_against_the_real_app() -> None:
-    from proxy.app import create_app
-    from tests.servers import serve
+    from proxy.http.app import create_app
+    from proxy.http.loopback import serve
 
     command = healthcheck_command()
     app = create_app(load_settings(environ={}, overrides={}))

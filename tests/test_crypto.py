@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from proxy import crypto
-from proxy.errors import DecryptionError, InvalidPublicKeyError
+from proxy.core import crypto
+from proxy.core.errors import DecryptionError, InvalidPublicKeyError
 
 KAT_PATH = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kat.json"
 

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
+from proxy.http.loopback import ThreadedServer
 from proxy.simulator import SimulatorState
 from tests.conftest import CANARY, E2EE_MODEL
-from tests.servers import ThreadedServer
 
 
 def _post(

@@ -15,10 +15,10 @@ import httpx
 import openai
 import pytest
 
-from proxy import crypto
+from proxy.core import crypto
+from proxy.http.loopback import ThreadedServer
 from proxy.simulator import Faults, SimulatorState
 from tests.conftest import CANARY, E2EE_MODEL, PLAIN_MODEL, REASONING_MODEL, ProxyFactory
-from tests.servers import ThreadedServer
 
 
 def client(server: ThreadedServer, **kwargs: Any) -> openai.OpenAI:

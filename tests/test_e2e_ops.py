@@ -15,12 +15,12 @@ import openai
 import pytest
 import uvicorn
 
-from proxy.app import Services
-from proxy.guard import DrainController
-from proxy.shutdown import DrainingServer
+from proxy.http.app import Services
+from proxy.http.guard import DrainController
+from proxy.http.loopback import ThreadedServer
+from proxy.http.shutdown import DrainingServer
 from proxy.simulator import Faults, SimulatorState
 from tests.conftest import CANARY, E2EE_MODEL, SIM_API_KEY, ProxyFactory
-from tests.servers import ThreadedServer
 
 MESSAGES: Any = [{"role": "user", "content": CANARY}]
 LONG: Any = [{"role": "user", "content": f"{CANARY} " + "word " * 100}]

@@ -1,4 +1,4 @@
-"""Local listener guards: auth, Host allowlist, in-flight limit, drain (proxy.guard)."""
+"""Local listener guards: auth, Host allowlist, in-flight limit, drain (proxy.http.guard)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.guard import (
+from proxy.http.guard import (
     DrainController,
     DrainMiddleware,
     HostGuardMiddleware,
@@ -26,7 +26,7 @@ from proxy.guard import (
     host_part,
     is_loopback,
 )
-from tests.servers import serve
+from proxy.http.loopback import serve
 
 KEYS = ["local-key-one-1111", "local-key-two-2222", "local-key-three-3333"]
 

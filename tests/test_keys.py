@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 
 from proxy.attestation import AttestationReport
-from proxy.errors import AttestationError, UpstreamConnectError
-from proxy.keys import AttestedKey, AttestedKeyCache
+from proxy.core.errors import AttestationError, UpstreamConnectError
+from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache
 
 TTL = 100.0
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics: values move, exposition parses, labels stay bounded (proxy.metrics)."""
+"""Prometheus metrics: values move, exposition parses, labels stay bounded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.attestation import CHECK_CODES
-from proxy.metrics import OTHER, Metrics, UpstreamHeaders, parse_upstream_headers
+from proxy.observability.metrics import OTHER, Metrics, UpstreamHeaders, parse_upstream_headers
 
 CANARY = "CANARY-7f3a9c-secret-prompt"
 MODEL = "e2ee-glm-5-1"

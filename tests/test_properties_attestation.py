@@ -3,7 +3,7 @@
 The attestation body comes from the network, so :func:`proxy.attestation.parse_attestation`,
 :func:`proxy.attestation.unwrap_capture` and the checks in
 :func:`proxy.attestation.verify_evidence` must turn any JSON into either a value or a
-:class:`proxy.errors.ProxyError` subclass (an ``AttestationError`` with a stable code), never a
+:class:`proxy.core.errors.ProxyError` subclass (an ``AttestationError`` with a stable code), never a
 ``KeyError``/``TypeError``/``RecursionError`` that the proxy would report as a crash.
 
 Random and truncated *quote bytes* are already covered in test_attestation_quote.py and
@@ -31,7 +31,7 @@ from proxy.attestation import (
     unwrap_capture,
     verify_evidence,
 )
-from proxy.errors import AttestationError, ProxyError
+from proxy.core.errors import AttestationError, ProxyError
 from tests.attestation_helpers import FIXTURE_LIST, Fixture, body_of, nonce_of, time_of
 
 KNOWN_KEYS = [

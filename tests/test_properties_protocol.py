@@ -2,7 +2,7 @@
 
 For arbitrary valid chat requests (every role, Unicode with astral characters, empty strings,
 content-part lists, ``null`` content, extra fields at the top level and in messages, history
-fields the proxy drops), :func:`proxy.protocol.encrypt_request` must:
+fields the proxy drops), :func:`proxy.core.protocol.encrypt_request` must:
 
 - leave no substring of 4 or more characters of any secret text (message contents, part texts,
   image URLs, and the dropped ``name`` / ``reasoning*`` / ``refusal`` fields) in the upstream
@@ -24,8 +24,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.crypto import keypair_from_private, looks_like_ciphertext
-from proxy.protocol import encrypt_request
+from proxy.core.crypto import keypair_from_private, looks_like_ciphertext
+from proxy.core.protocol import encrypt_request
 from proxy.simulator.decrypt import decrypt_messages_near, decrypt_messages_phala
 
 ENCLAVE = keypair_from_private(bytes.fromhex("5a" * 32))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sse import SSEDecoder, SSEEvent
+from proxy.core.sse import SSEDecoder, SSEEvent
 
 # Field values: any Unicode scalar value but CR and LF (they would end the line).
 _VALUE = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=30)

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from proxy import crypto
-from proxy.errors import (
+from proxy.core import crypto
+from proxy.core.errors import (
     DecryptionError,
     InvalidRequestError,
     PlaintextInStreamError,
     UnsupportedForE2EEError,
 )
-from proxy.protocol import (
+from proxy.core.protocol import (
     CLIENT_KEY_HEADER,
     MODEL_KEY_HEADER,
     SIGNING_ALGO_HEADER,
@@ -516,7 +516,7 @@ def test_end_to_end_with_request_keys() -> None:
 
 def test_malformed_choices_fail_closed() -> None:
     """Shapes that could carry text past the decryptor are refused, not passed through."""
-    from proxy.errors import SSEProtocolError
+    from proxy.core.errors import SSEProtocolError
 
     decryptor = ChunkDecryptor(crypto.generate_keypair().private)
     for chunk in (

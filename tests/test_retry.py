@@ -7,7 +7,7 @@ import random
 import openai
 import pytest
 
-from proxy.errors import (
+from proxy.core.errors import (
     AttestationError,
     DecryptionError,
     UpstreamConnectError,
@@ -16,7 +16,7 @@ from proxy.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
-from proxy.retry import RetryPolicy, hinted_delay, retry_delay, retry_reason
+from proxy.core.retry import RetryPolicy, hinted_delay, retry_delay, retry_reason
 from proxy.simulator import Faults, SimulatorState
 from tests.conftest import CANARY, E2EE_MODEL, ProxyFactory
 
@@ -115,7 +115,7 @@ def test_no_retry_once_bytes_reached_the_client(
 
 
 def test_connection_refused_is_a_clear_502(make_proxy: ProxyFactory) -> None:
-    from tests.servers import free_socket
+    from proxy.http.loopback import free_socket
 
     sock = free_socket()
     dead = f"http://127.0.0.1:{sock.getsockname()[1]}/api/v1"

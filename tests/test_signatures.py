@@ -7,9 +7,7 @@ from typing import Any
 import pytest
 from coincurve import PrivateKey
 
-from proxy.crypto import address_hex, keccak256
-from proxy.errors import AttestationError
-from proxy.signatures import (
+from proxy.attestation.signature import (
     SIGNATURE_CODES,
     SignatureError,
     SignatureEvidence,
@@ -18,6 +16,8 @@ from proxy.signatures import (
     recover_signer,
     verify_signature,
 )
+from proxy.core.crypto import address_hex, keccak256
+from proxy.core.errors import AttestationError
 
 # The web3.py documentation's sign_message example (EIP-191, "I♥SF").
 KAT_PRIVATE = bytes.fromhex("b25c7db31feed9122727bf0939dc769a96564b2de4c4726d035b36ecf1e5b364")

@@ -11,7 +11,7 @@ from typing import Any
 import dcap_qvl
 import pytest
 
-from proxy.crypto import address_of, keccak256
+from proxy.core.crypto import address_of, keccak256
 from proxy.simulator import Faults, SimulatorState
 from proxy.simulator.measurements import DSTACK_RUNTIME_EVENT_TYPE, replay_rtmrs
 from proxy.simulator.quote import (

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.crypto import (
+from proxy.core.crypto import (
     address_hex,
     generate_keypair,
     looks_like_ciphertext,

@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.crypto import generate_keypair, looks_like_ciphertext, open_text, seal_text
-from proxy.errors import DecryptionError
+from proxy.core.crypto import generate_keypair, looks_like_ciphertext, open_text, seal_text
+from proxy.core.errors import DecryptionError
 from proxy.simulator import Faults, SimulatedStreamCutError, SimulatorState, recover_address
 from tests.simulator_helpers import (
     API_KEY,

@@ -12,7 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.crypto import address_hex, generate_keypair, keypair_from_private, open_text, seal_text
+from proxy.core.crypto import (
+    address_hex,
+    generate_keypair,
+    keypair_from_private,
+    open_text,
+    seal_text,
+)
 from proxy.simulator import Faults, SimulatedStreamCutError
 from proxy.simulator.answer import ANSWER_SUFFIX, plan_answer, tokenize
 from proxy.simulator.app import StreamCutLogFilter

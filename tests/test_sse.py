@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.errors import SSEProtocolError
-from proxy.sse import DONE, SSEDecoder, SSEEvent, encode_data, encode_json
+from proxy.core.errors import SSEProtocolError
+from proxy.core.sse import DONE, SSEDecoder, SSEEvent, encode_data, encode_json
 
 # A realistic upstream stream: CRLF and LF mixed, a comment, a multi-byte character, a usage
 # chunk and the terminator.

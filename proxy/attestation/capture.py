@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.errors import AttestationError
+from proxy.core.errors import AttestationError
 
 _WRAPPER_KEYS = ("_client_nonce", "_capture_epoch")
 

@@ -73,8 +73,8 @@ from proxy.attestation.software import (
     OS_IMAGE_NOT_DEV,
     software_checks,
 )
-from proxy.crypto import ADDRESS_BYTES, address_of
-from proxy.errors import AttestationError, QuoteParseError
+from proxy.core.crypto import ADDRESS_BYTES, address_of
+from proxy.core.errors import AttestationError, QuoteParseError
 
 VENICE_VERIFIED_FLAG: Final = "venice_verified_flag"
 MODEL_MATCH: Final = "model_match"

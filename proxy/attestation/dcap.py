@@ -35,7 +35,7 @@ from typing import Any
 
 import dcap_qvl
 
-from proxy.errors import AttestationError
+from proxy.core.errors import AttestationError
 
 DCAP_FAILED = "dcap_verification_failed"
 

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from proxy.attestation.quote import decode_quote, parse_tdx_quote
-from proxy.crypto import ADDRESS_BYTES, address_of, parse_public_key
-from proxy.errors import AttestationError, InvalidPublicKeyError, QuoteParseError
+from proxy.core.crypto import ADDRESS_BYTES, address_of, parse_public_key
+from proxy.core.errors import AttestationError, InvalidPublicKeyError, QuoteParseError
 
 Shape = Literal["near", "phala_legacy", "aci"]
 

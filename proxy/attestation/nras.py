@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from proxy.errors import AttestationError
+from proxy.core.errors import AttestationError
 
 NRAS_ISSUER: Final = "https://nras.attestation.nvidia.com"
 DEFAULT_LEEWAY_S: Final = 60

@@ -36,7 +36,7 @@ import binascii
 import struct
 from dataclasses import dataclass, field
 
-from proxy.errors import QuoteParseError
+from proxy.core.errors import QuoteParseError
 
 QUOTE_VERSION = 4
 TEE_TYPE_TDX = 0x81

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.errors import AttestationError
+from proxy.core.errors import AttestationError
 
 TIER_RESPONSE: Final = "response"
 TIER_BINDING: Final = "binding"

@@ -33,7 +33,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from proxy.crypto import address_hex
+from proxy.core.crypto import address_hex
 from proxy.simulator.catalog import SimModel, find_model, models_list
 from proxy.simulator.chat import ChatAnswer, answer_chat
 from proxy.simulator.chunks import Marker

@@ -28,8 +28,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.crypto import KeyPair, parse_public_key
-from proxy.errors import InvalidPublicKeyError
+from proxy.core.crypto import KeyPair, parse_public_key
+from proxy.core.errors import InvalidPublicKeyError
 from proxy.simulator.answer import plan_answer
 from proxy.simulator.catalog import SimModel, find_model
 from proxy.simulator.chunks import CompletionMeta, StreamItem, completion_object, stream_items

@@ -28,8 +28,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from proxy.crypto import open_blob
-from proxy.errors import DecryptionError
+from proxy.core.crypto import open_blob
+from proxy.core.errors import DecryptionError
 from proxy.simulator.http_errors import SimulatedHTTPError, near_error, phala_error
 
 _HEX = frozenset("0123456789abcdefABCDEF")

@@ -28,7 +28,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.crypto import address_of
+from proxy.core.crypto import address_of
 from proxy.simulator.catalog import SimModel
 from proxy.simulator.measurements import Measurements, build_measurements
 from proxy.simulator.quote import (

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.errors import ProxyError
+from proxy.core.errors import ProxyError
 
 
 class SimulatedHTTPError(ProxyError):

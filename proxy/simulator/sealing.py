@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.crypto import generate_keypair, seal
+from proxy.core.crypto import generate_keypair, seal
 
 _NEAR_FIELDS = ("content", "reasoning_content", "reasoning")
 _PHALA_FIELDS = ("content", "reasoning_content")

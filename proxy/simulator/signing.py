@@ -16,7 +16,7 @@ import hashlib
 
 from coincurve import PrivateKey, PublicKey
 
-from proxy.crypto import keccak256
+from proxy.core.crypto import keccak256
 
 _EIP191_PREFIX = b"\x19Ethereum Signed Message:\n"
 

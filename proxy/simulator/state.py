@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.crypto import KeyPair, keypair_from_private
+from proxy.core.crypto import KeyPair, keypair_from_private
 from proxy.simulator.faults import ALWAYS, Faults
 
 SIGNATURE_TTL_S = 1200.0

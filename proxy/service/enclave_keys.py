@@ -3,7 +3,7 @@
 - :class:`Attester` fetches a fresh attestation (new random 32-byte nonce each time), gathers what
   the policy needs (DCAP collateral, the NVIDIA NRAS verdict), verifies everything as a pure
   function of (evidence, nonce, policy, now) and returns the key only if every enforced check
-  passed; otherwise an :class:`~proxy.errors.AttestationError` naming the failed checks. An
+  passed; otherwise an :class:`~proxy.core.errors.AttestationError` naming the failed checks. An
   accepted attestation is written once to the audit log, when one is configured.
 - :class:`AttestedKeyCache` keeps one verified key per model:
   - a key is served until ``expires_at``; from ``refresh_at`` (the last fifth of its life) a
@@ -34,8 +34,8 @@ from proxy.attestation import (
     parse_attestation,
     verify_evidence,
 )
-from proxy.audit import AuditLog, audit_record
-from proxy.errors import AttestationError, ProxyError
+from proxy.core.errors import AttestationError, ProxyError
+from proxy.observability.audit import AuditLog, audit_record
 
 NONCE_BYTES = 32
 REFRESH_FRACTION = 0.8

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from proxy.errors import (
+from proxy.core.errors import (
     ProxyError,
     UpstreamConnectError,
     UpstreamConnectTimeoutError,

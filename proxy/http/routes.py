@@ -5,8 +5,8 @@ Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1
 ``GET /metrics``.
 
 Without ``server.api_keys`` any ``Authorization`` header a client sends is accepted and ignored
-(Open WebUI always sends one; the guard in :mod:`proxy.guard` enforces local keys when set); the
-upstream always gets the proxy's own Venice key.
+(Open WebUI always sends one; the guard in :mod:`proxy.http.guard` enforces local keys when
+set); the upstream always gets the proxy's own Venice key.
 """
 
 from __future__ import annotations
@@ -23,14 +23,19 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from proxy.app import Services, proxy_error_response
-from proxy.chat import ChatOutcome
-from proxy.errors import AttestationError, InvalidRequestError, ProxyError, RequestTooLargeError
-from proxy.logs import get_logger
-from proxy.metrics import DecryptionKind, UpstreamHeaders
-from proxy.models import resolve_alias
-from proxy.receipts import ReceiptResult
-from proxy.stream import aggregate, sse_to_client
+from proxy.core.errors import (
+    AttestationError,
+    InvalidRequestError,
+    ProxyError,
+    RequestTooLargeError,
+)
+from proxy.http.app import Services, proxy_error_response
+from proxy.observability.logs import get_logger
+from proxy.observability.metrics import DecryptionKind, UpstreamHeaders
+from proxy.service.catalog import resolve_alias
+from proxy.service.chat import ChatOutcome
+from proxy.service.relay import aggregate, sse_to_client
+from proxy.service.signatures import ReceiptResult
 
 router = APIRouter()
 log = get_logger("proxy.request")

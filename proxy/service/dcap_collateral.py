@@ -25,7 +25,7 @@ from typing import Any
 
 import dcap_qvl
 
-from proxy.errors import AttestationError
+from proxy.core.errors import AttestationError
 
 UNAVAILABLE = "dcap_collateral_unavailable"
 _PEM_START = b"-----BEGIN CERTIFICATE-----"

@@ -5,8 +5,8 @@ Stream rules (PROTOCOL.md §5):
 - Upstream frames are ``data: <json>`` events ending with ``data: [DONE]``. Any JSON event with a
   top-level ``error`` is Venice's in-band failure: it becomes our error, never content.
 - Every choice's ``content`` / ``reasoning_content`` / ``reasoning`` is decrypted by
-  :class:`~proxy.protocol.ChunkDecryptor`; non-empty plaintext where ciphertext was expected, or a
-  blob that does not open, is an error (fail closed).
+  :class:`~proxy.core.protocol.ChunkDecryptor`; non-empty plaintext where ciphertext was
+  expected, or a blob that does not open, is an error (fail closed).
 - A stream that ends without ``[DONE]`` (cut connection, truncated last event) is an error: a
   short answer must never look like a complete one.
 - To the client: each chunk is re-serialized compactly as ``data: <json>\\n\\n``. Venice's usage
@@ -24,10 +24,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.aggregate import CompletionAggregator
-from proxy.errors import ProxyError, SSEProtocolError, UpstreamError
-from proxy.protocol import ChunkDecryptor
-from proxy.sse import DONE, SSEDecoder, encode_json
+from proxy.core.aggregate import CompletionAggregator
+from proxy.core.errors import ProxyError, SSEProtocolError, UpstreamError
+from proxy.core.protocol import ChunkDecryptor
+from proxy.core.sse import DONE, SSEDecoder, encode_json
 
 _ENCRYPTED_FIELDS = ("content", "reasoning_content", "reasoning")
 _DRAIN_LIMIT_BYTES = 64 * 1024

@@ -27,7 +27,7 @@ from proxy.attestation import (
     unwrap_capture,
     verify_evidence,
 )
-from proxy.errors import ProxyError
+from proxy.core.errors import ProxyError
 
 _MARKS = {True: "PASS", False: "FAIL", None: "SKIP"}
 

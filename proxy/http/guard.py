@@ -2,7 +2,8 @@
 
 Each middleware guards ``http`` scopes; ``lifespan`` passes through untouched. Host and auth also
 guard ``websocket`` scopes (refused with close code 1008), so a future websocket route cannot
-bypass them. Every refusal is an OpenAI error envelope built by :func:`proxy.errors.error_body`.
+bypass them. Every refusal is an OpenAI error envelope built by
+:func:`proxy.core.errors.error_body`.
 
 Wire behaviour:
 
@@ -55,7 +56,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from proxy.errors import error_body
+from proxy.core.errors import error_body
 
 DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]", "::1")
 DEFAULT_AUTH_EXEMPT: tuple[str, ...] = ("/healthz", "/readyz")

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.errors import SSEProtocolError
+from proxy.core.errors import SSEProtocolError
 
 DONE: bytes = b"data: [DONE]\n\n"
 

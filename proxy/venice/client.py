@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from proxy.errors import (
+from proxy.core.errors import (
     ProxyError,
     UpstreamConnectError,
     UpstreamConnectTimeoutError,

@@ -24,19 +24,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from proxy.errors import (
+from proxy.core.errors import (
     DecryptionError,
     InvalidRequestError,
     ModelNotFoundError,
     ProxyError,
     UpstreamStatusError,
 )
-from proxy.keys import AttestedKey, AttestedKeyCache
-from proxy.models import ModelCatalogue, resolve_alias
-from proxy.protocol import ChunkDecryptor, encrypt_request
-from proxy.retry import RetryPolicy, retry_delay, retry_reason
-from proxy.stream import Batch, StreamStats, decrypted_batches, has_text
-from proxy.upstream import UpstreamClient, UpstreamStream
+from proxy.core.protocol import ChunkDecryptor, encrypt_request
+from proxy.core.retry import RetryPolicy, retry_delay, retry_reason
+from proxy.service.catalog import ModelCatalogue, resolve_alias
+from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache
+from proxy.service.relay import Batch, StreamStats, decrypted_batches, has_text
+from proxy.venice.client import UpstreamClient, UpstreamStream
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _KEY_REJECTION_MARKERS = ("decrypt", "public key", "model_key", "model key", "e2ee header")
@@ -59,7 +59,7 @@ def validate_chat_request(payload: Any) -> dict[str, Any]:
     """The request as a dict, or :class:`InvalidRequestError` naming the bad parameter.
 
     Checked here: the shape OpenAI itself enforces (model, messages, roles, stream, n,
-    stream_options). Content types are checked by :func:`proxy.protocol.encrypt_request`.
+    stream_options). Content types are checked by :func:`proxy.core.protocol.encrypt_request`.
     Unknown fields are kept and passed through.
     """
     if not isinstance(payload, dict):

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.errors import ProxyError, UpstreamError
+from proxy.core.errors import ProxyError, UpstreamError
 
 E2EE_PREFIX = "e2ee-"
 

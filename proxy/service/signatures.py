@@ -4,7 +4,7 @@ After a stream ends with ``[DONE]``, Venice can serve ``GET /tee/signature?model
 for that completion id for about 20 minutes. The signature must recover the signing address the
 proxy attested; that proves the answer came from the attested enclave. The signed hashes
 themselves are not recomputed (Venice re-serializes requests and re-frames streams; see
-:mod:`proxy.signatures`).
+:mod:`proxy.attestation.signature`).
 
 The signature can lag the end of the stream by a moment, so a 404 is retried a few times with a
 short pause before the result is "unavailable". Outcomes: ``ok``, ``mismatch`` (another key
@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from proxy.errors import AttestationError, ProxyError, UpstreamStatusError
-from proxy.signatures import parse_signature_response, verify_signature
+from proxy.attestation.signature import parse_signature_response, verify_signature
+from proxy.core.errors import AttestationError, ProxyError, UpstreamStatusError
 
 Outcome = Literal["ok", "mismatch", "unavailable", "error"]
 SignatureFetcher = Callable[[str, str], Awaitable[Any]]

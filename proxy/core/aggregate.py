@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.errors import UpstreamError
+from proxy.core.errors import UpstreamError
 
 _REASONING_FIELDS = ("reasoning_content", "reasoning")
 

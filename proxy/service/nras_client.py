@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.attestation import NrasEvidence
-from proxy.errors import AttestationError, ProxyError
-from proxy.upstream import ServiceClient
+from proxy.core.errors import AttestationError, ProxyError
+from proxy.venice.client import ServiceClient
 
 UNAVAILABLE = "gpu_nras_unavailable"
 

@@ -15,7 +15,7 @@ report), compared case-insensitively so EIP-55 mixed case matches.
 
 :func:`verify_signature` never raises: it returns a :class:`SignatureCheck` with a stable code
 (:data:`SIGNATURE_CODES`). :func:`recover_signer` and :func:`parse_signature_response` raise
-:class:`SignatureError` (an :class:`~proxy.errors.AttestationError`).
+:class:`SignatureError` (an :class:`~proxy.core.errors.AttestationError`).
 
 Deliberately NOT checked: the two hashes inside ``text`` (Venice re-serializes requests and
 re-frames streams, so a client generally cannot recompute them), low-``s`` normalization (it
@@ -31,8 +31,8 @@ from typing import Any, Final
 
 from coincurve import PublicKey
 
-from proxy.crypto import address_hex, keccak256
-from proxy.errors import AttestationError
+from proxy.core.crypto import address_hex, keccak256
+from proxy.core.errors import AttestationError
 
 EIP191_PREFIX: Final = b"\x19Ethereum Signed Message:\n"
 SIGNATURE_BYTES: Final = 65

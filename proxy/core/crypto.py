@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from proxy.errors import DecryptionError, InvalidPublicKeyError
+from proxy.core.errors import DecryptionError, InvalidPublicKeyError
 
 HKDF_INFO = b"ecdsa_encryption"
 PUBLIC_KEY_BYTES = 65

@@ -13,8 +13,8 @@ from types import FrameType
 
 import uvicorn
 
-from proxy.guard import DrainController
-from proxy.logs import get_logger
+from proxy.http.guard import DrainController
+from proxy.observability.logs import get_logger
 
 log = get_logger("proxy.shutdown")
 

@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.crypto import (
+from proxy.core.crypto import (
     PUBLIC_KEY_BYTES,
     KeyPair,
     aes_key_for,
@@ -52,7 +52,7 @@ from proxy.crypto import (
     parse_public_key,
     seal_text,
 )
-from proxy.errors import (
+from proxy.core.errors import (
     DecryptionError,
     InvalidRequestError,
     PlaintextInStreamError,

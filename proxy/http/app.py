@@ -1,4 +1,4 @@
-"""The FastAPI application: wiring and error translation. Handlers live in :mod:`proxy.routes`.
+"""The FastAPI application: wiring and error translation. Handlers live in :mod:`proxy.http.routes`.
 
 ``create_app(settings, api_key=..., http_client=None)`` builds every shared object once (upstream
 client, model catalogue, attested-key cache, chat service) and stores them on ``app.state``; the
@@ -22,26 +22,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from proxy.attestation import AttestationPolicy, MeasurementPins
-from proxy.audit import AuditLog
-from proxy.chat import ChatService
-from proxy.collateral import CollateralCache, file_fetcher, pccs_fetcher
-from proxy.errors import AttestationError, ProxyError, UpstreamStatusError, error_body
-from proxy.gpu import NrasSource
-from proxy.guard import (
+from proxy.core.errors import AttestationError, ProxyError, UpstreamStatusError, error_body
+from proxy.core.retry import RetryPolicy
+from proxy.http.guard import (
     DrainController,
     DrainMiddleware,
     HostGuardMiddleware,
     InFlightLimitMiddleware,
     LocalAuthMiddleware,
 )
-from proxy.keys import AttestedKey, AttestedKeyCache, Attester, CollateralSource
-from proxy.logs import get_logger
-from proxy.metrics import Metrics, RequestMetricsMiddleware, RetryReason
-from proxy.models import ModelCatalogue
-from proxy.receipts import ReceiptVerifier
-from proxy.retry import RetryPolicy
+from proxy.observability.audit import AuditLog
+from proxy.observability.logs import get_logger
+from proxy.observability.metrics import Metrics, RequestMetricsMiddleware, RetryReason
+from proxy.service.catalog import ModelCatalogue
+from proxy.service.chat import ChatService
+from proxy.service.dcap_collateral import CollateralCache, file_fetcher, pccs_fetcher
+from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache, Attester, CollateralSource
+from proxy.service.nras_client import NrasSource
+from proxy.service.signatures import ReceiptVerifier
 from proxy.settings import Settings
-from proxy.upstream import ServiceClient, UpstreamClient, UpstreamTimeouts
+from proxy.venice.client import ServiceClient, UpstreamClient, UpstreamTimeouts
 
 if TYPE_CHECKING:
     import httpx
@@ -231,7 +231,7 @@ def create_app(
     demo: bool = False,
 ) -> FastAPI:
     """The proxy as an ASGI app."""
-    from proxy.routes import router
+    from proxy.http.routes import router
 
     services = build_services(settings, api_key=api_key, http_client=http_client, demo=demo)
 
