@@ -36,7 +36,6 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import dcap_qvl
@@ -62,8 +61,9 @@ from proxy.simulator.answer import plan_answer
 from proxy.simulator.chunks import CompletionMeta, stream_items
 from proxy.simulator.faults import Faults
 from proxy.simulator.sealing import ResponseSealer
+from tests.support.fixtures import FIXTURES_DIR
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "attestations"
+FIXTURES = FIXTURES_DIR / "attestations"
 READ_SIZE = 64 * 1024
 
 

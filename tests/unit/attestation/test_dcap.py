@@ -1,0 +1,102 @@
+"""verify_quote_dcap with the real captures' collateral, frozen at capture time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.attestation import KNOWN_TCB_STATUSES, verify_quote_dcap
+from proxy.core.errors import AttestationError
+from tests.support.attestation_helpers import (
+    FIXTURE_IDS,
+    FIXTURE_LIST,
+    FIXTURES_BY_NAME,
+    Fixture,
+    body_of,
+    collateral_of,
+    load_json,
+    nonce_of,
+    quote_of,
+    time_of,
+)
+
+GLM = FIXTURES_BY_NAME["glm_5_1"]
+
+
+@pytest.mark.parametrize("fixture", FIXTURE_LIST, ids=FIXTURE_IDS)
+def test_each_capture_verifies_up_to_date_at_its_capture_time(fixture: Fixture) -> None:
+    result = verify_quote_dcap(quote_of(body_of(fixture)), collateral_of(fixture), time_of(fixture))
+    assert result.status == "UpToDate"
+    assert result.status in KNOWN_TCB_STATUSES
+    assert result.advisory_ids == ()
+    assert result.report_type == "TD10"
+    assert result.report_data[:20].hex() == fixture.address[2:]
+    assert result.report_data[20:32] == bytes(12)
+    assert result.report_data[32:] == nonce_of(fixture)
+    assert result.td_attributes[0] & 1 == 0
+    assert len(result.mr_td) == 48
+    assert all(len(rtmr) == 48 for rtmr in result.rtmrs)
+    assert result.qe_status == "UpToDate"
+    assert result.platform_status == "UpToDate"
+    assert result.report["mr_td"] == result.mr_td.hex()
+
+
+def _dcap_error(quote: bytes, collateral: Any, now: int) -> AttestationError:
+    with pytest.raises(AttestationError) as info:
+        verify_quote_dcap(quote, collateral, now)
+    assert info.value.code == "dcap_verification_failed"
+    assert "\n" not in info.value.message
+    return info.value
+
+
+@pytest.mark.parametrize("offset", [48, 184, 376, 568, 631, 700, 800])
+def test_any_changed_byte_in_body_or_signature_fails(offset: int) -> None:
+    quote = bytearray(quote_of(body_of(GLM)))
+    quote[offset] ^= 0x01
+    _dcap_error(bytes(quote), collateral_of(GLM), time_of(GLM))
+
+
+def test_embedded_pck_chain_is_checked_when_collateral_has_none() -> None:
+    # With "pck_certificate_chain" in the collateral dcap_qvl uses that chain instead of the
+    # quote's embedded copy; without it, the embedded chain is what gets verified.
+    quote = bytearray(quote_of(body_of(GLM)))
+    offset = quote.index(b"-----BEGIN CERTIFICATE-----") + 100
+    assert chr(quote[offset]).isalnum()
+    quote[offset] ^= 0x01
+    collateral = collateral_of(GLM)
+    del collateral["pck_certificate_chain"]
+    _dcap_error(bytes(quote), collateral, time_of(GLM))
+
+
+def test_expired_collateral_fails() -> None:
+    error = _dcap_error(quote_of(body_of(GLM)), collateral_of(GLM), time_of(GLM) + 60 * 86_400)
+    assert "expired" in error.message
+
+
+def test_mismatched_collateral_fails() -> None:
+    _dcap_error(quote_of(body_of(GLM)), load_json("collateral_live_evidence.json"), time_of(GLM))
+
+
+@pytest.mark.parametrize(
+    "collateral",
+    [
+        {},
+        {"pck_crl_issuer_chain": "x"},
+        "not a mapping",
+    ],
+)
+def test_malformed_collateral_fails(collateral: Any) -> None:
+    error = _dcap_error(quote_of(body_of(GLM)), collateral, time_of(GLM))
+    assert "collateral" in error.message
+
+
+def test_collateral_with_a_corrupt_field_fails() -> None:
+    collateral = collateral_of(GLM)
+    collateral["root_ca_crl"] = "zz" + collateral["root_ca_crl"][2:]
+    _dcap_error(quote_of(body_of(GLM)), collateral, time_of(GLM))
+
+
+@pytest.mark.parametrize("quote", [b"", b"\x04\x00", b"\x00" * 700])
+def test_garbage_quotes_fail(quote: bytes) -> None:
+    _dcap_error(quote, collateral_of(GLM), time_of(GLM))

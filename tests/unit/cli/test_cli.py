@@ -1,0 +1,231 @@
+"""The command line, run as a user runs it: a real subprocess of `python -m proxy`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.http.loopback import ThreadedServer, free_socket
+from proxy.simulator import SimulatorState
+from tests.conftest import CANARY, E2EE_MODEL, SIM_API_KEY
+from tests.support.fixtures import FIXTURES_DIR
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VENICE_")}
+    env.update(extra)
+    return env
+
+
+def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def sim_env(sim_server: ThreadedServer, sim_state: SimulatorState) -> dict[str, str]:
+    return _env(
+        VENICE_API_KEY=SIM_API_KEY,
+        VENICE_PROXY_UPSTREAM__BASE_URL=sim_server.url + "/api/v1",
+        VENICE_PROXY_ATTESTATION__DCAP="off",
+        VENICE_PROXY_ATTESTATION__NVIDIA="nonce",
+        VENICE_PROXY_LOGGING__LEVEL="warning",
+    )
+
+
+def test_models_command(sim_env: dict[str, str]) -> None:
+    result = _run("models", "--json", env=sim_env)
+    assert result.returncode == 0, result.stderr
+    rows = {row["id"]: row for row in json.loads(result.stdout)}
+    assert rows[E2EE_MODEL]["e2ee"] is True
+    assert rows["simulated-plain"]["e2ee"] is False
+
+
+def test_verify_command_passes_on_a_good_enclave(sim_env: dict[str, str]) -> None:
+    result = _run("verify", E2EE_MODEL, "--json", env=sim_env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    checks = {check["code"]: check for check in report["checks"]}
+    assert checks["report_data_nonce"]["ok"] is True
+    text = _run("verify", E2EE_MODEL, env=sim_env)
+    assert text.returncode == 0
+    assert "PASS" in text.stdout
+
+
+def test_verify_command_fails_on_a_debug_enclave(
+    sim_env: dict[str, str], sim_state: SimulatorState
+) -> None:
+    from proxy.simulator import Faults
+
+    sim_state.faults = Faults(debug_quote=True)
+    result = _run("verify", E2EE_MODEL, env=sim_env)
+    assert result.returncode == 1
+    assert "quote_debug_disabled" in result.stdout
+
+
+def test_bad_setting_is_one_clear_line(sim_env: dict[str, str]) -> None:
+    result = _run("serve", env={**sim_env, "VENICE_PROXY_ATTESTATION__DCAP": "sometimes"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "attestation.dcap" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def demo_proxy() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    try:
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_demo_mode_without_a_key(demo_proxy: tuple[str, subprocess.Popen[str]]) -> None:
+    url, process = demo_proxy
+    models = httpx.get(url + "/v1/models").json()
+    assert "DEMO MODE" in models["notice"]
+    response = httpx.post(
+        url + "/v1/chat/completions",
+        json={"model": E2EE_MODEL, "messages": [{"role": "user", "content": CANARY}]},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"].startswith(f"You said: {CANARY}")
+    process.terminate()
+    _, stderr = process.communicate(timeout=15)
+    assert "DEMO MODE" in stderr
+    assert "curl" in stderr
+    assert CANARY not in stderr
+
+
+FIXTURES = FIXTURES_DIR / "attestations"
+QWEN = "venice_qwen3_5_122b_20260424"
+QWEN_NONCE = "ac82eb750ec4cfbb273f90d33567776bfae8657e2a43f6dff2f3adad9b86095a"
+
+
+def _offline(*extra: str) -> subprocess.CompletedProcess[str]:
+    return _run(
+        "verify",
+        "--offline",
+        "--attestation",
+        str(FIXTURES / f"{QWEN}_attestation.json"),
+        "--collateral",
+        str(FIXTURES / f"{QWEN}_collateral.json"),
+        "--nras-response",
+        str(FIXTURES / f"{QWEN}_nras_response.json"),
+        "--nras-jwks",
+        str(FIXTURES / f"{QWEN}_nras_jwks.json"),
+        "--at",
+        "1776995921",
+        *extra,
+        env=_env(),
+    )
+
+
+def test_verify_offline_on_a_real_capture() -> None:
+    result = _offline("--nonce", QWEN_NONCE, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] is True
+    checks = {check["code"]: check for check in report["checks"]}
+    for code in ("dcap", "gpu_nras", "event_log_replay", "report_data_nonce"):
+        assert checks[code]["ok"] is True
+        assert checks[code]["enforced"] is True
+    assert set(checks["dcap"]) == {"code", "ok", "enforced", "detail", "tier"}
+    text = _offline("--nonce", QWEN_NONCE)
+    assert text.returncode == 0
+    assert "[quote]" in text.stdout
+    assert "attestation PASSED" in text.stdout
+
+
+def test_verify_offline_fails_with_the_wrong_nonce() -> None:
+    result = _offline("--nonce", "00" * 32, "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert {"nonce_echo", "report_data_nonce"} <= set(report["failures"])
+
+
+def test_verify_offline_fails_past_collateral_expiry() -> None:
+    result = _run(
+        "verify",
+        "--offline",
+        "--json",
+        "--attestation",
+        str(FIXTURES / f"{QWEN}_attestation.json"),
+        "--nonce",
+        QWEN_NONCE,
+        "--collateral",
+        str(FIXTURES / f"{QWEN}_collateral.json"),
+        "--at",
+        str(1776995921 + 400 * 86400),
+        env={**_env(), "VENICE_PROXY_ATTESTATION__NVIDIA": "nonce"},
+    )
+    assert result.returncode == 1
+    assert "dcap" in json.loads(result.stdout)["failures"]
+
+
+def test_verify_offline_uses_the_capture_nonce_and_time() -> None:
+    result = _run(
+        "verify",
+        "--offline",
+        "--json",
+        "--attestation",
+        str(FIXTURES / "attestation_glm_5_1.json"),
+        "--collateral",
+        str(FIXTURES / "collateral_glm_5_1.json"),
+        env={**_env(), "VENICE_PROXY_ATTESTATION__NVIDIA": "nonce"},
+    )
+    assert result.returncode == 0, result.stdout
+    assert json.loads(result.stdout)["tcb_status"] == "UpToDate"
+
+
+def test_verify_offline_bad_input_is_exit_2(tmp_path: Path) -> None:
+    missing = _run("verify", "--offline", "--attestation", str(tmp_path / "x.json"), env=_env())
+    assert missing.returncode == 2
+    assert "cannot read" in missing.stdout
+    raw = _run(
+        "verify",
+        "--offline",
+        "--attestation",
+        str(FIXTURES / f"{QWEN}_attestation.json"),
+        env=_env(),
+    )
+    assert raw.returncode == 2
+    assert "--nonce is required" in raw.stdout

@@ -1,0 +1,162 @@
+"""Known-answer vectors from tests/fixtures/kat.json, round trips and one-byte tampering."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from proxy.core import crypto
+from proxy.core.errors import DecryptionError, InvalidPublicKeyError
+from tests.support.fixtures import FIXTURES_DIR
+
+KAT_PATH = FIXTURES_DIR / "kat.json"
+
+
+def _vectors() -> dict[str, dict[str, Any]]:
+    data = json.loads(KAT_PATH.read_text())
+    return {vector["name"]: vector for vector in data["vectors"]}
+
+
+VECTORS = _vectors()
+KAT1 = VECTORS["KAT-1 decrypt"]
+KAT2 = VECTORS["KAT-2 encrypt"]
+BINDING = VECTORS["key binding"]
+
+
+def test_kat1_shared_secret_is_raw_x_coordinate() -> None:
+    recipient = bytes.fromhex(KAT1["recipient_private_key"])
+    sender = crypto.keypair_from_private(bytes.fromhex(KAT1["sender_private_key"]))
+    assert crypto.shared_x(recipient, sender.public).hex() == KAT1["shared_x"]
+    assert crypto.aes_key_for(recipient, sender.public).hex() == KAT1["aes_key"]
+
+
+def test_kat1_decrypts() -> None:
+    recipient = bytes.fromhex(KAT1["recipient_private_key"])
+    assert crypto.open_text(recipient, KAT1["blob"]) == KAT1["plaintext"]
+    assert crypto.open_text(recipient, KAT1["blob"].upper()) == KAT1["plaintext"]
+
+
+def test_kat2_encrypts_byte_for_byte() -> None:
+    recipient = crypto.keypair_from_private(bytes.fromhex(KAT2["recipient_private_key"]))
+    assert recipient.public_hex == KAT2["recipient_public_key"]
+    blob = crypto.seal(
+        recipient.public,
+        KAT2["plaintext"].encode(),
+        ephemeral_private=bytes.fromhex(KAT2["ephemeral_private_key"]),
+        gcm_nonce=bytes.fromhex(KAT2["gcm_nonce"]),
+    )
+    assert blob.hex() == KAT2["blob"]
+    ephemeral = crypto.keypair_from_private(bytes.fromhex(KAT2["ephemeral_private_key"]))
+    assert crypto.aes_key_for(recipient.private, ephemeral.public).hex() == KAT2["aes_key"]
+    assert crypto.open_text(recipient.private, KAT2["blob"]) == KAT2["plaintext"]
+
+
+def test_key_binding_vector() -> None:
+    public = bytes.fromhex(BINDING["signing_public_key"])
+    assert crypto.address_hex(public) == BINDING["signing_address"]
+    report_data = (crypto.address_of(public) + bytes(12) + bytes.fromhex(BINDING["nonce"])).hex()
+    assert report_data == BINDING["report_data"]
+
+
+def test_coincurve_ecdh_is_not_the_protocol_secret() -> None:
+    # The trap in DESIGN.md: PrivateKey.ecdh() hashes the point; the protocol uses raw x.
+    from coincurve import PrivateKey
+
+    recipient = bytes.fromhex(KAT1["recipient_private_key"])
+    sender = crypto.keypair_from_private(bytes.fromhex(KAT1["sender_private_key"]))
+    assert PrivateKey(recipient).ecdh(sender.public).hex() != KAT1["shared_x"]
+
+
+@pytest.mark.parametrize("text", ["", "hello", "ünïcødé ✓ 🦊", "x" * 10_000])
+def test_round_trip(text: str) -> None:
+    recipient = crypto.generate_keypair()
+    blob = crypto.seal_text(recipient.public, text)
+    assert crypto.looks_like_ciphertext(blob)
+    assert crypto.open_text(recipient.private, blob) == text
+
+
+def test_empty_string_is_a_minimum_size_blob() -> None:
+    recipient = crypto.generate_keypair()
+    blob = crypto.seal_text(recipient.public, "")
+    assert len(blob) == crypto.MIN_BLOB_HEX == 186
+
+
+def test_fresh_ephemeral_and_nonce_per_seal() -> None:
+    recipient = crypto.generate_keypair()
+    first = bytes.fromhex(crypto.seal_text(recipient.public, "same"))
+    second = bytes.fromhex(crypto.seal_text(recipient.public, "same"))
+    assert first[:65] != second[:65]
+    assert first[65:77] != second[65:77]
+
+
+def test_every_one_byte_tamper_fails() -> None:
+    recipient = bytes.fromhex(KAT1["recipient_private_key"])
+    blob = bytes.fromhex(KAT1["blob"])
+    for index in range(len(blob)):
+        tampered = bytearray(blob)
+        tampered[index] ^= 0x01
+        with pytest.raises(DecryptionError) as info:
+            crypto.open_blob(recipient, bytes(tampered))
+        assert str(info.value) == DecryptionError.default_message
+
+
+def test_wrong_recipient_fails() -> None:
+    with pytest.raises(DecryptionError):
+        crypto.open_text(crypto.generate_keypair().private, KAT1["blob"])
+
+
+@pytest.mark.parametrize(
+    "blob",
+    ["", "zz", "04" * 92, "05" + "00" * 92, KAT1["blob"][:-2], "not hex at all" * 20],
+)
+def test_malformed_blobs_fail_without_detail(blob: str) -> None:
+    recipient = bytes.fromhex(KAT1["recipient_private_key"])
+    with pytest.raises(DecryptionError) as info:
+        crypto.open_text(recipient, blob)
+    assert info.value.code == "e2ee_decryption_failed"
+
+
+def test_non_utf8_plaintext_fails() -> None:
+    recipient = crypto.generate_keypair()
+    blob = crypto.seal(recipient.public, b"\xff\xfe").hex()
+    with pytest.raises(DecryptionError):
+        crypto.open_text(recipient.private, blob)
+
+
+def test_parse_public_key_encodings() -> None:
+    public = bytes.fromhex(KAT2["recipient_public_key"])
+    assert crypto.parse_public_key(public) == public
+    assert crypto.parse_public_key(public[1:]) == public
+    assert crypto.parse_public_key("0x" + public.hex().upper()) == public
+    compressed = bytes([2 + (public[-1] & 1)]) + public[1:33]
+    assert crypto.parse_public_key(compressed) == public
+
+
+@pytest.mark.parametrize("bad", ["04" + "00" * 64, "zz", "04" * 10, b"\x04" + b"\x01" * 64])
+def test_parse_public_key_rejects_non_points(bad: str | bytes) -> None:
+    with pytest.raises(InvalidPublicKeyError):
+        crypto.parse_public_key(bad)
+
+
+def test_keypair_repr_hides_private_key() -> None:
+    pair = crypto.generate_keypair()
+    assert pair.private.hex() not in repr(pair)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("04" + "ab" * 92, True),
+        ("04" + "AB" * 92, True),
+        ("04" + "ab" * 91, False),
+        ("05" + "ab" * 92, False),
+        ("04" + "ab" * 92 + "a", False),
+        ("04" + "zz" * 92, False),
+        ("hello", False),
+        ("", False),
+    ],
+)
+def test_looks_like_ciphertext(text: str, expected: bool) -> None:
+    assert crypto.looks_like_ciphertext(text) is expected
