@@ -22,6 +22,7 @@ simulate: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check proxy tests benchmarks scripts
 	$(BIN)/ruff format --check proxy tests benchmarks scripts
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

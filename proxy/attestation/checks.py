@@ -255,8 +255,9 @@ def _debug(quote: TdxQuote | None) -> CheckResult:
     tdx, failed = _tdx(quote)
     if tdx is None:
         return _skipped(QUOTE_DEBUG_DISABLED, TIER_QUOTE, failed)
-    detail = f"td_attributes {tdx.td_attributes.hex()} (debug {'on' if tdx.debug else 'off'})"
-    return _result(QUOTE_DEBUG_DISABLED, TIER_QUOTE, not tdx.debug, detail)
+    report = tdx.report
+    detail = f"td_attributes {report.td_attributes.hex()} (debug {'on' if report.debug else 'off'})"
+    return _result(QUOTE_DEBUG_DISABLED, TIER_QUOTE, not report.debug, detail)
 
 
 def _report_data(quote: TdxQuote | None, key: bytes | None, nonce: bytes) -> list[CheckResult]:
@@ -266,7 +267,7 @@ def _report_data(quote: TdxQuote | None, key: bytes | None, nonce: bytes) -> lis
             _skipped(code, TIER_BINDING, failed)
             for code in (REPORT_DATA_ADDRESS, REPORT_DATA_PADDING, REPORT_DATA_NONCE)
         ]
-    report_data = tdx.report_data
+    report_data = tdx.report.report_data
     bound = report_data[:ADDRESS_BYTES]
     if key is None:
         address = _skipped(REPORT_DATA_ADDRESS, TIER_BINDING, SIGNING_KEY_VALID)
@@ -370,9 +371,12 @@ def _dcap(
         verified = verify_quote_dcap(evidence.intel_quote, collateral, now)
     except AttestationError as exc:
         return _result(DCAP, TIER_QUOTE, False, exc.message), None
-    if (verified.report_data, verified.td_attributes) != (quote.report_data, quote.td_attributes):
-        # Only a parser bug gets here; the binding checks above read the parsed copy.
-        detail = "the DCAP-verified TD report differs from the parsed quote"
+    differing = verified.report.differences(quote.report)
+    if differing:
+        # The other checks read the parsed copy: every field they read must be the signed one.
+        detail = (
+            f"the DCAP-verified TD report differs from the parsed quote in {', '.join(differing)}"
+        )
         return _result(DCAP, TIER_QUOTE, False, detail), verified
     advisories = f"; advisories {', '.join(verified.advisory_ids)}" if verified.advisory_ids else ""
     allowed = policy.tcb_status_allowed(verified.status)

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import dcap_qvl
 
+from proxy.attestation.quote import TdReport
 from proxy.core.errors import AttestationError
 
 DCAP_FAILED = "dcap_verification_failed"
@@ -47,19 +48,9 @@ class DcapResult:
     status: str
     advisory_ids: tuple[str, ...]
     report_type: str
-    tee_tcb_svn: bytes
-    mr_seam: bytes
-    td_attributes: bytes
-    xfam: bytes
-    mr_td: bytes
-    mr_config_id: bytes
-    mr_owner: bytes
-    mr_owner_config: bytes
-    rtmrs: tuple[bytes, bytes, bytes, bytes]
-    report_data: bytes
+    report: TdReport
     qe_status: str | None = None
     platform_status: str | None = None
-    report: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def _failure(reason: str) -> AttestationError:
@@ -106,24 +97,27 @@ def _result(document: Any) -> DcapResult:
             status=str(document["status"]),
             advisory_ids=tuple(str(a) for a in document.get("advisory_ids") or ()),
             report_type=str(report_type),
-            tee_tcb_svn=hex_field("tee_tcb_svn"),
-            mr_seam=hex_field("mr_seam"),
-            td_attributes=hex_field("td_attributes"),
-            xfam=hex_field("xfam"),
-            mr_td=hex_field("mr_td"),
-            mr_config_id=hex_field("mr_config_id"),
-            mr_owner=hex_field("mr_owner"),
-            mr_owner_config=hex_field("mr_owner_config"),
-            rtmrs=(
-                hex_field("rt_mr0"),
-                hex_field("rt_mr1"),
-                hex_field("rt_mr2"),
-                hex_field("rt_mr3"),
+            report=TdReport(
+                tee_tcb_svn=hex_field("tee_tcb_svn"),
+                mr_seam=hex_field("mr_seam"),
+                mr_signer_seam=hex_field("mr_signer_seam"),
+                seam_attributes=hex_field("seam_attributes"),
+                td_attributes=hex_field("td_attributes"),
+                xfam=hex_field("xfam"),
+                mr_td=hex_field("mr_td"),
+                mr_config_id=hex_field("mr_config_id"),
+                mr_owner=hex_field("mr_owner"),
+                mr_owner_config=hex_field("mr_owner_config"),
+                rtmrs=(
+                    hex_field("rt_mr0"),
+                    hex_field("rt_mr1"),
+                    hex_field("rt_mr2"),
+                    hex_field("rt_mr3"),
+                ),
+                report_data=hex_field("report_data"),
             ),
-            report_data=hex_field("report_data"),
             qe_status=_nested_status(document, "qe_status"),
             platform_status=_nested_status(document, "platform_status"),
-            report={str(k): str(v) for k, v in fields.items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as exc:
         raise _failure("unexpected verified report layout") from exc

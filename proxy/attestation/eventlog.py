@@ -10,8 +10,8 @@ Phala legacy has ``event_log`` (a JSON string) and ``info.tcb_info.event_log``; 
 ``attestation.evidence.event_log`` (surfaced as :attr:`Evidence.event_log`). Every log present
 must replay: two logs that disagree mean a garbled (or doctored) report.
 
-Replay (PROTOCOL.md §3.6): per IMR, ``acc = 48 zero bytes; acc = sha384(acc || digest)`` for
-each event of that IMR in order; the results must equal RTMR0..3 of the quote.
+Replay (docs/protocol.md#event-log): per IMR, ``acc = 48 zero bytes; acc = sha384(acc || digest)``
+for each event of that IMR in order; the results must equal RTMR0..3 of the quote.
 
 dstack runtime events (``event_type`` 0x08000001, extended into RTMR3 by the guest) have a
 digest defined by their content: ``sha384(u32le(event_type) || ":" || event || ":" ||

@@ -1,6 +1,6 @@
 """Normalize Venice's three attestation report shapes into one :class:`Evidence` value.
 
-Shapes (PROTOCOL.md §3.2-3.4), told apart by their keys:
+Shapes (docs/protocol.md#report-shapes), told apart by their keys:
 
 - ``aci``: ``api_version: "aci/…"`` or an ``attestation`` object holding ``evidence`` /
   ``workload_keyset``. No ``signing_public_key``: the E2EE key is the one among
@@ -211,7 +211,7 @@ def _aci_key(
     if not candidates:
         return None, None, None
     try:
-        bound_address = parse_tdx_quote(quote, require_tdx=False).report_data[:ADDRESS_BYTES]
+        bound_address = parse_tdx_quote(quote, require_tdx=False).report.report_data[:ADDRESS_BYTES]
     except QuoteParseError:
         # The quote_parse check reports this; without REPORTDATA no key can be chosen.
         return None, None, None

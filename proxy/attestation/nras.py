@@ -1,6 +1,6 @@
 """NVIDIA NRAS v3 answers: verify the ES384 JWTs offline against a JWKS the caller fetched.
 
-Wire format (``POST /v3/attest/gpu`` answer; PROTOCOL.md §3.7 item 5)::
+Wire format (``POST /v3/attest/gpu`` answer; docs/protocol.md#nras)::
 
     [["JWT", "<overall token>"], {"GPU-0": "<token>", "GPU-1": "<token>", ...}]
 

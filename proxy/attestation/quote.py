@@ -1,6 +1,6 @@
 """Intel TDX quote v4: a structural parser (no signature checks) and the text decoding.
 
-Wire format (little-endian integers; PROTOCOL.md §3.6)::
+Wire format (little-endian integers; docs/protocol.md#tdx-quote)::
 
     0    u16  version                  = 4
     2    u16  attestation key type     (2 = ECDSA-P256; recorded, not checked here)
@@ -79,16 +79,15 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 @dataclass(frozen=True, slots=True)
-class TdxQuote:
-    """The fields of a TDX v4 quote. Nothing here is authenticated until DCAP says so."""
+class TdReport:
+    """The TD report body (584 bytes at offset 48): the TD's measurements and report data.
 
-    version: int
-    attestation_key_type: int
-    tee_type: int
-    qe_svn: int
-    pce_svn: int
-    qe_vendor_id: bytes
-    user_data: bytes
+    One type for both copies of it: the one parsed from the quote (:func:`parse_tdx_quote`) and
+    the one DCAP returns after checking the platform's signature over it
+    (:class:`~proxy.attestation.dcap.DcapResult`). :meth:`differences` compares them field by
+    field. Nothing here is authenticated until DCAP says so.
+    """
+
     tee_tcb_svn: bytes
     mr_seam: bytes
     mr_signer_seam: bytes
@@ -101,18 +100,11 @@ class TdxQuote:
     mr_owner_config: bytes
     rtmrs: tuple[bytes, bytes, bytes, bytes]
     report_data: bytes
-    signature_data_length: int
-    raw: bytes = field(repr=False)
 
     @property
     def debug(self) -> bool:
         """True when the TD runs in debug mode (td_attributes byte 0, bit 0)."""
         return bool(self.td_attributes[0] & DEBUG_BIT)
-
-    @property
-    def is_tdx(self) -> bool:
-        """True when the header says TDX (tee_type 0x81)."""
-        return self.tee_type == TEE_TYPE_TDX
 
     @property
     def rtmr0(self) -> bytes:
@@ -129,6 +121,50 @@ class TdxQuote:
     @property
     def rtmr3(self) -> bytes:
         return self.rtmrs[3]
+
+    def differences(self, other: TdReport) -> tuple[str, ...]:
+        """The names of the fields whose values differ between ``self`` and ``other``."""
+        return tuple(
+            name for name in TD_REPORT_FIELDS if getattr(self, name) != getattr(other, name)
+        )
+
+
+TD_REPORT_FIELDS: tuple[str, ...] = (
+    "tee_tcb_svn",
+    "mr_seam",
+    "mr_signer_seam",
+    "seam_attributes",
+    "td_attributes",
+    "xfam",
+    "mr_td",
+    "mr_config_id",
+    "mr_owner",
+    "mr_owner_config",
+    "rtmrs",
+    "report_data",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TdxQuote:
+    """A TDX v4 quote: its header fields and its TD report. Nothing here is authenticated until
+    DCAP says so."""
+
+    version: int
+    attestation_key_type: int
+    tee_type: int
+    qe_svn: int
+    pce_svn: int
+    qe_vendor_id: bytes
+    user_data: bytes
+    report: TdReport
+    signature_data_length: int
+    raw: bytes = field(repr=False)
+
+    @property
+    def is_tdx(self) -> bool:
+        """True when the header says TDX (tee_type 0x81)."""
+        return self.tee_type == TEE_TYPE_TDX
 
 
 def _u16(raw: bytes, offset: int) -> int:
@@ -180,6 +216,15 @@ def parse_tdx_quote(raw: bytes, *, require_tdx: bool = True) -> TdxQuote:
         pce_svn=_u16(raw, OFFSET_PCE_SVN),
         qe_vendor_id=_take(raw, OFFSET_QE_VENDOR_ID, 16),
         user_data=_take(raw, OFFSET_USER_DATA, 20),
+        report=parse_td_report(raw),
+        signature_data_length=signature_length,
+        raw=raw,
+    )
+
+
+def parse_td_report(raw: bytes) -> TdReport:
+    """The TD report body of a quote whose length was already checked."""
+    return TdReport(
         tee_tcb_svn=_take(raw, OFFSET_TEE_TCB_SVN, 16),
         mr_seam=_take(raw, OFFSET_MR_SEAM, MEASUREMENT_BYTES),
         mr_signer_seam=_take(raw, OFFSET_MR_SIGNER_SEAM, MEASUREMENT_BYTES),
@@ -197,8 +242,6 @@ def parse_tdx_quote(raw: bytes, *, require_tdx: bool = True) -> TdxQuote:
             _take(raw, OFFSET_RTMR3, MEASUREMENT_BYTES),
         ),
         report_data=_take(raw, OFFSET_REPORT_DATA, REPORT_DATA_BYTES),
-        signature_data_length=signature_length,
-        raw=raw,
     )
 
 

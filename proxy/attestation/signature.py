@@ -1,6 +1,6 @@
 """Response signatures (``GET /api/v1/tee/signature``): parse the answer, recover the signer.
 
-Wire format (PROTOCOL.md §6)::
+Wire format (docs/protocol.md#signatures)::
 
     {"text": "<model>:<sha256 req>:<sha256 resp>" | "<sha256 req>:<sha256 resp>",
      "signature": "0x" + 130 hex (r || s || v)  |  {"value": <that>, "algorithm"/"algo", ...},
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from coincurve import PublicKey
 
@@ -55,6 +55,15 @@ SIGNATURE_CODES: Final = (
 )
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+SignatureOutcome = Literal["ok", "mismatch", "unavailable", "error"]
+"""The outcome of checking one answer's signature (metrics, logs and the strict policy use it).
+
+``ok``: the attested signing key signed it; ``mismatch``: another key signed it or the answer
+is malformed; ``unavailable``: the upstream serves no signature for it; ``error``: fetching it
+failed.
+"""
 
 
 class SignatureError(AttestationError):

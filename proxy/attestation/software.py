@@ -16,9 +16,9 @@ Checks (tier ``software``, in this order):
 ``compose_hash_binding``
     the compose hash bound by the quote equals ``sha256(app_compose)`` and every stated
     ``compose_hash``. Two bindings exist and both hold on every real capture (NEAR, Phala
-    legacy, aci): ``mr_config_id = 01 || compose_hash || 00*15`` (PROTOCOL.md §3.6) and the
-    RTMR3 runtime event ``compose-hash`` whose payload is the hash. Either one suffices; when
-    both are present they must agree; the event only counts once the log replays. A report
+    legacy, aci): ``mr_config_id = 01 || compose_hash || 00*15`` (docs/protocol.md#compose-hash)
+    and the RTMR3 runtime event ``compose-hash`` whose payload is the hash. Either one suffices;
+    when both are present they must agree; the event only counts once the log replays. A report
     without ``app_compose`` (aci) passes on the binding alone and says that the manifest
     itself was not shown. No binding at all: ``ok=None``.
 ``os_image_not_dev``
@@ -157,7 +157,7 @@ def _event_log_replay(
             return _result(EVENT_LOG_REPLAY, False, f"{source}: {exc}", enforced), None
     for log in logs:
         replayed = replay(log.events)
-        wrong = [f"RTMR{i}" for i in range(4) if replayed[i] != quote.rtmrs[i]]
+        wrong = [f"RTMR{i}" for i in range(4) if replayed[i] != quote.report.rtmrs[i]]
         if wrong:
             detail = f"{log.source} ({len(log.events)} events): {', '.join(wrong)} differ"
             return _result(EVENT_LOG_REPLAY, False, detail + " from the quote", enforced), None
@@ -200,7 +200,7 @@ def _compose_hash_binding(
     if quote is None:
         return _skipped(code, quote_failure, enforced), None
     bound: dict[str, str] = {}
-    config_hash, config_note = _config_id_hash(quote.mr_config_id)
+    config_hash, config_note = _config_id_hash(quote.report.mr_config_id)
     if config_hash is not None:
         bound["mr_config_id"] = config_hash
     event_hash, event_note = _claim(facts, "compose-hash")
@@ -305,10 +305,10 @@ def _measurements_pinned(
     seen: dict[str, str | None] = dict.fromkeys(PIN_HEX_LENGTHS)
     if quote is not None:
         seen |= {
-            "mrtd": quote.mr_td.hex(),
-            "rtmr0": quote.rtmr0.hex(),
-            "rtmr1": quote.rtmr1.hex(),
-            "rtmr2": quote.rtmr2.hex(),
+            "mrtd": quote.report.mr_td.hex(),
+            "rtmr0": quote.report.rtmr0.hex(),
+            "rtmr1": quote.report.rtmr1.hex(),
+            "rtmr2": quote.report.rtmr2.hex(),
         }
     seen |= {"compose_hash": compose_hash, "os_image_hash": os_image_hash}
     if pins is None:

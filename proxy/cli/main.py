@@ -204,7 +204,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 async def _verify(settings: Settings, api_key: SecretStr | None, model: str) -> AttestationReport:
-    from proxy.http.app import build_services
+    from proxy.http.services import build_services
 
     services = build_services(settings, api_key=api_key)
     try:
@@ -216,7 +216,7 @@ async def _verify(settings: Settings, api_key: SecretStr | None, model: str) -> 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``verify``: run every check on a fresh (or saved) attestation and print the report."""
     from proxy.cli.verify import VerifyInputError, print_error, print_report, verify_offline
-    from proxy.http.app import attestation_policy
+    from proxy.http.services import attestation_policy
 
     settings = _load(args.config)
     configure_logging("warning", settings.logging.format)
@@ -253,7 +253,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 async def _models(settings: Settings, api_key: SecretStr | None) -> list[dict[str, Any]]:
-    from proxy.http.app import build_services
+    from proxy.http.services import build_services
 
     services = build_services(settings, api_key=api_key)
     try:

@@ -1,6 +1,6 @@
 """Venice E2EE crypto: secp256k1 ECDH, HKDF-SHA256, AES-256-GCM. Pure and synchronous.
 
-Wire format of one encrypted field (PROTOCOL.md §2)::
+Wire format of one encrypted field (docs/protocol.md#crypto)::
 
     hex_lower( ephemeral_pub_uncompressed(65: 04||X||Y) || gcm_nonce(12) || ciphertext || tag(16) )
 

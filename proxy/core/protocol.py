@@ -1,6 +1,6 @@
 """OpenAI chat request -> Venice E2EE request, and encrypted upstream chunk -> plain chunk. Pure.
 
-Request (PROTOCOL.md §4, the client rule that holds on every backend)::
+Request (docs/protocol.md#chat-request, the client rule that holds on every backend)::
 
     POST /api/v1/chat/completions
     X-Venice-TEE-Client-Pub-Key: <130 hex, 04...>   fresh per request; responses are sealed to it
@@ -23,10 +23,11 @@ Request (PROTOCOL.md §4, the client rule that holds on every backend)::
 Requests whose data would have to travel in plaintext are refused up front by
 :func:`check_e2ee_supported` (tools, functions, predicted outputs, tool-call history, file parts).
 
-Response chunks (PROTOCOL.md §5.2): in ``choices[i].delta`` (stream) or ``choices[i].message``,
-``content``, ``reasoning_content`` and ``reasoning`` are blobs sealed to the client key; for list
-content, each part's ``text``. ``None`` and ``""`` are left alone. Anything else non-empty that is
-not blob-shaped fails closed with :class:`PlaintextInStreamError`, whitespace included.
+Response chunks (docs/protocol.md#response-fields): in ``choices[i].delta`` (stream) or
+``choices[i].message``, ``content``, ``reasoning_content`` and ``reasoning`` are blobs sealed to
+the client key; for list content, each part's ``text``. ``None`` and ``""`` are left alone.
+Anything else non-empty that is not blob-shaped fails closed with :class:`PlaintextInStreamError`,
+whitespace included.
 
 Deliberately NOT checked or encrypted (no backend encrypts them in the default mode): top-level
 ``stop``, ``response_format`` schemas, ``metadata``, ``user``, ``logit_bias``,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Literal
 
 from proxy.core.errors import (
     ProxyError,
@@ -26,6 +27,16 @@ from proxy.core.errors import (
     UpstreamError,
     UpstreamStatusError,
 )
+
+RetryReason = Literal[
+    "connect", "timeout", "rate_limited", "server_error", "stream_broken", "key_rejected"
+]
+"""Why an upstream attempt was retried: the one vocabulary of metrics, logs and the retry path.
+
+``connect``/``timeout``: the connection failed or timed out (nothing was sent); ``rate_limited``:
+HTTP 429; ``server_error``: HTTP 5xx; ``stream_broken``: the stream broke before the first byte
+reached the client; ``key_rejected``: the enclave key was stale and the model was re-attested.
+"""
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRYABLE_STREAM_CODES = frozenset(
@@ -43,15 +54,19 @@ class RetryPolicy:
     max_total_s: float = 30.0
 
 
-def retry_reason(exc: ProxyError) -> str | None:
-    """A short label when ``exc`` is worth retrying, else None."""
+def retry_reason(exc: ProxyError) -> RetryReason | None:
+    """Why ``exc`` is worth retrying (one of :data:`RetryReason`), or None when it is not."""
     if isinstance(exc, UpstreamStatusError):
         status = exc.upstream_status
-        return f"status_{status}" if status in RETRYABLE_STATUSES else None
-    if isinstance(exc, UpstreamConnectError | UpstreamConnectTimeoutError):
+        if status not in RETRYABLE_STATUSES:
+            return None
+        return "rate_limited" if status == 429 else "server_error"
+    if isinstance(exc, UpstreamConnectTimeoutError):
+        return "timeout"
+    if isinstance(exc, UpstreamConnectError):
         return "connect"
     if type(exc) is UpstreamError and exc.code in RETRYABLE_STREAM_CODES:
-        return "stream"
+        return "stream_broken"
     return None
 
 

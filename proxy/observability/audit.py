@@ -28,9 +28,9 @@ def audit_record(report: AttestationReport, quote: bytes, verified_at: float) ->
     """The audit line for an accepted attestation."""
     parsed = parse_tdx_quote(quote)
     measurements = {
-        "mr_td": parsed.mr_td.hex(),
-        "mr_config_id": parsed.mr_config_id.hex(),
-        **{f"rtmr{index}": value.hex() for index, value in enumerate(parsed.rtmrs)},
+        "mr_td": parsed.report.mr_td.hex(),
+        "mr_config_id": parsed.report.mr_config_id.hex(),
+        **{f"rtmr{index}": value.hex() for index, value in enumerate(parsed.report.rtmrs)},
     }
     return {
         "time": datetime.fromtimestamp(verified_at, UTC).isoformat().replace("+00:00", "Z"),

@@ -56,31 +56,17 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.attestation import CHECK_CODES
+from proxy.attestation.signature import SignatureOutcome
+from proxy.core.retry import RetryReason
 
 NAMESPACE = "venice_proxy"
 OTHER = "other"
 MAX_MODELS = 512
 
-DEFAULT_ROUTES: frozenset[str] = frozenset(
-    {
-        "/v1/chat/completions",
-        "/chat/completions",
-        "/v1/models",
-        "/models",
-        "/v1/attestation/{model}",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    }
-)
-
-RetryReason = Literal["connect", "timeout", "rate_limited", "server_error", "key_rejected"]
 FetchOutcome = Literal["ok", "fetch_error", "verification_failed"]
 DecryptionKind = Literal["decrypt", "plaintext"]
-SignatureOutcome = Literal["ok", "mismatch", "error", "unavailable"]
 
 _RETRY_REASONS: frozenset[str] = frozenset(get_args(RetryReason))
 _FETCH_OUTCOMES: frozenset[str] = frozenset(get_args(FetchOutcome))
@@ -181,7 +167,7 @@ class Metrics:
         self,
         *,
         models: Iterable[str] = (),
-        routes: Iterable[str] = DEFAULT_ROUTES,
+        routes: Iterable[str] = (),
         check_codes: Iterable[str] = CHECK_CODES,
         clock: Callable[[], float] = time.time,
         process_metrics: bool = True,
@@ -304,6 +290,10 @@ class Metrics:
         """``model`` if it is an allowed id, else ``other``."""
         return model if model is not None and model in self._models else OTHER
 
+    def set_routes(self, routes: Iterable[str]) -> None:
+        """Replace the route-label allowlist (the app's route templates)."""
+        self._routes = frozenset(routes)
+
     def route_label(self, route: str) -> str:
         """``route`` if it is a known route template, else ``other``."""
         return route if route in self._routes else OTHER
@@ -394,43 +384,3 @@ class Metrics:
         """The exposition body and its content type, chosen from the scraper's ``Accept``."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
-
-
-class RequestMetricsMiddleware:
-    """Pure ASGI: counts every HTTP answer by route template and status, with its duration
-    (until the last body byte, so streams count their whole length). Requests a guard refused
-    are counted too, under their path if it is a known route."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        recorded = False
-
-        def record() -> None:
-            nonlocal recorded
-            if recorded:
-                return
-            recorded = True
-            route = scope.get("route")
-            template = getattr(route, "path", None) or scope.get("path", "")
-            self.metrics.observe_request(template, status, time.perf_counter() - started)
-
-        async def send_and_measure(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                record()
-
-        try:
-            await self.app(scope, receive, send_and_measure)
-        finally:
-            record()

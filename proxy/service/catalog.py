@@ -2,9 +2,9 @@
 
 Venice's ``GET /models?type=text`` items look like ``{id, object, owned_by, type, created,
 model_spec: {name, privacy, capabilities: {supportsE2EE, supportsTeeAttestation, ...}}}``
-(PROTOCOL.md §7). A model counts as E2EE only when ``supportsE2EE`` is true; the ``e2ee-`` prefix
-is used only when the catalogue cannot be read, and even then the attestation still has to pass
-before any prompt is encrypted to it.
+(docs/protocol.md#models). A model counts as E2EE only when ``supportsE2EE`` is true; the ``e2ee-``
+prefix is used only when the catalogue cannot be read, and even then the attestation still has to
+pass before any prompt is encrypted to it.
 """
 
 from __future__ import annotations

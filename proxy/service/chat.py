@@ -32,7 +32,7 @@ from proxy.core.errors import (
     UpstreamStatusError,
 )
 from proxy.core.protocol import ChunkDecryptor, encrypt_request
-from proxy.core.retry import RetryPolicy, retry_delay, retry_reason
+from proxy.core.retry import RetryPolicy, RetryReason, retry_delay, retry_reason
 from proxy.service.catalog import ModelCatalogue, resolve_alias
 from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache
 from proxy.service.relay import Batch, StreamStats, decrypted_batches, has_text
@@ -168,7 +168,7 @@ class ChatService:
         aliases: Mapping[str, str],
         non_e2ee: Literal["reject", "passthrough"],
         retry: RetryPolicy | None = None,
-        on_retry: Callable[[str], None] | None = None,
+        on_retry: Callable[[RetryReason], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.upstream = upstream
@@ -225,7 +225,7 @@ class ChatService:
                 key_retried = True
                 self.keys.invalidate_key(stale.public_key)
                 if self._on_retry:
-                    self._on_retry("stale_key")
+                    self._on_retry("key_rejected")
             except ProxyError as exc:
                 delay = retry_delay(
                     self.retry,
@@ -238,7 +238,7 @@ class ChatService:
                     raise
                 retries += 1
                 if self._on_retry:
-                    self._on_retry(retry_reason(exc) or "other")
+                    self._on_retry(retry_reason(exc) or "server_error")
                 await self._sleep(delay)
 
     async def _attempt_e2ee(

@@ -1,6 +1,6 @@
 """Upstream SSE bytes -> decrypted OpenAI chunks -> client SSE bytes or one chat.completion.
 
-Stream rules (PROTOCOL.md §5):
+Stream rules (docs/protocol.md#streaming):
 
 - Upstream frames are ``data: <json>`` events ending with ``data: [DONE]``. Any JSON event with a
   top-level ``error`` is Venice's in-band failure: it becomes our error, never content.
@@ -133,8 +133,8 @@ async def decrypted_batches(
 async def _drain(body: AsyncIterator[bytes]) -> None:
     """Read the upstream body to its end after ``[DONE]`` (bounded), instead of hanging up.
 
-    A backend signs only a stream that completed without a disconnect (PROTOCOL.md §6), and a
-    body read to its end lets the connection be reused.
+    A backend signs only a stream that completed without a disconnect
+    (docs/protocol.md#signatures), and a body read to its end lets the connection be reused.
     """
     remaining = _DRAIN_LIMIT_BYTES
     try:

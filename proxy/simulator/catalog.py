@@ -1,4 +1,5 @@
-"""The simulator's model catalogue and the Venice ``GET /models`` list shape (PROTOCOL.md §7).
+"""The simulator's model catalogue and the Venice ``GET /models`` list shape
+(docs/protocol.md#models).
 
 Item shape::
 

@@ -1,4 +1,5 @@
-"""Compose the simulated SSE answer (PROTOCOL.md §5) as bytes, with faults applied. Pure.
+"""Compose the simulated SSE answer (docs/protocol.md#streaming) as bytes, with faults applied.
+Pure.
 
 Wire format, each event framed ``data: <compact JSON>\\n\\n`` (UTF-8, not ASCII-escaped)::
 

@@ -1,4 +1,5 @@
-"""Enclave-side decryption of an E2EE chat request's messages (PROTOCOL.md §4.2). Pure.
+"""Enclave-side decryption of an E2EE chat request's messages (docs/protocol.md#request-fields).
+Pure.
 
 Each encrypted field is ``hex(sender_pub(65) || gcm_nonce(12) || ciphertext || tag(16))`` sealed
 to the enclave key; the sender key is read from the blob itself, never from a header.

@@ -1,4 +1,4 @@
-"""The attestation body the simulator serves (PROTOCOL.md §3.2 NEAR shape, §3.3 Phala legacy).
+"""The attestation body the simulator serves (docs/protocol.md#near-shape and #phala-legacy-shape).
 Pure: a function of (model, enclave key, nonce, switches, instance seed, time).
 
 NEAR shape, keys in this order: ``model_name, signing_address (lowercase), signing_algo,

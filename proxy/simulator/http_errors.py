@@ -10,7 +10,7 @@ Shapes (all JSON):
 
       {"error": {"message": "<message>", "type": "invalid_request_error"}}
 
-- NEAR inference-proxy decryption errors (PROTOCOL.md §5.3)::
+- NEAR inference-proxy decryption errors (docs/protocol.md#errors)::
 
       {"error": {"message": "<message>", "type": "bad_request", "param": null, "code": null}}
 

@@ -1,4 +1,4 @@
-"""A synthetic Intel TDX v4 quote with the real layout (PROTOCOL.md §3.6). Pure.
+"""A synthetic Intel TDX v4 quote with the real layout (docs/protocol.md#tdx-quote). Pure.
 
 Layout (little-endian integers)::
 

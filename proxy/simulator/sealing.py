@@ -1,4 +1,5 @@
-"""Enclave-side encryption of response deltas to the client key (PROTOCOL.md §5.2). Pure.
+"""Enclave-side encryption of response deltas to the client key (docs/protocol.md#response-fields).
+Pure.
 
 Each sealed field becomes ``hex(server_ephemeral_pub(65) || gcm_nonce(12) || ciphertext || tag)``
 encrypted to ``X-Venice-TEE-Client-Pub-Key``.

@@ -1,4 +1,5 @@
-"""EIP-191 personal-message signatures with the enclave key (PROTOCOL.md §6), and EIP-55. Pure.
+"""EIP-191 personal-message signatures with the enclave key (docs/protocol.md#signatures), and
+EIP-55. Pure.
 
 Signature wire format: ``"0x" + hex(r(32) || s(32) || v(1))`` with ``v`` in {27, 28}, over
 ``keccak256(b"\\x19Ethereum Signed Message:\\n" + str(len(utf8(text))) + utf8(text))``.

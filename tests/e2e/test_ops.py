@@ -15,9 +15,9 @@ import openai
 import pytest
 import uvicorn
 
-from proxy.http.app import Services
 from proxy.http.guard import DrainController
 from proxy.http.loopback import ThreadedServer
+from proxy.http.services import Services
 from proxy.http.shutdown import DrainingServer
 from proxy.simulator import Faults, SimulatorState
 from tests.conftest import CANARY, E2EE_MODEL, SIM_API_KEY, ProxyFactory

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from proxy.attestation import KNOWN_TCB_STATUSES, verify_quote_dcap
+from proxy.attestation.quote import parse_tdx_quote
 from proxy.core.errors import AttestationError
 from tests.support.attestation_helpers import (
     FIXTURE_IDS,
@@ -31,15 +32,15 @@ def test_each_capture_verifies_up_to_date_at_its_capture_time(fixture: Fixture) 
     assert result.status in KNOWN_TCB_STATUSES
     assert result.advisory_ids == ()
     assert result.report_type == "TD10"
-    assert result.report_data[:20].hex() == fixture.address[2:]
-    assert result.report_data[20:32] == bytes(12)
-    assert result.report_data[32:] == nonce_of(fixture)
-    assert result.td_attributes[0] & 1 == 0
-    assert len(result.mr_td) == 48
-    assert all(len(rtmr) == 48 for rtmr in result.rtmrs)
+    assert result.report.report_data[:20].hex() == fixture.address[2:]
+    assert result.report.report_data[20:32] == bytes(12)
+    assert result.report.report_data[32:] == nonce_of(fixture)
+    assert result.report.td_attributes[0] & 1 == 0
+    assert len(result.report.mr_td) == 48
+    assert all(len(rtmr) == 48 for rtmr in result.report.rtmrs)
     assert result.qe_status == "UpToDate"
     assert result.platform_status == "UpToDate"
-    assert result.report["mr_td"] == result.mr_td.hex()
+    assert result.report == parse_tdx_quote(quote_of(body_of(fixture))).report
 
 
 def _dcap_error(quote: bytes, collateral: Any, now: int) -> AttestationError:

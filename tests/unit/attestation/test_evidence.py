@@ -73,7 +73,7 @@ def test_phala_legacy_keeps_vm_config_and_parses_the_string_event_log() -> None:
 def test_aci_picks_the_e2ee_key_bound_in_report_data() -> None:
     body = body_of(ACI)
     evidence = parse_attestation(body)
-    report_data = parse_tdx_quote(evidence.intel_quote).report_data
+    report_data = parse_tdx_quote(evidence.intel_quote).report.report_data
     assert evidence.signing_public_key is not None
     assert evidence.signing_public_key.hex() == ACI_E2EE_KEY
     assert bytes.fromhex(address_hex(evidence.signing_public_key)[2:]) == report_data[:20]

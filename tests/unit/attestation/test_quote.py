@@ -34,22 +34,22 @@ def test_synthetic_quote_fields_sit_at_their_offsets() -> None:
     assert (quote.qe_svn, quote.pce_svn) == (3, 4)
     assert quote.qe_vendor_id == b"\x11" * 16
     assert quote.user_data == b"\x22" * 20
-    assert quote.td_attributes == bytes.fromhex("0000001000000000")
-    assert quote.mr_td == bytes(range(48))
-    assert quote.rtmrs == tuple(bytes([0xA0 + i]) * 48 for i in range(4))
-    assert (quote.rtmr0, quote.rtmr3) == (b"\xa0" * 48, b"\xa3" * 48)
-    assert quote.report_data == REPORT_DATA
+    assert quote.report.td_attributes == bytes.fromhex("0000001000000000")
+    assert quote.report.mr_td == bytes(range(48))
+    assert quote.report.rtmrs == tuple(bytes([0xA0 + i]) * 48 for i in range(4))
+    assert (quote.report.rtmr0, quote.report.rtmr3) == (b"\xa0" * 48, b"\xa3" * 48)
+    assert quote.report.report_data == REPORT_DATA
     assert quote.signature_data_length == 64
     assert quote.raw == raw
     assert quote.is_tdx
-    assert not quote.debug
+    assert not quote.report.debug
 
 
 def test_debug_bit_is_byte_zero_bit_zero_of_td_attributes() -> None:
     debug = parse_tdx_quote(synthetic_quote(REPORT_DATA, td_attributes=b"\x01" + bytes(7)))
     other_bits = parse_tdx_quote(synthetic_quote(REPORT_DATA, td_attributes=b"\xfe" + b"\xff" * 7))
-    assert debug.debug
-    assert not other_bits.debug
+    assert debug.report.debug
+    assert not other_bits.report.debug
 
 
 def test_offsets_are_exported() -> None:
@@ -66,14 +66,14 @@ def test_real_quote_parses_like_dcap_reads_it(fixture: Fixture) -> None:
     quote = parse_tdx_quote(raw)
     verified = verify_quote_dcap(raw, collateral_of(fixture), time_of(fixture))
     assert 5000 <= len(raw) <= 5012
-    assert quote.td_attributes.hex() == "0000001000000000"
-    assert not quote.debug
-    assert quote.report_data == verified.report_data
-    assert quote.mr_td == verified.mr_td
-    assert quote.mr_config_id == verified.mr_config_id
-    assert quote.rtmrs == verified.rtmrs
-    assert quote.xfam == verified.xfam
-    assert quote.mr_seam == verified.mr_seam
+    assert quote.report.td_attributes.hex() == "0000001000000000"
+    assert not quote.report.debug
+    assert quote.report.report_data == verified.report.report_data
+    assert quote.report.mr_td == verified.report.mr_td
+    assert quote.report.mr_config_id == verified.report.mr_config_id
+    assert quote.report.rtmrs == verified.report.rtmrs
+    assert quote.report.xfam == verified.report.xfam
+    assert quote.report.mr_seam == verified.report.mr_seam
     header = dcap_qvl.parse_quote(raw).header
     assert (quote.version, quote.tee_type) == (header.version, header.tee_type)
     assert quote.qe_vendor_id == bytes(header.qe_vendor_id)
@@ -131,7 +131,7 @@ def test_random_bytes_only_raise_quote_parse_error(raw: bytes) -> None:
         quote = parse_tdx_quote(raw)
     except QuoteParseError:
         return
-    assert len(quote.report_data) == 64
+    assert len(quote.report.report_data) == 64
 
 
 @settings(max_examples=100, deadline=None)
@@ -144,7 +144,7 @@ def test_truncated_and_corrupted_synthetic_quotes(cut: int, noise: bytes) -> Non
     except QuoteParseError:
         return
     assert cut >= 636 + 64
-    assert quote.report_data == REPORT_DATA
+    assert quote.report.report_data == REPORT_DATA
 
 
 @settings(max_examples=100, deadline=None)

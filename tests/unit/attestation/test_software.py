@@ -120,7 +120,7 @@ def test_real_captures_pass_the_software_checks(fixture: Fixture) -> None:
     binding = report.check("compose_hash_binding").detail
     assert "bound by mr_config_id and the compose-hash event" in binding
     quote = parse_tdx_quote(parse_attestation(body_of(fixture)).intel_quote)
-    assert quote.mr_config_id[1:33].hex() in binding
+    assert quote.report.mr_config_id[1:33].hex() in binding
 
 
 @pytest.mark.parametrize("fixture", FIXTURE_LIST, ids=FIXTURE_IDS)
@@ -128,8 +128,8 @@ def test_without_pins_the_values_seen_are_listed_and_not_enforced(fixture: Fixtu
     check = run(fixture).check("measurements_pinned")
     assert (check.ok, check.enforced) == (None, False)
     quote = parse_tdx_quote(parse_attestation(body_of(fixture)).intel_quote)
-    assert f"mrtd={quote.mr_td.hex()}" in check.detail
-    assert f"rtmr2={quote.rtmr2.hex()}" in check.detail
+    assert f"mrtd={quote.report.mr_td.hex()}" in check.detail
+    assert f"rtmr2={quote.report.rtmr2.hex()}" in check.detail
     assert "unknown" not in check.detail
     assert fixture.model in check.detail
 
@@ -420,7 +420,7 @@ def test_empty_runtime_digests_are_derived_as_in_the_phala_log() -> None:
     nested = parse_event_log(tcb_info_of(body_of(GEMMA))["event_log"], "tcb")
     assert [e.digest for e in top.events] == [e.digest for e in nested.events]
     quote = parse_tdx_quote(parse_attestation(body_of(GEMMA)).intel_quote)
-    assert replay(top.events) == quote.rtmrs
+    assert replay(top.events) == quote.report.rtmrs
 
 
 def test_replay_of_nothing_is_zero() -> None:

@@ -371,17 +371,30 @@ def test_revoked_is_never_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert policy.tcb_status_allowed("UpToDate")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("report_data", bytes(64)),
+        ("td_attributes", bytes(8)),
+        ("mr_td", bytes(48)),
+        ("mr_config_id", b"\x01" * 48),
+        ("mr_seam", bytes(48)),
+        ("rtmrs", (bytes(48),) * 4),
+        ("xfam", bytes(8)),
+        ("mr_owner", b"\x02" * 48),
+    ],
+)
 def test_dcap_report_disagreeing_with_the_parsed_quote_fails(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, field: str, value: Any
 ) -> None:
     def skewed(quote: bytes, collateral: Any, now: int) -> DcapResult:
         result = verify_quote_dcap(quote, collateral, now)
-        return replace(result, report_data=bytes(64))
+        return replace(result, report=replace(result.report, **{field: value}))
 
     monkeypatch.setattr(checks_module, "verify_quote_dcap", skewed)
     report = run(GLM)
     assert failed(report) == {"dcap"}
-    assert "differs" in report.check("dcap").detail
+    assert report.check("dcap").detail.endswith(f"differs from the parsed quote in {field}")
 
 
 @pytest.mark.parametrize(

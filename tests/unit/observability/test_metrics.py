@@ -46,7 +46,7 @@ def test_render_is_prometheus_text_by_default_and_openmetrics_on_request() -> No
 
 
 def test_requests_and_durations_move() -> None:
-    metrics = Metrics(process_metrics=False)
+    metrics = Metrics(routes=["/v1/chat/completions", "/healthz"], process_metrics=False)
     metrics.observe_request("/v1/chat/completions", 200, 0.3)
     metrics.observe_request("/v1/chat/completions", 200, 2.0)
     metrics.observe_request("/v1/chat/completions", 503, 0.001)
@@ -62,7 +62,7 @@ def test_requests_and_durations_move() -> None:
 
 
 def test_status_label_is_bounded() -> None:
-    metrics = Metrics(process_metrics=False)
+    metrics = Metrics(routes=["/healthz"], process_metrics=False)
     metrics.observe_request("/healthz", 999, 0.0)
     metrics.observe_request("/healthz", -1, 0.0)
     assert value(metrics, "venice_proxy_requests_total", route="/healthz", status=OTHER) == 2
@@ -238,3 +238,20 @@ def test_every_attestation_check_code_is_a_label() -> None:
     name = "venice_proxy_attestation_verification_failures_total"
     assert all(value(metrics, name, check=code) == 1 for code in CHECK_CODES)
     assert value(metrics, name, check=OTHER) is None
+
+
+def test_route_labels_are_the_apps_own_routes() -> None:
+    from fastapi.routing import APIRoute
+    from pydantic import SecretStr
+
+    from proxy.http.app import create_app
+    from proxy.http.routes import router
+    from proxy.settings import load_settings
+
+    app = create_app(load_settings(environ={}), api_key=SecretStr("k"))
+    metrics: Metrics = app.state.services.metrics
+    paths = {route.path for route in router.routes if isinstance(route, APIRoute)}
+    assert {"/v1/chat/completions", "/v1/models", "/healthz", "/metrics"} <= paths
+    for path in paths:
+        assert metrics.route_label(path) == path
+    assert metrics.route_label("/v1/embeddings") == OTHER

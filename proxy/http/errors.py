@@ -1,0 +1,48 @@
+"""Our errors as HTTP answers: every error a client sees is an OpenAI envelope.
+
+``{"error": {"message", "type", "param", "code"}}`` with the error's HTTP status, including
+unknown routes and crashes (a crash says nothing about its cause: its traceback could hold
+data). An upstream ``Retry-After`` is passed on with a rate-limit error.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from proxy.core.errors import ProxyError, UpstreamStatusError, error_body
+from proxy.observability.logs import get_logger
+
+log = get_logger("proxy.app")
+
+
+def proxy_error_response(exc: ProxyError) -> JSONResponse:
+    """The JSON response for one of our errors."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, UpstreamStatusError) and exc.retry_after:
+        headers["retry-after"] = exc.retry_after
+    return JSONResponse(exc.to_body(), status_code=exc.http_status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer our errors, Starlette's HTTP errors and crashes with OpenAI envelopes."""
+
+    @app.exception_handler(ProxyError)
+    async def _proxy_error(_: Request, exc: ProxyError) -> JSONResponse:
+        return proxy_error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(
+            error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled_error", error_type=type(exc).__name__)
+        return JSONResponse(
+            error_body("internal proxy error", "server_error", code="internal_error"),
+            status_code=500,
+        )

@@ -1,0 +1,207 @@
+"""Every shared object the handlers use, built once from the settings.
+
+:func:`build_services` constructs the upstream client, model catalogue, attester and key cache,
+chat service, signature policy, metrics and drain controller; :class:`Services` holds them for
+the lifetime of one app and closes them in :meth:`Services.aclose`. Nothing here speaks HTTP to
+clients: :mod:`proxy.http.app` puts a :class:`Services` on ``app.state`` and the handlers in
+:mod:`proxy.http.routes` read it from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
+
+from proxy.attestation import AttestationPolicy, MeasurementPins
+from proxy.core.errors import AttestationError, ProxyError
+from proxy.core.retry import RetryPolicy, RetryReason
+from proxy.http.guard import DrainController
+from proxy.observability.audit import AuditLog
+from proxy.observability.logs import get_logger
+from proxy.observability.metrics import Metrics
+from proxy.service.catalog import ModelCatalogue
+from proxy.service.chat import ChatService
+from proxy.service.dcap_collateral import CollateralCache, file_fetcher, pccs_fetcher
+from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache, Attester, CollateralSource
+from proxy.service.nras_client import NrasSource
+from proxy.service.signatures import SignaturePolicy, SignatureVerifier
+from proxy.settings import Settings
+from proxy.venice.client import ServiceClient, UpstreamClient, UpstreamTimeouts
+
+if TYPE_CHECKING:
+    import httpx
+
+log = get_logger("proxy.app")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything the handlers share."""
+
+    settings: Settings
+    upstream: UpstreamClient
+    catalogue: ModelCatalogue
+    keys: AttestedKeyCache
+    attester: Attester
+    chat: ChatService
+    signatures: SignaturePolicy
+    verifiers: ServiceClient
+    metrics: Metrics
+    drain: DrainController
+    demo: bool
+    background: set[asyncio.Task[object]] = field(default_factory=set)
+
+    def spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        """Run ``work`` in the background, keeping a reference until it ends."""
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def aclose(self) -> None:
+        """Stop background work and close every connection pool."""
+        for task in list(self.background):
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.keys.aclose()
+        await self.upstream.aclose()
+        await self.verifiers.aclose()
+
+
+def attestation_policy(settings: Settings) -> AttestationPolicy:
+    """The verification policy the settings ask for."""
+    section = settings.attestation
+    return AttestationPolicy(
+        dcap=section.dcap,
+        nvidia=section.nvidia,
+        allowed_tcb_status=frozenset(section.allowed_tcb_status),
+        software=section.software,
+        allow_dev_image=section.allow_dev_image,
+        pins={
+            model: MeasurementPins(**{name: tuple(values) for name, values in pins})
+            for model, pins in section.pins.items()
+        },
+    )
+
+
+def collateral_source(settings: Settings) -> CollateralSource | None:
+    """Where DCAP collateral comes from (None when DCAP is off)."""
+    section = settings.attestation
+    if section.dcap == "off":
+        return None
+    fetch = (
+        file_fetcher(section.collateral_file)
+        if section.collateral_file is not None
+        else pccs_fetcher(section.pccs_url)
+    )
+    return CollateralCache(fetch).get
+
+
+def build_services(
+    settings: Settings,
+    *,
+    api_key: SecretStr | None,
+    http_client: httpx.AsyncClient | None = None,
+    demo: bool = False,
+) -> Services:
+    """Construct the shared objects from the settings."""
+    up = settings.upstream
+    upstream = UpstreamClient(
+        up.base_url,
+        api_key.get_secret_value() if api_key else None,
+        timeouts=UpstreamTimeouts(
+            connect_s=up.connect_timeout_s,
+            first_byte_s=up.first_byte_timeout_s,
+            idle_s=up.idle_timeout_s,
+        ),
+        http_client=http_client,
+    )
+    metrics = Metrics()
+    aliases = settings.models.aliases
+
+    def allow_model_labels(models: Iterable[str]) -> None:
+        metrics.set_models([*models, *aliases])
+
+    catalogue = ModelCatalogue(
+        upstream.list_models, ttl_s=up.models_cache_ttl_s, on_refresh=allow_model_labels
+    )
+    verifiers = ServiceClient(timeout_s=up.connect_timeout_s + 30.0)
+    section = settings.attestation
+
+    def count_failed_checks(codes: tuple[str, ...]) -> None:
+        for code in codes:
+            metrics.record_verification_failure(code)
+
+    attester = Attester(
+        upstream.get_attestation,
+        attestation_policy(settings),
+        ttl_s=section.cache_ttl_s,
+        collateral=collateral_source(settings),
+        nras=NrasSource(verifiers, url=section.nras_url, jwks_url=section.nras_jwks_url)
+        if section.nvidia == "nras"
+        else None,
+        audit=AuditLog(settings.logging.audit_log) if settings.logging.audit_log else None,
+        on_failed_checks=count_failed_checks,
+    )
+
+    def count_attestation(model: str, key: AttestedKey | None, error: ProxyError | None) -> None:
+        if key is not None:
+            metrics.record_attestation_fetch(model, "ok", verified_at=key.verified_at)
+            log.info(
+                "attestation_accepted",
+                model=model,
+                signing_address=key.signing_address,
+                tcb_status=key.report.tcb_status,
+            )
+            return
+        if isinstance(error, AttestationError):
+            metrics.record_attestation_fetch(model, "verification_failed")
+        else:
+            metrics.record_attestation_fetch(model, "fetch_error")
+        log.warning("attestation_failed", model=model, code=error.log_code if error else None)
+
+    keys = AttestedKeyCache(attester.attest, on_result=count_attestation)
+
+    def count_retry(reason: RetryReason) -> None:
+        metrics.record_retry(reason)
+
+    chat = ChatService(
+        upstream,
+        catalogue,
+        keys,
+        aliases=settings.models.aliases,
+        non_e2ee=settings.privacy.non_e2ee,
+        retry=RetryPolicy(
+            max_retries=up.retries,
+            max_delay_s=up.retry_max_delay_s,
+            max_total_s=up.retry_max_total_s,
+        ),
+        on_retry=count_retry,
+    )
+    signatures = SignaturePolicy(
+        SignatureVerifier(upstream.get_signature), settings.signatures.mode, metrics
+    )
+    return Services(
+        settings,
+        upstream,
+        catalogue,
+        keys,
+        attester,
+        chat,
+        signatures,
+        verifiers,
+        metrics,
+        DrainController(),
+        demo,
+    )
+
+
+async def warm_up(services: Services, model: str) -> None:
+    """Attest a configured model at start-up so its first request does not wait."""
+    try:
+        await services.keys.get(model)
+    except ProxyError:
+        return  # logged and counted by the cache's observer; /readyz reports it
