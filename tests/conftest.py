@@ -9,7 +9,7 @@ sent to a plaintext model) and never appeared in a log line.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -110,6 +110,16 @@ def proxy(shared_proxy: ThreadedServer, sim_state: SimulatorState) -> Iterator[T
     sim_state.faults = Faults()
 
 
+def assert_no_leak(upstream: Iterable[str], logged: str) -> None:
+    """The one leak check: the canary never reached the upstream in plaintext (``upstream``: the
+    texts it received: bodies, queries, header values), and neither the canary nor the upstream
+    API key appeared in ``logged``."""
+    for text in upstream:
+        assert CANARY not in text, "the canary reached the upstream in plaintext"
+    assert CANARY not in logged, "the canary appeared in the logs"
+    assert SIM_API_KEY not in logged, "the upstream API key appeared in the logs"
+
+
 @pytest.fixture(autouse=True)
 def canary_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     """After each test: the canary never reached the upstream in plaintext, nor any log line."""
@@ -120,12 +130,10 @@ def canary_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     state.reset()
     start = _LOG_BUFFER.tell()
     yield
+    upstream: list[str] = []
     for recorded in state.requests:
         body = recorded.body.decode("utf-8", errors="replace")
         if f'"model":"{PLAIN_MODEL}"' in body.replace(" ", ""):
-            continue
-        assert CANARY not in body, f"canary reached the upstream in plaintext: {recorded.path}"
-        assert CANARY not in str(recorded.query)
-        assert all(CANARY not in value for value in recorded.headers.values())
-    assert CANARY not in _LOG_BUFFER.getvalue()[start:], "canary appeared in the logs"
-    assert SIM_API_KEY not in _LOG_BUFFER.getvalue()[start:], "API key appeared in the logs"
+            continue  # the test sent this prompt to a plaintext model on purpose
+        upstream += [body, str(recorded.query), *recorded.headers.values()]
+    assert_no_leak(upstream, _LOG_BUFFER.getvalue()[start:])

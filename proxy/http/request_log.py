@@ -19,8 +19,9 @@ from proxy.core.errors import ProxyError
 from proxy.http.errors import proxy_error_response
 from proxy.http.services import Services
 from proxy.observability.logs import get_logger
-from proxy.observability.metrics import DecryptionKind, UpstreamHeaders
+from proxy.observability.metrics import DecryptionKind
 from proxy.service.chat import ChatOutcome
+from proxy.venice.headers import UpstreamHeaders
 
 log = get_logger("proxy.request")
 

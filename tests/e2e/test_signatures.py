@@ -65,9 +65,9 @@ def test_async_mode_verifies_after_the_fact(
         completion_id = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES).id
     (event,) = _wait_for_signature(log_lines, completion_id)
     assert event["outcome"] == "ok"
-    fetched = [r for r in sim_state.requests if r.path.endswith("/tee/signature")]
-    assert fetched
-    assert f"request_id={completion_id}" in fetched[-1].query
+    # Another proxy's background check (an earlier test's) may land in the same simulator.
+    fetched = [r.query for r in sim_state.requests if r.path.endswith("/tee/signature")]
+    assert any(f"request_id={completion_id}" in query for query in fetched)
 
 
 def test_async_mode_reports_a_bad_signature_without_blocking(

@@ -6,7 +6,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.attestation import CHECK_CODES
-from proxy.observability.metrics import OTHER, Metrics, UpstreamHeaders, parse_upstream_headers
+from proxy.observability.metrics import OTHER, Metrics
+from proxy.venice.headers import UpstreamHeaders, parse_upstream_headers
 
 CANARY = "CANARY-7f3a9c-secret-prompt"
 MODEL = "e2ee-glm-5-1"
