@@ -30,7 +30,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q $(ARGS)
 
-test: lint typecheck unit
+test: lint typecheck kubernetes-check unit
+
+# The Kubernetes manifests (deploy/kubernetes): rendered, schema-validated and policy-scanned.
+# Installs its tools into .venv-tools/ on first use (see scripts/check_kubernetes.py).
+.PHONY: kubernetes-check
+kubernetes-check:
+	$(PYTHON) scripts/check_kubernetes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
