@@ -31,11 +31,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from proxy.guard import HostGuardMiddleware
+from proxy.http.guard import HostGuardMiddleware
+from proxy.http.loopback import free_socket
 from proxy.settings import Settings, SettingsError, load_settings
-from tests.servers import free_socket
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OVERLAYS = REPO / "deploy" / "kubernetes" / "overlays"
 KUBECTL = REPO / ".venv-tools" / "bin" / "kubectl"
 PROXY = "venice-e2ee-proxy"
