@@ -2,8 +2,8 @@
 
 ``create_app(settings, api_key=..., http_client=None)`` builds every shared object once
 (:func:`proxy.http.services.build_services`) and stores it on ``app.state.services``; the
-lifespan attests the ``attestation.warm_up`` models in the background and closes everything at
-the end. Errors become OpenAI envelopes (:mod:`proxy.http.errors`); the listener guards
+lifespan keeps the ``attestation.warm_up`` models attested in the background
+(:func:`proxy.http.services.keep_warm`) and closes everything at the end. Errors become OpenAI envelopes (:mod:`proxy.http.errors`); the listener guards
 (:mod:`proxy.http.guard`) wrap the app.
 """
 
@@ -27,7 +27,7 @@ from proxy.http.guard import (
 )
 from proxy.http.metrics_middleware import RequestMetricsMiddleware
 from proxy.http.routes import router
-from proxy.http.services import Services, build_services, warm_up
+from proxy.http.services import Services, build_services, keep_warm
 from proxy.settings import Settings
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         for model in settings.attestation.warm_up:
-            services.spawn(warm_up(services, model))
+            services.spawn(keep_warm(services, model))
         try:
             yield
         finally:

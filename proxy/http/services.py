@@ -10,7 +10,8 @@ clients: :mod:`proxy.http.app` puts a :class:`Services` on ``app.state`` and the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -199,9 +200,35 @@ def build_services(
     )
 
 
-async def warm_up(services: Services, model: str) -> None:
-    """Attest a configured model at start-up so its first request does not wait."""
-    try:
-        await services.keys.get(model)
-    except ProxyError:
-        return  # logged and counted by the cache's observer; /readyz reports it
+WARM_RETRY_MIN_S = 5.0
+WARM_RETRY_MAX_S = 300.0
+
+
+async def keep_warm(
+    services: Services,
+    model: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Keep an ``attestation.warm_up`` model attested for as long as the app runs.
+
+    Attests at start-up, then wakes when the key enters its refresh window (so the cache
+    re-attests in the background before expiry, even when no request uses the model), and after
+    a failure retries with exponential backoff from 5 s to 5 min. Without this, an idle replica's
+    warm-up key would expire and ``/readyz`` would take the replica out of service for good.
+    Runs until cancelled (the app's lifespan cancels it at shutdown).
+    """
+    backoff = WARM_RETRY_MIN_S
+    while True:
+        try:
+            key = await services.keys.get(model)
+        except ProxyError:
+            # logged and counted by the cache's observer; /readyz reports it
+            await sleep(backoff)
+            backoff = min(backoff * 2, WARM_RETRY_MAX_S)
+            continue
+        backoff = WARM_RETRY_MIN_S
+        # Before the refresh window: sleep until it opens. Inside it (a refresh is running in
+        # the background): look again shortly for the new key.
+        await sleep(max(1.0, key.refresh_at - clock()))
