@@ -6,9 +6,10 @@ Usage (as root, from the repository root; ``make container-test`` runs it)::
 
 Podman needs no daemon, so this runs where Docker cannot. What it does:
 
-1. Installs what is missing: podman, runc, netavark, aardvark-dns and debootstrap (apt), and
-   podman-compose in its own virtual environment in the cache directory
-   (``$VENICE_CONTAINER_TEST_CACHE``, default ``~/.cache/venice-e2ee-proxy``).
+1. Installs what is missing: podman, runc, netavark, aardvark-dns, iptables (netavark uses it
+   without depending on it) and debootstrap with apt, and podman-compose in its own virtual
+   environment in the cache directory (``$VENICE_CONTAINER_TEST_CACHE``, default
+   ``~/.cache/venice-e2ee-proxy``).
 2. Writes a containers.conf to a temporary directory: runc, no default ulimits (raising an
    rlimit is forbidden on this project's machines), netavark (compose needs service-name DNS).
 3. The base image: pulls ``python:3.11-slim-bookworm``. When no registry is reachable, imports a
@@ -59,7 +60,7 @@ DOCKERFILE = REPO / "Dockerfile"
 
 BASE = "python:3.11-slim-bookworm"  # the Dockerfile's FROM, resolved as podman resolves it
 IMAGE = "localhost/venice-e2ee-proxy:local"  # the compose file's image name
-APT_PACKAGES = ("podman", "runc", "netavark", "aardvark-dns", "debootstrap")
+APT_PACKAGES = ("podman", "runc", "netavark", "aardvark-dns", "iptables", "debootstrap")
 PODMAN_COMPOSE = "podman-compose==1.6.0"
 STANDIN_VERSION = "1"  # bump to rebuild cached stand-ins
 STANDIN_LABEL = "venice-e2ee-proxy.test-stand-in"
