@@ -408,7 +408,14 @@ def build_standin_tarball(cache: Path) -> Path:
         )
         partial.rename(tarball)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        # debootstrap unmounts what it mounted, unless it was killed: never delete through
+        # a mount (its /proc, /sys) that is still there.
+        mounts = Path("/proc/mounts").read_text(encoding="utf-8").split("\n")
+        inside = [f.split()[1] for f in mounts if f and f.split()[1].startswith(f"{root}/")]
+        for mountpoint in sorted(inside, reverse=True):
+            run(["umount", "--lazy", mountpoint], timeout=60)
+        if not any(f"{root}/" in line for line in Path("/proc/mounts").read_text().split("\n")):
+            shutil.rmtree(root, ignore_errors=True)
     return tarball
 
 
@@ -448,9 +455,8 @@ def base_image(cache: Path) -> str:
     return f"{BASE}, the debootstrap STAND-IN (no registry reachable; test device only)"
 
 
-def build_image(workdir: Path) -> None:
+def build_image() -> None:
     previous = podman("image", "inspect", "-f", "{{.Id}}", IMAGE).stdout.strip()
-    log = workdir / "build.log"
     result = run(
         [
             "podman",
@@ -469,7 +475,6 @@ def build_image(workdir: Path) -> None:
         timeout=1200,
         cwd=REPO,
     )
-    log.write_text(result.stdout + result.stderr, encoding="utf-8")
     if result.returncode != 0:
         raise SetupError(f"podman build failed:\n{tail(result.stdout + result.stderr, 60)}")
     current = podman("image", "inspect", "-f", "{{.Id}}", IMAGE).stdout.strip()
@@ -890,7 +895,7 @@ def main() -> int:
             tool = ensure_podman_compose(cache)
             note(f"base image: {base_image(cache)}")
             build_began = time.monotonic()
-            build_image(workdir)
+            build_image()
             results.check(
                 f"build: the Dockerfile builds unchanged ({time.monotonic() - build_began:.0f}s)",
                 True,
