@@ -46,8 +46,11 @@ RUN pip install . \
 
 COPY config.example.toml /config/config.toml
 
-RUN useradd --system --uid 10001 --user-group --no-create-home \
-        --home-dir /nonexistent --shell /usr/sbin/nologin proxy
+# Its own name: Debian's base-passwd already has a `proxy` user (uid 13) and group in every
+# Debian-based image, this base included.
+RUN groupadd --system --gid 10001 venice-proxy \
+    && useradd --system --uid 10001 --gid venice-proxy --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin venice-proxy
 
 WORKDIR /
 USER 10001:10001

@@ -45,3 +45,9 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(ARGS)
+
+# The image built from the Dockerfile and run for real with podman, plus the compose demo
+# profile (as root; installs podman and what else it needs). See README, "Container".
+.PHONY: container-test
+container-test: $(STAMP)
+	$(BIN)/python scripts/container_test.py
