@@ -68,6 +68,8 @@ class ResponseSpec:
     name: str | None = None
     schema: CompiledSchema | None = None
     strict: bool = False
+    raw_schema: Mapping[str, Any] | None = None
+    """The schema as the client wrote it (key order matters to a model writing JSON)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,7 +233,11 @@ def _read_response(request: Mapping[str, Any]) -> ResponseSpec | None:
     )
     strict = spec.get("strict") is True
     return ResponseSpec(
-        "json_schema", name=name if isinstance(name, str) else None, schema=compiled, strict=strict
+        "json_schema",
+        name=name if isinstance(name, str) else None,
+        schema=compiled,
+        strict=strict,
+        raw_schema=schema if compiled is not None else None,
     )
 
 
@@ -264,14 +268,14 @@ def _rules(choice: ToolChoice, parallel: bool) -> str:
 
 def _response_section(response: ResponseSpec, with_tools: bool) -> str:
     lead = "When you answer without calling a function, your" if with_tools else "Your"
-    if response.schema is None:
+    if response.raw_schema is None:
         return (
             "# Response format\n\n"
             f"{lead} reply must be ONLY one valid JSON object: no prose before or after it, "
             "no code fence."
         )
     title = f' named "{response.name}"' if response.name else ""
-    schema = json.dumps(response.schema.schema, ensure_ascii=False)
+    schema = json.dumps(response.raw_schema, ensure_ascii=False)
     return (
         "# Response format\n\n"
         f"{lead} reply must be ONLY one JSON value that conforms to the JSON Schema{title} "

@@ -20,6 +20,8 @@ is applied as far as it resolves and the call is accepted).
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,21 +69,41 @@ class CompiledSchema:
         ]
 
 
-def compile_schema(schema: Any, *, param: str) -> CompiledSchema:
-    """Check ``schema`` and build its validator; :class:`InvalidRequestError` when it is not a
-    valid JSON Schema (``param`` names the request field)."""
-    if not isinstance(schema, Mapping):
-        raise InvalidRequestError(f"'{param}' must be a JSON Schema object", param=param)
+SCHEMA_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=SCHEMA_CACHE_SIZE)
+def _compile_canonical(canonical: str) -> CompiledSchema | str:
+    """A compiled schema, or the reason it is invalid. Cached: checking a schema against its
+    metaschema costs milliseconds, and clients send the same tools with every request."""
+    schema = json.loads(canonical)
     cls = validators.validator_for(schema, default=Draft202012Validator)
     try:
-        cls.check_schema(dict(schema))
+        cls.check_schema(schema)
     except jsonschema.exceptions.SchemaError as exc:
-        raise InvalidRequestError(
-            f"'{param}' is not a valid JSON Schema: {exc.message[:200]}", param=param
-        ) from None
+        return f"is not a valid JSON Schema: {exc.message[:200]}"
     except RecursionError:
-        raise InvalidRequestError(f"'{param}' is nested too deeply", param=param) from None
-    return CompiledSchema(schema, cls(dict(schema)))
+        return "is nested too deeply"
+    return CompiledSchema(schema, cls(schema))
+
+
+def compile_schema(schema: Any, *, param: str) -> CompiledSchema:
+    """Check ``schema`` and build its validator; :class:`InvalidRequestError` when it is not a
+    valid JSON Schema (``param`` names the request field).
+
+    The last :data:`SCHEMA_CACHE_SIZE` distinct schemas stay compiled in this process's memory
+    (keyed by their canonical JSON; never logged or written anywhere).
+    """
+    if not isinstance(schema, Mapping):
+        raise InvalidRequestError(f"'{param}' must be a JSON Schema object", param=param)
+    try:
+        canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidRequestError(f"'{param}' is not a valid JSON Schema", param=param) from None
+    compiled = _compile_canonical(canonical)
+    if isinstance(compiled, str):
+        raise InvalidRequestError(f"'{param}' {compiled}", param=param)
+    return compiled
 
 
 @dataclass(frozen=True, slots=True)
