@@ -149,6 +149,20 @@ class SignaturesSettings(_Section):
     mode: Literal["off", "async", "strict"] = "async"
 
 
+class ToolsSettings(_Section):
+    """``[tools]``: function calling and structured outputs, emulated inside the encrypted
+    messages (:mod:`proxy.core.tools`). ``mode = "refuse"`` answers such requests with a 400
+    instead; ``disabled_models`` does the same for single models. ``conventions`` overrides the
+    calling convention chosen from the model list (model id -> convention name)."""
+
+    mode: Literal["emulate", "refuse"] = "emulate"
+    repair_attempts: int = Field(default=1, ge=0, le=3)
+    conventions: dict[str, Literal["hermes", "qwen3_xml", "glm", "json"]] = Field(
+        default_factory=dict
+    )
+    disabled_models: list[str] = Field(default_factory=list)
+
+
 class ModelsSettings(_Section):
     """``[models]``: client-facing aliases for Venice model ids."""
 
@@ -178,6 +192,7 @@ class Settings(BaseSettings):
     attestation: AttestationSettings = Field(default_factory=AttestationSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     signatures: SignaturesSettings = Field(default_factory=SignaturesSettings)
+    tools: ToolsSettings = Field(default_factory=ToolsSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

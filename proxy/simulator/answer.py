@@ -1,7 +1,8 @@
 """The simulator's deterministic "model": the answer is a pure function of the conversation.
 
 - Content: ``"You said: " + <last user message text> + ANSWER_SUFFIX``; with ``n > 1`` choice
-  ``i`` is prefixed ``"[i] "``. For content parts, the text parts are joined with a space.
+  ``i`` is prefixed ``"[i] "``. Prompts with tools or a JSON answer format are answered by
+  :mod:`proxy.simulator.tools` instead. For content parts, the text parts are joined with a space.
 - Reasoning models first "think" ``"Considering N messages."`` (N = number of messages).
 - Tokens: each word with the whitespace before it (``" said:"``), and every emoji its own token,
   so clients see multi-byte UTF-8 split across chunks.
@@ -95,14 +96,20 @@ class AnswerPlan:
 
 
 def plan_answer(
-    messages: Sequence[Any], *, n: int = 1, max_tokens: int | None = None, reasoning: bool = False
+    messages: Sequence[Any],
+    *,
+    n: int = 1,
+    max_tokens: int | None = None,
+    reasoning: bool = False,
+    text: str | None = None,
 ) -> AnswerPlan:
-    """The full answer to a (decrypted) conversation."""
-    answer = ANSWER_PREFIX + last_user_text(messages) + ANSWER_SUFFIX
+    """The full answer to a (decrypted) conversation; ``text`` replaces the echo (tool calls
+    and JSON answers, :mod:`proxy.simulator.tools`) and is never prefixed."""
+    answer = text if text is not None else ANSWER_PREFIX + last_user_text(messages) + ANSWER_SUFFIX
     thought = tokenize(f"Considering {len(messages)} messages.") if reasoning else []
     choices: list[ChoicePlan] = []
     for index in range(n):
-        content = tokenize((f"[{index}] " if n > 1 else "") + answer)
+        content = tokenize((f"[{index}] " if n > 1 and text is None else "") + answer)
         finish = "stop"
         think = list(thought)
         if max_tokens is not None and len(think) + len(content) > max_tokens:

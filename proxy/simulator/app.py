@@ -221,6 +221,7 @@ def _build_router(state: SimulatorState) -> APIRouter:
             enclave=state.enclave,
             faults=state.faults,
             created=int(time.time()),
+            tool_fault=state.take_tool_fault,
         )
         headers = _chat_headers(state, answer)
         if answer.completion is not None:

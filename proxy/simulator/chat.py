@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from proxy.simulator.decrypt import decrypt_messages_near, decrypt_messages_phal
 from proxy.simulator.faults import Faults
 from proxy.simulator.http_errors import gateway_e2ee_error, near_error, venice_error
 from proxy.simulator.sealing import ResponseSealer
+from proxy.simulator.tools import tool_answer
 
 CLIENT_KEY_HEADER = "X-Venice-TEE-Client-Pub-Key"
 MODEL_KEY_HEADER = "X-Venice-TEE-Model-Pub-Key"
@@ -110,8 +111,12 @@ def answer_chat(
     enclave: KeyPair,
     faults: Faults,
     created: int,
+    tool_fault: Callable[[], str | None] | None = None,
 ) -> ChatAnswer:
-    """Validate and answer one chat request. Raises ``SimulatedHTTPError`` on a 4xx."""
+    """Validate and answer one chat request. Raises ``SimulatedHTTPError`` on a 4xx.
+
+    ``tool_fault`` is asked for the tool fault to inject (``SimulatorState.take_tool_fault``).
+    """
     body = parse_body(raw_body)
     model_id = body.get("model")
     if not isinstance(model_id, str) or not model_id:
@@ -139,7 +144,8 @@ def answer_chat(
             messages = decrypt_messages_near(messages, enclave.private)
         sealer = ResponseSealer(client_key, phala_legacy=faults.phala_legacy)
 
-    plan = plan_answer(messages, n=n, max_tokens=max_tokens, reasoning=model.reasoning)
+    text = tool_answer(messages, tool_fault)
+    plan = plan_answer(messages, n=n, max_tokens=max_tokens, reasoning=model.reasoning, text=text)
     meta = CompletionMeta(id="chatcmpl-" + secrets.token_hex(16), created=created, model=model_id)
     if stream:
         items = stream_items(plan, meta, faults=faults, sealer=sealer)

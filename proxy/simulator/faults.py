@@ -25,6 +25,9 @@ What each switch does on the wire:
   and the Phala legacy attestation shape.
 - ``signing_key_missing``: the attestation omits ``signing_public_key`` and ``signing_key``.
 - ``bad_signature``: completed answers are signed by a key the attestation does not name.
+- ``tool_fault`` / ``tool_fault_times``: answers that should hold a tool call or a JSON object
+  (see :mod:`proxy.simulator.tools`) are spoiled ``tool_fault_times`` times (-1 = every time):
+  ``invalid_arguments``, ``malformed_call``, ``no_call`` or ``broken_object``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ALWAYS = -1
+TOOL_FAULTS = ("invalid_arguments", "malformed_call", "no_call", "broken_object")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +54,17 @@ class Faults:
     phala_legacy: bool = False
     signing_key_missing: bool = False
     bad_signature: bool = False
+    tool_fault: str | None = None
+    tool_fault_times: int = ALWAYS
 
     def __post_init__(self) -> None:
         if self.fail_status is not None and not 400 <= self.fail_status <= 599:
             raise ValueError("fail_status must be an HTTP error status (400-599)")
         if self.fail_times < ALWAYS:
             raise ValueError("fail_times must be -1 (always) or a count >= 0")
+        if self.tool_fault is not None and self.tool_fault not in TOOL_FAULTS:
+            raise ValueError(f"tool_fault must be one of {', '.join(TOOL_FAULTS)}")
+        if self.tool_fault_times < ALWAYS:
+            raise ValueError("tool_fault_times must be -1 (always) or a count >= 0")
         if self.cut_stream_after is not None and self.cut_stream_after < 0:
             raise ValueError("cut_stream_after must be >= 0")

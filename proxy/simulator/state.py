@@ -75,6 +75,7 @@ class SimulatorState:
         self._enclave = enclave_keypair(seed, 0)
         self._faults = Faults()
         self._failures_left = 0
+        self._tool_faults_left = 0
         self.requests: list[RecordedRequest] = []
         self.attestation_fetches = 0
         self.chat_requests = 0
@@ -99,6 +100,7 @@ class SimulatorState:
     def faults(self, faults: Faults) -> None:
         self._faults = faults
         self._failures_left = faults.fail_times if faults.fail_status is not None else 0
+        self._tool_faults_left = faults.tool_fault_times if faults.tool_fault is not None else 0
 
     def take_failure(self) -> int | None:
         """The status to fail this chat request with, consuming one from the budget."""
@@ -108,6 +110,15 @@ class SimulatorState:
         if self._failures_left != ALWAYS:
             self._failures_left -= 1
         return status
+
+    def take_tool_fault(self) -> str | None:
+        """The tool fault to inject into this answer, consuming one from its budget."""
+        fault = self._faults.tool_fault
+        if fault is None or self._tool_faults_left == 0:
+            return None
+        if self._tool_faults_left != ALWAYS:
+            self._tool_faults_left -= 1
+        return fault
 
     # -- enclave key --------------------------------------------------------------------------
 

@@ -435,7 +435,11 @@ def test_midstream_crypto_faults_end_the_stream_in_band(
         model=E2EE_MODEL, messages=[{"role": "user", "content": "x"}]
     )
     sim_state.reset()
-    sim_state.faults = Faults(fault_at_token=3, **{fault: True})
+    sim_state.faults = Faults(
+        fault_at_token=3,
+        plaintext_chunk=fault == "plaintext_chunk",
+        corrupt_ciphertext=fault == "corrupt_ciphertext",
+    )
     with httpx.stream(
         "POST",
         proxy.url + "/v1/chat/completions",

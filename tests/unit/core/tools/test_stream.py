@@ -1,0 +1,148 @@
+"""The incremental scanner: what is relayed at once, what is held back, and for how long."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from proxy.core.tools.parser import collect, parse_output
+from proxy.core.tools.stream import MalformedCall, TextDelta, ToolCallFound, ToolCallScanner
+
+
+def _texts(events: Sequence[object]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def test_text_before_a_call_streams_immediately() -> None:
+    scanner = ToolCallScanner(known={"get_weather"})
+    assert _texts(scanner.feed("Let me check")) == "Let me check"
+    assert _texts(scanner.feed(" the weather. ")) == " the weather."  # trailing space held
+    assert scanner.feed("<tool") == []  # a possible opening is held
+    assert scanner.feed('_call>{"name": "get_weather", "arguments": {"city": "Paris"}}') == []
+    events = scanner.feed("</tool_call>")
+    assert events == [ToolCallFound(0, "get_weather", {"city": "Paris"})]
+    assert scanner.finish() == []  # the held space is dropped: the answer held a call
+
+
+def test_a_pure_call_shows_no_content() -> None:
+    scanner = ToolCallScanner()
+    events = scanner.feed('\n\n<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\n')
+    assert [e for e in [*events, *scanner.finish()] if isinstance(e, TextDelta)] == []
+
+
+def test_plain_text_passes_unchanged_including_trailing_whitespace() -> None:
+    text = "A {brace}, a [link](x), <b>html</b>, `code` and\n```python\nx = {'a': 1}\n```\n\n"
+    scanner = ToolCallScanner(known={"f"})
+    events = [*scanner.feed(text), *scanner.finish()]
+    assert _texts(events) == text
+    assert not [e for e in events if not isinstance(e, TextDelta)]
+
+
+def test_holdback_is_short_for_text_that_cannot_be_a_call() -> None:
+    scanner = ToolCallScanner(known={"f"})
+    assert _texts(scanner.feed('{"city": "Paris"} is JSON')) == '{"city": "Paris"} is JSON'
+    assert _texts(scanner.feed("<b>")) == "<b>"
+    assert _texts(scanner.feed("```python\n")) == ""  # the body could still be call JSON
+    assert _texts(scanner.feed("x = 1")) == "```python\nx = 1"
+    assert _texts(scanner.feed(" [x]")) == " [x]"
+
+
+def test_json_with_a_call_key_is_held_until_it_closes_then_released_as_text() -> None:
+    scanner = ToolCallScanner(known={"get_weather"})
+    assert scanner.feed('Here: {"name": "Ada", "age": 36') == [TextDelta("Here:")]
+    events = scanner.feed("} and more")
+    assert _texts(events) == ' {"name": "Ada", "age": 36} and more'
+
+
+def test_unclosed_json_in_text_is_released_at_the_end() -> None:
+    scanner = ToolCallScanner(known={"f"})
+    assert _texts(scanner.feed('x {"name": "y", ')) == "x"
+    assert _texts(scanner.finish()) == ' {"name": "y", '
+
+
+def test_untagged_json_naming_an_unknown_tool_is_text() -> None:
+    text = '{"name": "other", "arguments": {}}'
+    assert parse_output(text, known={"mine"}).content == text
+    assert parse_output(text, known=None).calls[0].name == "other"
+
+
+def test_tool_calls_wrapper_is_a_call_whatever_the_name() -> None:
+    parsed = parse_output('{"tool_calls": [{"name": "x", "arguments": {"a": 1}}]}', known={"y"})
+    assert [(c.name, c.arguments) for c in parsed.calls] == [("x", {"a": 1})]
+
+
+def test_openai_shaped_calls_are_read() -> None:
+    text = (
+        '{"tool_calls": [{"id": "c1", "type": "function", '
+        '"function": {"name": "f", "arguments": "{\\"a\\": 2}"}}]}'
+    )
+    parsed = parse_output(text, known={"f"})
+    assert [(c.name, c.arguments) for c in parsed.calls] == [("f", {"a": 2})]
+
+
+def test_malformed_tagged_call_is_never_text() -> None:
+    scanner = ToolCallScanner()
+    events = [
+        *scanner.feed('Sure. <tool_call>{"name": "f", "arguments": {oops}}</tool_call>'),
+        *scanner.finish(),
+    ]
+    assert _texts(events) == "Sure."
+    assert len([e for e in events if isinstance(e, MalformedCall)]) == 1
+
+
+def test_broken_untagged_json_naming_a_tool_is_malformed() -> None:
+    parsed = parse_output('{"name": "f", "arguments": {"a": }', known={"f"})
+    assert parsed.malformed
+    assert not parsed.calls
+    assert parsed.content == ""
+
+
+def test_text_between_and_after_calls() -> None:
+    parsed = parse_output(
+        'First.\n<tool_call>{"name": "f", "arguments": {}}</tool_call>\n'
+        'Then.\n<tool_call>{"name": "g", "arguments": {}}</tool_call>\n; \n'
+    )
+    assert [c.name for c in parsed.calls] == ["f", "g"]
+    assert parsed.content == "First. Then."
+
+
+def test_new_tool_call_before_the_previous_closed() -> None:
+    parsed = parse_output(
+        '<tool_call>{"name": "f", "arguments": {}}\n<tool_call>{"name": "g", "arguments": {}}'
+    )
+    assert [c.name for c in parsed.calls] == ["f", "g"]
+
+
+def test_stray_markers_are_dropped() -> None:
+    assert parse_output("Done.</tool_call>").content == "Done."
+    assert parse_output("[TOOL_CALLS]").content == ""
+
+
+def test_deep_json_is_bounded() -> None:
+    text = '{"name": "f", "arguments": ' + "[" * 200 + "]" * 200 + "}"
+    parsed = parse_output(text, known={"f"})
+    assert not parsed.calls  # too deep to be a call; reported, not crashed
+    assert parsed.malformed
+
+
+def test_numbers_are_sequential_and_feed_after_finish_fails() -> None:
+    scanner = ToolCallScanner()
+    events = scanner.feed(
+        '<tool_call>{"name": "a", "arguments": {}}</tool_call>'
+        '<tool_call>{"name": "b", "arguments": {}}</tool_call>'
+    )
+    assert [e.index for e in events if isinstance(e, ToolCallFound)] == [0, 1]
+    assert scanner.calls_found == 2
+    scanner.finish()
+    assert scanner.finish() == []
+    try:
+        scanner.feed("x")
+    except RuntimeError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("feed after finish must fail")
+
+
+def test_collect_merges_events() -> None:
+    parsed = collect([TextDelta("a"), ToolCallFound(0, "f", {}), MalformedCall("r")])
+    assert parsed.content == "a"
+    assert parsed.malformed == ("r",)
