@@ -3,8 +3,8 @@
 ``create_app(settings, api_key=..., http_client=None)`` builds every shared object once
 (:func:`proxy.http.services.build_services`) and stores it on ``app.state.services``; the
 lifespan keeps the ``attestation.warm_up`` models attested in the background
-(:func:`proxy.http.services.keep_warm`) and closes everything at the end. Errors become OpenAI envelopes (:mod:`proxy.http.errors`); the listener guards
-(:mod:`proxy.http.guard`) wrap the app.
+(:func:`proxy.http.services.keep_warm`) and closes everything at the end. Errors become OpenAI
+envelopes (:mod:`proxy.http.errors`); the listener guards (:mod:`proxy.http.guard`) wrap the app.
 """
 
 from __future__ import annotations
