@@ -27,6 +27,7 @@ from proxy.http.guard import (
 )
 from proxy.http.metrics_middleware import RequestMetricsMiddleware
 from proxy.http.request_id import RequestIdMiddleware
+from proxy.http.responses_route import router as responses_router
 from proxy.http.routes import router
 from proxy.http.services import Services, build_services, warm_up
 from proxy.settings import Settings
@@ -63,8 +64,12 @@ def create_app(
     )
     app.state.services = services
     app.include_router(router)
+    app.include_router(responses_router)
     services.metrics.set_routes(
-        route.path for route in router.routes if isinstance(route, APIRoute)
+        route.path
+        for routes in (router.routes, responses_router.routes)
+        for route in routes
+        if isinstance(route, APIRoute)
     )
     install_error_handlers(app)
     _add_guards(app, settings, services)

@@ -62,7 +62,12 @@ from proxy.core.errors import error_body
 DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]", "::1")
 DEFAULT_AUTH_EXEMPT: tuple[str, ...] = ("/healthz", "/readyz")
 DEFAULT_DRAIN_EXEMPT: tuple[str, ...] = ("/healthz",)
-CHAT_PATHS: tuple[str, ...] = ("/v1/chat/completions", "/chat/completions")
+CHAT_PATHS: tuple[str, ...] = (
+    "/v1/chat/completions",
+    "/chat/completions",
+    "/v1/responses",
+    "/responses",
+)
 
 _POLICY_VIOLATION = 1008
 
