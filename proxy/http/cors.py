@@ -173,9 +173,7 @@ class BrowserOriginMiddleware:
 
 
 async def _send_refusal(origin: str, send: Send) -> None:
-    shown = origin[:200].encode("ascii", "replace").decode("ascii")
-    if not shown.isprintable():
-        shown = "(unprintable)"
+    shown = "".join(char if char.isprintable() else "?" for char in origin[:200])
     body = error_body(
         f"requests from the browser origin '{shown}' are not allowed: add it to "
         "server.cors_origins in the proxy's configuration to let that web app use the proxy",

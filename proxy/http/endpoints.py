@@ -79,8 +79,7 @@ def _family(path: str) -> tuple[str, str] | None:
 
 
 def _shown(path: str) -> str:
-    text = path[:200]
-    return text if text.isprintable() else text.encode("ascii", "replace").decode("ascii")
+    return "".join(char if char.isprintable() else "?" for char in path[:200])
 
 
 def not_served(
