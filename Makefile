@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit simulate clean
+.PHONY: run test lint typecheck unit js simulate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The JavaScript clients of the test matrix (tests/js), installed from their lock file.
+js:
+	scripts/ensure_js.sh
+
+unit: $(STAMP) js
 	$(BIN)/pytest -q $(ARGS)
 
 test: lint typecheck kubernetes-check unit
@@ -39,7 +43,7 @@ kubernetes-check:
 	$(PYTHON) scripts/check_kubernetes.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/js/node_modules
 
 # Benchmarks against the built-in simulator (not part of `make test`): make bench ARGS=--quick
 .PHONY: bench

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import SecretStr
-from starlette.middleware.cors import CORSMiddleware
 
+from proxy.http.cors import BrowserOriginMiddleware
 from proxy.http.errors import install_error_handlers
 from proxy.http.guard import (
     DrainMiddleware,
@@ -26,6 +26,8 @@ from proxy.http.guard import (
     LocalAuthMiddleware,
 )
 from proxy.http.metrics_middleware import RequestMetricsMiddleware
+from proxy.http.request_id import RequestIdMiddleware
+from proxy.http.responses_route import router as responses_router
 from proxy.http.routes import router
 from proxy.http.services import Services, build_services, keep_warm
 from proxy.settings import Settings
@@ -62,8 +64,12 @@ def create_app(
     )
     app.state.services = services
     app.include_router(router)
+    app.include_router(responses_router)
     services.metrics.set_routes(
-        route.path for route in router.routes if isinstance(route, APIRoute)
+        route.path
+        for routes in (router.routes, responses_router.routes)
+        for route in routes
+        if isinstance(route, APIRoute)
     )
     install_error_handlers(app)
     _add_guards(app, settings, services)
@@ -71,32 +77,25 @@ def create_app(
 
 
 def _add_guards(app: FastAPI, settings: Settings, services: Services) -> None:
-    """Listener guards, outermost first: metrics, Host, drain, CORS, local auth, in-flight.
+    """Listener guards, outermost first: request id, metrics, Host, browser origin (CORS and
+    the 403 for other origins), drain, local auth, in-flight.
 
     Starlette wraps each added middleware around the ones added before it, so they are added
-    innermost first.
+    innermost first. The request id is outermost so every answer carries ``X-Request-ID``; the
+    origin guard sits outside drain and auth so preflights are answered without a key and
+    refusals from inside carry CORS headers for allowed origins.
     """
     server = settings.server
     app.add_middleware(InFlightLimitMiddleware, max_in_flight=server.max_in_flight)
     app.add_middleware(
         LocalAuthMiddleware, api_keys=[key.get_secret_value() for key in server.api_keys]
     )
-    if server.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=server.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["authorization", "content-type", "x-request-id"],
-            expose_headers=[
-                "x-request-id",
-                "x-venice-proxy-e2ee",
-                "x-venice-proxy-signing-address",
-            ],
-        )
     app.add_middleware(DrainMiddleware, controller=services.drain)
+    app.add_middleware(BrowserOriginMiddleware, allowed_origins=server.cors_origins)
     hosts = [*server.allowed_hosts]
     if server.host not in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
         hosts.append(server.host)
     app.add_middleware(HostGuardMiddleware, allowed_hosts=hosts)
     app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
+    app.add_middleware(RequestIdMiddleware)
     services.metrics.bind_in_flight(lambda: services.drain.in_flight)

@@ -7,7 +7,8 @@
 - JSON per RFC 8259: ``NaN``/``Infinity`` are refused; nesting deeper than Python's parser can
   follow is a 400, not a crash.
 - ``X-Request-ID``: kept when it is 1-128 characters of ``[A-Za-z0-9._:-]``, else replaced by
-  ``req_`` + 24 hex digits.
+  ``req_`` + 24 hex digits (:func:`request_id_from`). :mod:`proxy.http.request_id` decides it
+  once per request, outermost, so the handlers, the log line and every response agree.
 """
 
 from __future__ import annotations
@@ -22,12 +23,24 @@ from fastapi import Request
 from proxy.core.errors import InvalidRequestError, RequestTooLargeError
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+REQUEST_ID_SCOPE_KEY = "venice_proxy.request_id"
+"""Where :class:`proxy.http.request_id.RequestIdMiddleware` leaves the request's id in the scope."""
+
+
+def request_id_from(given: str | None) -> str:
+    """A client's ``X-Request-ID`` value when it is well-formed, else a fresh id."""
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return "req_" + secrets.token_hex(12)
 
 
 def request_id(request: Request) -> str:
-    """The client's ``X-Request-ID`` when it is well-formed, else a fresh one."""
-    given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.fullmatch(given) else "req_" + secrets.token_hex(12)
+    """The request's id: the one the middleware chose, else the client's when well-formed,
+    else a fresh one."""
+    chosen = request.scope.get(REQUEST_ID_SCOPE_KEY)
+    if isinstance(chosen, str):
+        return chosen
+    return request_id_from(request.headers.get("x-request-id"))
 
 
 async def read_json(request: Request, limit: int) -> Any:

@@ -1,8 +1,9 @@
 """Our errors as HTTP answers: every error a client sees is an OpenAI envelope.
 
 ``{"error": {"message", "type", "param", "code"}}`` with the error's HTTP status, including
-unknown routes and crashes (a crash says nothing about its cause: its traceback could hold
-data). An upstream ``Retry-After`` is passed on with a rate-limit error.
+unknown routes and wrong methods (:func:`proxy.http.endpoints.not_served` says what is served
+and why a known OpenAI endpoint is not) and crashes (a crash says nothing about its cause: its
+traceback could hold data). An upstream ``Retry-After`` is passed on with a rate-limit error.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from proxy.core.errors import ProxyError, UpstreamStatusError, error_body
+from proxy.http.endpoints import not_served
 from proxy.observability.logs import get_logger
 
 log = get_logger("proxy.app")
@@ -33,7 +35,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return proxy_error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code in (404, 405):
+            services = getattr(request.app.state, "services", None)
+            passthrough = services is not None and (
+                services.settings.privacy.non_e2ee == "passthrough"
+            )
+            status, body = not_served(
+                request.method, request.url.path, status=exc.status_code, passthrough=passthrough
+            )
+            return JSONResponse(body, status_code=status, headers=exc.headers)
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(
             error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers

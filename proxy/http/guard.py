@@ -34,13 +34,14 @@ The counters live in small shared objects (:class:`InFlightCounter`, :class:`Dra
 so the app can hold them even when Starlette instantiates the middleware lazily
 (``app.add_middleware(DrainMiddleware, controller=drain)``).
 
-CORS is deliberately not here: Starlette's ``CORSMiddleware`` with ``server.cors_origins`` (off
-when empty) is used as is. It must sit *outside* :class:`LocalAuthMiddleware` so browser
-preflights (which carry no ``Authorization``) are answered and 401s carry CORS headers. Suggested
-order, outermost first: host guard, drain, CORS, auth, in-flight limit, app.
+Browser origins (CORS, and the 403 for origins not in ``server.cors_origins``) are in
+:mod:`proxy.http.cors`. That middleware sits *outside* :class:`LocalAuthMiddleware` so browser
+preflights (which carry no ``Authorization``) are answered and 401s carry CORS headers. Order,
+outermost first: request id, metrics, host guard, browser origin, drain, auth, in-flight limit,
+app.
 
-Deliberately not checked: ``X-Forwarded-Host`` (nothing here trusts a proxy in front),
-``Origin`` (CORS handles browsers; the Host check is what stops rebinding), the
+Deliberately not checked here: ``X-Forwarded-Host`` (nothing here trusts a proxy in front),
+``Origin`` (:mod:`proxy.http.cors`; the Host check is what stops rebinding), the
 ``http.response.pathsend`` / zero-copy extensions (the proxy never sends files), and DNS: a
 configured host name is compared as text, never resolved.
 """
@@ -61,7 +62,12 @@ from proxy.core.errors import error_body
 DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]", "::1")
 DEFAULT_AUTH_EXEMPT: tuple[str, ...] = ("/healthz", "/readyz")
 DEFAULT_DRAIN_EXEMPT: tuple[str, ...] = ("/healthz",)
-CHAT_PATHS: tuple[str, ...] = ("/v1/chat/completions", "/chat/completions")
+CHAT_PATHS: tuple[str, ...] = (
+    "/v1/chat/completions",
+    "/chat/completions",
+    "/v1/responses",
+    "/responses",
+)
 
 _POLICY_VIOLATION = 1008
 

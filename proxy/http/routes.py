@@ -1,8 +1,9 @@
 """HTTP handlers: translate HTTP to service calls and back, nothing more.
 
 Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models`` (also
-``/models``), ``GET /v1/attestation/{model}``, ``GET /healthz``, ``GET /readyz``,
-``GET /metrics``.
+``/models``), ``GET /v1/models/{model}`` (aliases included), ``GET /v1/attestation/{model}``,
+``GET``/``HEAD /healthz``, ``GET``/``HEAD /readyz``, ``GET /metrics``. ``POST /v1/responses`` is
+in :mod:`proxy.http.responses_route`.
 
 Without ``server.api_keys`` any ``Authorization`` header a client sends is accepted and ignored
 (Open WebUI always sends one; the guard in :mod:`proxy.http.guard` enforces local keys when
@@ -19,7 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from proxy.core.errors import ProxyError
+from proxy.core.errors import ModelNotFoundError, ProxyError
 from proxy.http.body import read_json, request_id
 from proxy.http.disconnect import until_disconnect
 from proxy.http.request_log import RequestRecord
@@ -121,11 +122,9 @@ async def _stream_body(record: RequestRecord, outcome: ChatOutcome) -> AsyncIter
         record.finish(200)
 
 
-@router.get("/v1/models")
-@router.get("/models")
-async def list_models(request: Request) -> JSONResponse:
-    """The upstream's E2EE models in OpenAI's list shape (Venice's ``model_spec`` kept)."""
-    services = _services(request)
+async def _model_items(services: Services) -> list[dict[str, Any]]:
+    """The models a client may use, in OpenAI's shape: E2EE models (every model with
+    passthrough), then the aliases of those."""
     models = await services.catalogue.models()
     passthrough = services.settings.privacy.non_e2ee == "passthrough"
     data: list[dict[str, Any]] = [
@@ -135,15 +134,39 @@ async def list_models(request: Request) -> JSONResponse:
         info = models.get(target)
         if info is not None and (info.supports_e2ee or passthrough):
             data.append({**info.raw, "id": alias, "venice_model": target})
-    body: dict[str, Any] = {"object": "list", "data": data}
+    if services.demo:
+        for item in data:
+            item["owned_by"] = "venice-e2ee-proxy simulator (demo, not Venice)"
+    return data
+
+
+@router.get("/v1/models")
+@router.get("/models")
+async def list_models(request: Request) -> JSONResponse:
+    """The upstream's E2EE models in OpenAI's list shape (Venice's ``model_spec`` kept)."""
+    services = _services(request)
+    body: dict[str, Any] = {"object": "list", "data": await _model_items(services)}
     if services.demo:
         body["notice"] = (
             "DEMO MODE: these models are served by the built-in simulator, not by Venice. "
             "Set VENICE_API_KEY to use Venice."
         )
-        for item in data:
-            item["owned_by"] = "venice-e2ee-proxy simulator (demo, not Venice)"
     return JSONResponse(body)
+
+
+@router.get("/v1/models/{model:path}")
+@router.get("/models/{model:path}")
+async def retrieve_model(model: str, request: Request) -> JSONResponse:
+    """One model of ``GET /v1/models`` by id or alias, or a 404 ``model_not_found``."""
+    services = _services(request)
+    for item in await _model_items(services):
+        if item.get("id") == model:
+            return JSONResponse(item)
+    raise ModelNotFoundError(
+        f"the model '{model[:256]}' is not served by this proxy; GET /v1/models lists the "
+        "models it serves",
+        param="model",
+    )
 
 
 @router.get("/v1/attestation/{model}")
@@ -166,13 +189,13 @@ async def attestation(model: str, request: Request) -> JSONResponse:
     )
 
 
-@router.get("/healthz")
+@router.api_route("/healthz", methods=["GET", "HEAD"])
 async def healthz() -> JSONResponse:
     """Liveness: the process answers."""
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.api_route("/readyz", methods=["GET", "HEAD"])
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: not draining, an upstream key present (or demo mode), and every warm-up
     model attested with an unexpired key. JSON with the reasons."""

@@ -82,14 +82,16 @@ def test_cors_is_off_by_default_and_allowlisted_when_on(
         "access-control-request-headers": "content-type",
     }
     off = httpx.options(proxy.url + "/v1/chat/completions", headers=preflight)
+    assert off.status_code == 403  # details in tests/e2e/test_browsers.py
     assert "access-control-allow-origin" not in off.headers
     server = make_proxy(server={"cors_origins": ["http://app.local"]})
     on = httpx.options(server.url + "/v1/chat/completions", headers=preflight)
-    assert on.status_code == 200
+    assert on.status_code == 204
     assert on.headers["access-control-allow-origin"] == "http://app.local"
     other = httpx.options(
         server.url + "/v1/chat/completions", headers={**preflight, "origin": "http://evil.local"}
     )
+    assert other.status_code == 403
     assert other.headers.get("access-control-allow-origin") != "http://evil.local"
 
 

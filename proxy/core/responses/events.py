@@ -1,0 +1,494 @@
+"""Decrypted ``chat.completion.chunk`` dicts -> the Responses API event sequence. Pure.
+
+:class:`ResponseBuilder` is a state machine: :meth:`~ResponseBuilder.start`, then
+:meth:`~ResponseBuilder.feed` for every chunk in order, then :meth:`~ResponseBuilder.complete`
+after the upstream's ``[DONE]`` or :meth:`~ResponseBuilder.fail` on an error. Each returns the
+events to send, every one with the next ``sequence_number`` (from 0). Wire framing
+(:func:`encode_event`)::
+
+    event: response.output_text.delta
+    data: {"type":"response.output_text.delta","item_id":"msg_…",…,"sequence_number":5}
+
+and the stream simply ends after the last event (the Responses API sends no ``[DONE]``).
+
+Sequence, as OpenAI documents it: ``response.created``, ``response.in_progress``; per output
+item ``response.output_item.added``, then
+
+- a message (``msg_…``): ``response.content_part.added`` (``output_text``),
+  ``response.output_text.delta``…, ``response.output_text.done``, ``response.content_part.done``
+  (a refusal the same way with ``response.refusal.delta`` / ``.done``);
+- reasoning (``rs_…``), when the model streams ``reasoning_content`` / ``reasoning``: a
+  ``reasoning_text`` content part with ``response.reasoning_text.delta`` / ``.done`` (raw
+  reasoning is returned as such, never presented as a summary: ``summary`` stays ``[]``);
+- a function call (``fc_…``, from the chat ``tool_calls`` deltas; ``call_id`` is the chat call's
+  id): ``response.function_call_arguments.delta``…, ``response.function_call_arguments.done``;
+
+then ``response.output_item.done``; and finally ``response.completed``, or
+``response.incomplete`` (``incomplete_details.reason``: ``max_output_tokens`` for
+``finish_reason: "length"``, ``content_filter``), or ``response.failed`` with ``error``
+(``code`` ``server_error`` / ``rate_limit_exceeded``, the proxy's own code in the message) when
+the stream broke after it started. A failed response is never reported as completed.
+
+Usage: chat ``prompt_tokens`` / ``completion_tokens`` / ``total_tokens`` become
+``input_tokens`` / ``output_tokens`` / ``total_tokens``, with ``input_tokens_details``
+(``cached_tokens``, ``cache_write_tokens``) and ``output_tokens_details.reasoning_tokens`` (0 when
+the upstream did not say).
+
+Only choice 0 is read (a Responses request never asks for ``n``). Deliberately not produced:
+annotations, logprobs, reasoning summaries, ``encrypted_content``, hosted-tool items.
+Tool-call deltas must arrive one call after the other, as OpenAI-compatible servers send them; a
+call that resumes after another item started is an :class:`UpstreamError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from proxy.core.errors import ProxyError, UpstreamError
+
+Event = dict[str, Any]
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
+_Kind = Literal["message", "reasoning", "function_call"]
+
+
+def new_id(prefix: str) -> str:
+    """A fresh OpenAI-style id: ``prefix`` + ``_`` + 48 hex digits."""
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+def encode_event(event: Mapping[str, Any]) -> bytes:
+    """One event framed as ``event: <type>`` + ``data: <compact json>``."""
+    text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = json.dumps(event, separators=(",", ":")).encode("ascii")
+    return b"event: " + str(event["type"]).encode("ascii") + b"\ndata: " + data + b"\n\n"
+
+
+def map_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """Chat usage -> Responses usage (missing counts are 0)."""
+
+    def count(source: Any, name: str) -> int:
+        value = source.get(name) if isinstance(source, Mapping) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    prompt = count(usage, "prompt_tokens")
+    completion = count(usage, "completion_tokens")
+    total = count(usage, "total_tokens") or prompt + completion
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {
+            "cached_tokens": count(usage.get("prompt_tokens_details"), "cached_tokens"),
+            "cache_write_tokens": count(usage.get("prompt_tokens_details"), "cache_write_tokens"),
+        },
+        "output_tokens": completion,
+        "output_tokens_details": {
+            "reasoning_tokens": count(usage.get("completion_tokens_details"), "reasoning_tokens")
+        },
+        "total_tokens": total,
+    }
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(
+            part["text"]
+            for part in value
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _malformed(what: str) -> UpstreamError:
+    return UpstreamError(f"the upstream sent {what}", code="upstream_bad_chunk")
+
+
+@dataclass(slots=True)
+class _Open:
+    """The output item currently receiving deltas."""
+
+    item: dict[str, Any]
+    output_index: int
+    kind: _Kind
+    tool_index: int | None = None
+
+
+@dataclass(slots=True)
+class _Call:
+    """One chat tool call being assembled (by its ``index``)."""
+
+    call_id: str | None = None
+    name: str = ""
+    pending: list[str] = field(default_factory=list)
+    item: dict[str, Any] | None = None
+    closed: bool = False
+
+
+class ResponseBuilder:
+    """Turns one decrypted chat stream into Responses events and the final ``response``."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        echo: Mapping[str, Any],
+        response_id: str | None = None,
+        created_at: int | None = None,
+        make_id: Callable[[str], str] = new_id,
+    ) -> None:
+        self.model = model
+        self.echo = dict(echo)
+        self._make_id = make_id
+        self.id = response_id or make_id("resp")
+        self.created_at = created_at if created_at is not None else int(time.time())
+        self.status = "in_progress"
+        self.error: dict[str, Any] | None = None
+        self.incomplete_details: dict[str, Any] | None = None
+        self.usage: dict[str, Any] | None = None
+        self.finish_reason: str | None = None
+        self._sequence = 0
+        self._output: list[dict[str, Any]] = []
+        self._current: _Open | None = None
+        self._calls: dict[int, _Call] = {}
+        self._completed_at: int | None = None
+
+    # -- public ---------------------------------------------------------------------------
+
+    def start(self) -> list[Event]:
+        """``response.created`` and ``response.in_progress``."""
+        return [
+            self._event("response.created", response=self.response()),
+            self._event("response.in_progress", response=self.response()),
+        ]
+
+    def feed(self, chunk: Mapping[str, Any]) -> list[Event]:
+        """The events for one decrypted chat chunk (possibly none)."""
+        usage = chunk.get("usage")
+        if isinstance(usage, Mapping):
+            self.usage = map_usage(usage)
+        choices = chunk.get("choices")
+        if choices is None:
+            return []
+        if not isinstance(choices, list):
+            raise _malformed("a chunk whose choices is not an array")
+        events: list[Event] = []
+        for choice in choices:
+            if not isinstance(choice, Mapping):
+                raise _malformed("a choice that is not an object")
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            if delta is not None:
+                if not isinstance(delta, Mapping):
+                    raise _malformed("a delta that is not an object")
+                events += self._delta(delta)
+            finish = choice.get("finish_reason")
+            if isinstance(finish, str):
+                self.finish_reason = finish
+        return events
+
+    def complete(self) -> list[Event]:
+        """After a complete upstream stream: close the open item; ``response.completed`` (or
+        ``response.incomplete`` when the output was cut short)."""
+        for call in self._calls.values():
+            if call.item is None:
+                raise _malformed("a tool call without a name")
+        status, reason = "completed", None
+        if self.finish_reason == "length":
+            status, reason = "incomplete", "max_output_tokens"
+        elif self.finish_reason == "content_filter":
+            status, reason = "incomplete", "content_filter"
+        events = self._close("completed" if status == "completed" else "incomplete")
+        self.status = status
+        self.incomplete_details = {"reason": reason} if reason else None
+        if status == "completed":
+            self._completed_at = int(time.time())
+        events.append(self._event(f"response.{status}", response=self.response()))
+        return events
+
+    def fail(self, error: ProxyError) -> list[Event]:
+        """``response.failed`` carrying ``error``; open items are left ``incomplete``."""
+        if self._current is not None:
+            if self._current.kind != "reasoning":
+                self._current.item["status"] = "incomplete"
+            self._current = None
+        self.status = "failed"
+        code = "rate_limit_exceeded" if error.http_status == 429 else "server_error"
+        message = error.message if error.code is None else f"{error.message} ({error.code})"
+        self.error = {"code": code, "message": message, "type": error.error_type}
+        if error.param is not None:
+            self.error["param"] = error.param
+        return [self._event("response.failed", response=self.response())]
+
+    def response(self, *, with_output_text: bool = False) -> dict[str, Any]:
+        """The ``response`` object as it stands (a deep copy)."""
+        echo = self.echo
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": self.status,
+            "background": False,
+            "error": copy.deepcopy(self.error),
+            "incomplete_details": copy.deepcopy(self.incomplete_details),
+            "instructions": echo.get("instructions"),
+            "max_output_tokens": echo.get("max_output_tokens"),
+            "metadata": copy.deepcopy(echo.get("metadata") or {}),
+            "model": self.model,
+            "output": copy.deepcopy(self._output),
+            "parallel_tool_calls": echo.get("parallel_tool_calls", True),
+            "previous_response_id": None,
+            "reasoning": copy.deepcopy(echo.get("reasoning") or {"effort": None, "summary": None}),
+            "store": False,
+            "temperature": echo.get("temperature"),
+            "text": copy.deepcopy(echo.get("text") or {"format": {"type": "text"}}),
+            "tool_choice": copy.deepcopy(echo.get("tool_choice", "auto")),
+            "tools": copy.deepcopy(echo.get("tools") or []),
+            "top_p": echo.get("top_p"),
+            "truncation": "disabled",
+            "usage": copy.deepcopy(self.usage),
+        }
+        if self._completed_at is not None:
+            body["completed_at"] = self._completed_at
+        if with_output_text:
+            body["output_text"] = self.output_text()
+        return body
+
+    def output_text(self) -> str:
+        """The text of every ``output_text`` part, in order (the SDKs' ``output_text``)."""
+        return "".join(
+            part.get("text", "")
+            for item in self._output
+            if item.get("type") == "message"
+            for part in item.get("content", ())
+            if part.get("type") == "output_text"
+        )
+
+    # -- deltas -----------------------------------------------------------------------------
+
+    def _event(self, kind: str, **fields: Any) -> Event:
+        event: Event = {"type": kind, **fields, "sequence_number": self._sequence}
+        self._sequence += 1
+        return event
+
+    def _delta(self, delta: Mapping[str, Any]) -> list[Event]:
+        events: list[Event] = []
+        for name in _REASONING_FIELDS:
+            reasoning = delta.get(name)
+            if isinstance(reasoning, str) and reasoning:
+                events += self._text("reasoning", "reasoning_text", reasoning)
+                break
+        content = _text_of(delta.get("content"))
+        if content:
+            events += self._text("message", "output_text", content)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            events += self._text("message", "refusal", refusal)
+        calls = delta.get("tool_calls")
+        if calls is not None:
+            if not isinstance(calls, list):
+                raise _malformed("tool_calls that are not an array")
+            for call in calls:
+                events += self._tool_delta(call)
+        return events
+
+    def _text(self, kind: _Kind, part_type: str, text: str) -> list[Event]:
+        events: list[Event] = []
+        current = self._current
+        if current is None or current.kind != kind:
+            events += self._close("completed")
+            current = self._open(kind, events)
+        item = current.item
+        parts: list[dict[str, Any]] = item["content"]
+        if not parts or parts[-1]["type"] != part_type:
+            if parts:
+                events += self._close_part(current)
+            part: dict[str, Any] = (
+                {"type": "refusal", "refusal": ""}
+                if part_type == "refusal"
+                else {"type": part_type, "text": ""}
+            )
+            if part_type == "output_text":
+                part.update(annotations=[], logprobs=[])
+            parts.append(part)
+            events.append(self._part_event("response.content_part.added", current, part))
+        part = parts[-1]
+        index = len(parts) - 1
+        common = {
+            "item_id": item["id"],
+            "output_index": current.output_index,
+            "content_index": index,
+            "delta": text,
+        }
+        if part_type == "refusal":
+            part["refusal"] += text
+            events.append(self._event("response.refusal.delta", **common))
+        elif part_type == "reasoning_text":
+            part["text"] += text
+            events.append(self._event("response.reasoning_text.delta", **common))
+        else:
+            part["text"] += text
+            events.append(self._event("response.output_text.delta", **common, logprobs=[]))
+        return events
+
+    def _tool_delta(self, call: Any) -> list[Event]:
+        if not isinstance(call, Mapping):
+            raise _malformed("a tool call that is not an object")
+        index = call.get("index", 0)
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise _malformed("a tool call without an integer index")
+        state = self._calls.setdefault(index, _Call())
+        if state.closed:
+            raise _malformed("a tool call that resumed after another output item started")
+        function = call.get("function") or {}
+        if not isinstance(function, Mapping):
+            raise _malformed("a tool call whose function is not an object")
+        if isinstance(call.get("id"), str) and call["id"] and state.call_id is None:
+            state.call_id = call["id"]
+        name = function.get("name")
+        arguments = function.get("arguments")
+        if arguments is not None and not isinstance(arguments, str):
+            raise _malformed("tool call arguments that are not a string")
+        events: list[Event] = []
+        if state.item is None:
+            if isinstance(name, str):
+                state.name += name
+            if arguments:
+                state.pending.append(arguments)
+            if not state.name:
+                return events
+            events += self._close("completed")
+            item = {
+                "id": self._make_id("fc"),
+                "type": "function_call",
+                "status": "in_progress",
+                "arguments": "",
+                "call_id": state.call_id or self._make_id("call"),
+                "name": state.name,
+            }
+            state.item = item
+            self._output.append(item)
+            self._current = _Open(item, len(self._output) - 1, "function_call", index)
+            events.append(
+                self._event(
+                    "response.output_item.added",
+                    output_index=self._current.output_index,
+                    item=copy.deepcopy(item),
+                )
+            )
+            pending, state.pending = "".join(state.pending), []
+            if pending:
+                events += self._arguments(pending)
+            return events
+        if self._current is None or self._current.tool_index != index:
+            raise _malformed("a tool call that resumed after another output item started")
+        if arguments:
+            events += self._arguments(arguments)
+        return events
+
+    def _arguments(self, text: str) -> list[Event]:
+        current = self._current
+        assert current is not None
+        current.item["arguments"] += text
+        return [
+            self._event(
+                "response.function_call_arguments.delta",
+                item_id=current.item["id"],
+                output_index=current.output_index,
+                delta=text,
+            )
+        ]
+
+    # -- items ------------------------------------------------------------------------------
+
+    def _open(self, kind: _Kind, events: list[Event]) -> _Open:
+        item: dict[str, Any]
+        if kind == "reasoning":
+            item = {"id": self._make_id("rs"), "type": "reasoning", "summary": [], "content": []}
+        else:
+            item = {
+                "id": self._make_id("msg"),
+                "type": "message",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            }
+        self._output.append(item)
+        current = _Open(item, len(self._output) - 1, kind)
+        self._current = current
+        events.append(
+            self._event(
+                "response.output_item.added",
+                output_index=current.output_index,
+                item=copy.deepcopy(item),
+            )
+        )
+        return current
+
+    def _part_event(self, kind: str, current: _Open, part: Mapping[str, Any]) -> Event:
+        return self._event(
+            kind,
+            item_id=current.item["id"],
+            output_index=current.output_index,
+            content_index=len(current.item["content"]) - 1,
+            part=copy.deepcopy(dict(part)),
+        )
+
+    def _close_part(self, current: _Open) -> list[Event]:
+        parts = current.item["content"]
+        part = parts[-1]
+        common = {
+            "item_id": current.item["id"],
+            "output_index": current.output_index,
+            "content_index": len(parts) - 1,
+        }
+        if part["type"] == "refusal":
+            done = self._event("response.refusal.done", **common, refusal=part["refusal"])
+        elif part["type"] == "reasoning_text":
+            done = self._event("response.reasoning_text.done", **common, text=part["text"])
+        else:
+            done = self._event(
+                "response.output_text.done", **common, text=part["text"], logprobs=[]
+            )
+        return [done, self._part_event("response.content_part.done", current, part)]
+
+    def _close(self, status: str) -> list[Event]:
+        current = self._current
+        if current is None:
+            return []
+        self._current = None
+        item = current.item
+        events: list[Event] = []
+        if current.kind == "function_call":
+            if current.tool_index is not None:
+                self._calls[current.tool_index].closed = True
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=current.output_index,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+            )
+        elif item["content"]:
+            events += self._close_part(current)
+        if current.kind != "reasoning":
+            item["status"] = status
+        events.append(
+            self._event(
+                "response.output_item.done",
+                output_index=current.output_index,
+                item=copy.deepcopy(item),
+            )
+        )
+        return events

@@ -1,0 +1,81 @@
+"""Relay a decrypted chat stream as the Responses API: an event stream or one ``response``.
+
+The chat request was opened by :meth:`proxy.service.chat.ChatService.start` exactly like a
+chat completion (attested key, encryption, retries, read-ahead); these helpers consume the same
+decrypted batches (:func:`proxy.service.relay.decrypted_batches`) and hand every chunk to a
+:class:`proxy.core.responses.ResponseBuilder`.
+
+- :func:`responses_sse`: ``response.created`` / ``response.in_progress`` first, one client write
+  per upstream read, then ``response.completed`` (or ``response.incomplete``). An error after
+  the first byte (a chunk that does not decrypt, plaintext, a cut stream, Venice's in-band
+  error, a strict signature failure from ``before_done``) becomes ``response.failed`` with the
+  error: never a completed response.
+- :func:`responses_object`: the final ``response`` object (with ``output_text``); errors
+  propagate, so the handler answers them as ordinary OpenAI errors.
+
+Both record usage and Venice's ``cost`` in :class:`proxy.service.relay.StreamStats` for the log
+line, as the chat relay does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from proxy.core.errors import ProxyError
+from proxy.core.responses import ResponseBuilder, encode_event
+from proxy.service.relay import Batch, BeforeDone, StreamStats, is_usage_chunk
+
+
+def _note(chunk: Mapping[str, Any], stats: StreamStats) -> Mapping[str, Any]:
+    if is_usage_chunk(chunk):
+        stats.usage = dict(chunk["usage"])
+        stats.cost = chunk.get("cost")
+    return chunk
+
+
+def _encoded(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(encode_event(event) for event in events)
+
+
+async def responses_sse(
+    first: Batch,
+    rest: AsyncIterator[Batch],
+    builder: ResponseBuilder,
+    *,
+    stats: StreamStats,
+    before_done: BeforeDone | None = None,
+) -> AsyncIterator[bytes]:
+    """The Responses event stream for one opened chat stream (bytes, framed)."""
+    yield _encoded(builder.start())
+    try:
+        if first:
+            out = _encoded([e for chunk in first for e in builder.feed(_note(chunk, stats))])
+            if out:
+                yield out
+        async for batch in rest:
+            out = _encoded([e for chunk in batch for e in builder.feed(_note(chunk, stats))])
+            if out:
+                yield out
+        if before_done is not None:
+            failure = await before_done()
+            if failure is not None:
+                raise failure
+        closing = builder.complete()
+    except ProxyError as exc:
+        stats.error_code = exc.log_code
+        closing = builder.fail(exc)
+    yield _encoded(closing)
+
+
+async def responses_object(
+    first: Batch, rest: AsyncIterator[Batch], builder: ResponseBuilder, *, stats: StreamStats
+) -> dict[str, Any]:
+    """The final ``response`` object for one opened chat stream (errors propagate)."""
+    for chunk in first:
+        builder.feed(_note(chunk, stats))
+    async for batch in rest:
+        for chunk in batch:
+            builder.feed(_note(chunk, stats))
+    builder.complete()
+    return builder.response(with_output_text=True)
