@@ -51,9 +51,10 @@ def _services(request: Request) -> Services:
     return services
 
 
-def _request_id(request: Request) -> str:
+def _client_request_id(request: Request) -> str | None:
+    """The client's X-Request-ID when well-formed: echoed and logged, never sent upstream."""
     given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.fullmatch(given) else "req_" + secrets.token_hex(12)
+    return given if _REQUEST_ID.fullmatch(given) else None
 
 
 async def _read_json(request: Request, limit: int) -> Any:
@@ -113,8 +114,9 @@ class _Exchange:
     """One chat request's facts for its log line and metrics (never any content)."""
 
     services: Services
-    request_id: str
+    request_id: str  # the proxy's own: logged and sent upstream
     started: float
+    client_request_id: str | None = None  # the client's: logged and echoed only
     model: str | None = None
     stream: bool = False
     outcome: ChatOutcome | None = None
@@ -162,6 +164,7 @@ class _Exchange:
         log.info(
             "chat_request",
             request_id=self.request_id,
+            client_request_id=self.client_request_id,
             model=self.model,
             stream=self.stream,
             e2ee=outcome.e2ee if outcome else None,
@@ -202,7 +205,13 @@ _DECRYPTION_CODES: dict[str, DecryptionKind] = {
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions over Venice E2EE."""
     services = _services(request)
-    exchange = _Exchange(services, _request_id(request), time.perf_counter())
+    exchange = _Exchange(
+        services,
+        "req_" + secrets.token_hex(12),
+        time.perf_counter(),
+        client_request_id=_client_request_id(request),
+    )
+    echoed_id = exchange.client_request_id or exchange.request_id
     try:
         payload = await _read_json(request, services.settings.server.max_body_bytes)
         if isinstance(payload, dict):
@@ -216,10 +225,10 @@ async def chat_completions(request: Request) -> Response:
         exchange.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
         raise
     except ProxyError as exc:
-        return exchange.fail(exc, {"x-request-id": exchange.request_id})
+        return exchange.fail(exc, {"x-request-id": echoed_id})
     exchange.attach(outcome)
 
-    headers = {**outcome.headers, "x-request-id": exchange.request_id}
+    headers = {**outcome.headers, "x-request-id": echoed_id}
     mode = services.settings.signatures.mode if outcome.e2ee else "off"
     if outcome.client_stream:
         return StreamingResponse(
@@ -325,13 +334,13 @@ async def list_models(request: Request) -> JSONResponse:
     """The upstream's E2EE models in OpenAI's list shape (Venice's ``model_spec`` kept)."""
     services = _services(request)
     models = await services.catalogue.models()
-    passthrough = services.settings.privacy.non_e2ee == "passthrough"
+    passthrough = services.chat.passthrough_allowed
     data: list[dict[str, Any]] = [
-        dict(info.raw) for info in models.values() if info.supports_e2ee or passthrough
+        dict(info.raw) for info in models.values() if info.supports_e2ee or passthrough(info.id)
     ]
     for alias, target in services.settings.models.aliases.items():
         info = models.get(target)
-        if info is not None and (info.supports_e2ee or passthrough):
+        if info is not None and (info.supports_e2ee or passthrough(info.id)):
             data.append({**info.raw, "id": alias, "venice_model": target})
     body: dict[str, Any] = {"object": "list", "data": data}
     if services.demo:

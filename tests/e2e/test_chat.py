@@ -189,12 +189,16 @@ def test_tools_are_refused(proxy: ThreadedServer, sim_state: SimulatorState) -> 
 
 
 def test_non_e2ee_model_is_refused(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
-    with pytest.raises(openai.NotFoundError) as info:
+    # 400, not 404: the model exists; clients report a 404 as "model not found".
+    with pytest.raises(openai.BadRequestError) as info:
         client(proxy).chat.completions.create(
             model=PLAIN_MODEL, messages=[{"role": "user", "content": CANARY}]
         )
+    assert info.value.status_code == 400
     assert info.value.code == "model_not_e2ee"
+    assert info.value.type == "invalid_request_error"
     assert PLAIN_MODEL in info.value.message
+    assert "privacy.passthrough_models" in info.value.message
     assert chat_requests(sim_state) == []
 
 
@@ -207,7 +211,7 @@ def test_unknown_model_is_404(proxy: ThreadedServer) -> None:
 
 
 def test_passthrough_is_explicit(make_proxy: ProxyFactory, sim_state: SimulatorState) -> None:
-    server = make_proxy(privacy={"non_e2ee": "passthrough"})
+    server = make_proxy(privacy={"non_e2ee": "passthrough", "passthrough_models": [PLAIN_MODEL]})
     raw = client(server).chat.completions.with_raw_response.create(
         model=PLAIN_MODEL, messages=[{"role": "user", "content": "plain hello"}]
     )
@@ -215,6 +219,47 @@ def test_passthrough_is_explicit(make_proxy: ProxyFactory, sim_state: SimulatorS
     completion = raw.parse()
     assert completion.choices[0].message.content is not None
     assert completion.choices[0].message.content.startswith("You said: plain hello")
+    ids = [model.id for model in client(server).models.list()]
+    assert PLAIN_MODEL in ids
+
+
+def test_passthrough_applies_only_to_listed_models(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    # Passthrough is on, but the plaintext model is not listed: the catalogue does not decide.
+    server = make_proxy(privacy={"non_e2ee": "passthrough", "passthrough_models": ["other"]})
+    with pytest.raises(openai.BadRequestError) as info:
+        client(server).chat.completions.create(
+            model=PLAIN_MODEL, messages=[{"role": "user", "content": CANARY}]
+        )
+    assert info.value.code == "model_not_e2ee"
+    assert chat_requests(sim_state) == []
+    assert PLAIN_MODEL not in [model.id for model in client(server).models.list()]
+
+
+def test_passthrough_follows_the_field_policy(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    # Plaintext by choice, but the same rules: local-only fields stay local, refusals refuse.
+    server = make_proxy(privacy={"non_e2ee": "passthrough", "passthrough_models": [PLAIN_MODEL]})
+    completion = client(server).chat.completions.create(
+        model=PLAIN_MODEL,
+        messages=[{"role": "user", "content": "plain hello"}],
+        user="someone@example.com",
+        metadata={"session": "s1"},
+        stop=["hello"],
+        temperature=0.2,
+    )
+    assert completion.choices[0].message.content == "You said: plain "
+    assert completion.choices[0].finish_reason == "stop"
+    (sent,) = chat_requests(sim_state)
+    assert sent["temperature"] == 0.2
+    assert not {"user", "metadata", "stop"} & set(sent)
+    with pytest.raises(openai.BadRequestError) as info:
+        client(server).chat.completions.create(
+            model=PLAIN_MODEL, messages=[{"role": "user", "content": "x"}], logprobs=True
+        )
+    assert info.value.param == "logprobs"
 
 
 def test_aliases(make_proxy: ProxyFactory) -> None:
