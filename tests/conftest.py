@@ -3,7 +3,8 @@ log capture.
 
 Every end-to-end test that sends a prompt uses :data:`CANARY`; after each test the guard asserts
 that the canary never reached the upstream in plaintext (except for requests the test explicitly
-sent to a plaintext model) and never appeared in a log line.
+sent to a plaintext model), never appeared in a log line, and that the simulator (strict: it
+checks the proxy's field policy on its side too) saw no request the policy forbids.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def log_lines() -> Callable[[], list[str]]:
 
 @pytest.fixture(scope="session")
 def sim_state() -> SimulatorState:
-    return SimulatorState(api_key=SIM_API_KEY)
+    # Strict: every E2EE request must also pass the proxy's field policy on the server side.
+    return SimulatorState(api_key=SIM_API_KEY, proxy_policy=True)
 
 
 @pytest.fixture(scope="session")
@@ -127,5 +129,6 @@ def canary_guard(request: pytest.FixtureRequest) -> Iterator[None]:
         assert CANARY not in body, f"canary reached the upstream in plaintext: {recorded.path}"
         assert CANARY not in str(recorded.query)
         assert all(CANARY not in value for value in recorded.headers.values())
+    assert state.policy_violations == [], "the proxy sent what its field policy forbids"
     assert CANARY not in _LOG_BUFFER.getvalue()[start:], "canary appeared in the logs"
     assert SIM_API_KEY not in _LOG_BUFFER.getvalue()[start:], "API key appeared in the logs"
