@@ -1,11 +1,11 @@
 """Stop sequences, enforced on the decrypted answer (``stop`` is never sent upstream). Pure.
 
-:class:`StopCutter` cuts one text stream at the first of a few stop strings, wherever the chunk
-borders fall: it holds back the longest tail of what it was fed that could still be the start
-of a stop string (at most ``max(len(stop)) - 1`` characters) and releases it once it cannot.
-It works on decrypted ``str``, so a stop string inside a multi-byte character cannot
-half-match. "First" means the stop string that completes first; of two that complete in the
-same feed, the one that starts earlier (the way vLLM checks after each token).
+:class:`StopCutter` cuts one text stream at the first occurrence of any of a few stop strings
+(the earliest start in the whole text, so where the chunk borders fall never changes the cut).
+It holds back the longest tail of what it was fed that could still be the start of a stop
+string (at most ``max(len(stop)) - 1`` characters) and releases it once it cannot be; a match
+is only decided when no stop string could still start earlier. It works on decrypted ``str``,
+so a stop string inside a multi-byte character cannot half-match.
 
 :class:`ChoiceStops` applies cutters to rebuilt ``chat.completion.chunk`` objects, one per
 choice index: content after the cut is dropped, the cut choice ends with
@@ -38,19 +38,29 @@ class StopCutter:
         if self.matched:
             return ""
         buffer = self._pending + text
-        found = [index for index in (buffer.find(stop) for stop in self._stops) if index >= 0]
-        if found:
+        match = self._first_match(buffer)
+        held = len(buffer) - self._held_back(buffer)  # where a stop could still be starting
+        if match is not None and match <= held:
             self.matched = True
             self._pending = ""
-            return buffer[: min(found)]
-        keep = self._held_back(buffer)
-        self._pending = buffer[len(buffer) - keep :]
-        return buffer[: len(buffer) - keep]
+            return buffer[:match]
+        self._pending = buffer[held:]
+        return buffer[:held]
 
     def flush(self) -> str:
-        """The held-back tail, at the end of the stream (nothing after a match)."""
+        """The held-back tail, at the end of the stream (cut if it holds a stop string)."""
         pending, self._pending = self._pending, ""
-        return "" if self.matched else pending
+        if self.matched:
+            return ""
+        match = self._first_match(pending)
+        if match is not None:
+            self.matched = True
+            return pending[:match]
+        return pending
+
+    def _first_match(self, buffer: str) -> int | None:
+        found = [index for index in (buffer.find(stop) for stop in self._stops) if index >= 0]
+        return min(found) if found else None
 
     def _held_back(self, buffer: str) -> int:
         """The length of the longest tail of ``buffer`` that a stop string starts with."""
@@ -108,14 +118,20 @@ class ChoiceStops:
         for index in sorted(self._cutters):
             if index in self._finished:
                 continue
-            rest = self._cutters[index].flush()
-            if rest:
+            cutter = self._cutters[index]
+            rest = cutter.flush()
+            finish = None
+            if cutter.matched:
+                finish = "stop"
+                self._stopped.add(index)
+                self._finished.add(index)
+            if rest or finish:
                 tails.append(
                     {
                         "index": index,
-                        "delta": {"content": rest},
+                        "delta": {"content": rest} if rest else {},
                         "logprobs": None,
-                        "finish_reason": None,
+                        "finish_reason": finish,
                     }
                 )
         if not tails:
@@ -139,14 +155,14 @@ class ChoiceStops:
                 body["content"] = emitted
             else:
                 del body["content"]
+        if not cutter.matched and finish is not None:
+            rest = cutter.flush()  # the upstream ended this choice: nothing is held back now
+            if rest:
+                body["content"] = str(body.get("content") or "") + rest
+            self._finished.add(index)
         if cutter.matched:
             finish = "stop"
             self._stopped.add(index)
-            self._finished.add(index)
-        elif finish is not None:
-            rest = cutter.flush()
-            if rest:
-                body["content"] = str(body.get("content") or "") + rest
             self._finished.add(index)
         if not body and finish is None:
             return None
