@@ -174,13 +174,11 @@ _WEB_SEARCH = (
     "(Venice disables it under E2EE)"
 )
 _TOOLS_LATER = (
-    "carried inside the encrypted messages by tool emulation (setting tools.mode), which this "
-    "version does not have: until then it is refused, Venice would receive it unencrypted"
+    "refused until tool emulation (setting tools.mode, not in this version) carries it inside "
+    "the encrypted messages; sent as it is, Venice would read it"
 )
 _STRUCTURED_LATER = (
-    "a structured-output schema is carried inside the encrypted messages by tool emulation "
-    "(setting tools.mode), which this version does not have: until then it is refused, Venice "
-    'would receive it unencrypted ({"type": "text"} is accepted)'
+    "a structured-output schema: " + _TOOLS_LATER + ' ({"type": "text"} is accepted)'
 )
 
 REASONING_EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
@@ -295,24 +293,24 @@ REQUEST_FIELDS: Final[Mapping[str, FieldRule]] = {
     "prompt_cache_options": _local(_CACHE),
     "prompt_cache_retention": _local(_CACHE),
     # Tools and structured outputs: inside the encryption, once emulation exists.
-    "tools": _inside("tool definitions are " + _TOOLS_LATER, inert=([],)),
-    "tool_choice": _inside("the tool choice is " + _TOOLS_LATER, inert=("none",)),
+    "tools": _inside("tool definitions: " + _TOOLS_LATER, inert=([],)),
+    "tool_choice": _inside("the tool choice: " + _TOOLS_LATER, inert=("none",)),
     "parallel_tool_calls": _inside(
-        "a tool-calling option is " + _TOOLS_LATER + " (without tools it is ignored)",
+        "a tool-calling option: " + _TOOLS_LATER + " (true or false without tools: ignored)",
         inert=(True, False),
     ),
-    "functions": _inside("function definitions are " + _TOOLS_LATER, inert=([],)),
-    "function_call": _inside("the function choice is " + _TOOLS_LATER, inert=("none",)),
+    "functions": _inside("function definitions: " + _TOOLS_LATER, inert=([],)),
+    "function_call": _inside("the function choice: " + _TOOLS_LATER, inert=("none",)),
     "response_format": _inside(_STRUCTURED_LATER, inert=({"type": "text"},)),
     # Refused: their data would travel, or come back, in plaintext.
     "logprobs": _refused(
         "the backend would return the answer's tokens in plaintext beside the encrypted "
-        "content; no setting allows it (false is accepted)",
+        "content (false is accepted)",
         inert=(False,),
     ),
     "top_logprobs": _refused(
         "the backend would return the answer's tokens in plaintext beside the encrypted "
-        "content; no setting allows it (0 is accepted)",
+        "content (0 is accepted)",
         inert=(0,),
     ),
     "logit_bias": _refused(
@@ -325,22 +323,18 @@ REQUEST_FIELDS: Final[Mapping[str, FieldRule]] = {
         inert=([],),
         setting=FORWARD_FIELDS_SETTING,
     ),
-    "web_search_options": _refused(_WEB_SEARCH + "; no setting allows it"),
+    "web_search_options": _refused(_WEB_SEARCH),
     "audio": _refused(
-        "spoken output: its audio and transcript would come back outside the encryption; no "
-        "setting allows it"
+        "spoken output: its audio and transcript would come back outside the encryption"
     ),
     "modalities": _refused(
-        "only text is end-to-end encrypted; audio output would come back in plaintext; no "
-        'setting allows it (["text"] is accepted)',
+        "only text is end-to-end encrypted; audio output would come back in plaintext "
+        '(["text"] is accepted)',
         inert=(["text"],),
     ),
-    "prediction": _refused(
-        "the predicted output is text that would travel in plaintext; no setting allows it"
-    ),
+    "prediction": _refused("the predicted output is text that would travel in plaintext"),
     "moderation": _refused(
-        "OpenAI's moderation does not run on Venice and the proxy will not pretend it did; no "
-        "setting allows it"
+        "OpenAI's moderation does not run on Venice and the proxy will not pretend it did"
     ),
 }
 
@@ -375,27 +369,24 @@ MESSAGE_KEYS: Final[Mapping[str, Mapping[str, FieldRule]]] = {
         "reasoning": _local(
             "earlier reasoning: dropped (not every backend decrypts it, and answers do not need it)"
         ),
-        "tool_calls": _inside("earlier tool calls are " + _TOOLS_LATER, inert=([],)),
-        "function_call": _inside("an earlier function call is " + _TOOLS_LATER),
-        "audio": _refused(
-            "a reference to earlier audio output, which is not end-to-end encrypted; no "
-            "setting allows it"
-        ),
+        "tool_calls": _inside("earlier tool calls: " + _TOOLS_LATER, inert=([],)),
+        "function_call": _inside("an earlier function call: " + _TOOLS_LATER),
+        "audio": _refused("a reference to earlier audio output, which is not end-to-end encrypted"),
     },
     "tool": {
         "role": _ROLE,
         "content": _CONTENT,
-        "tool_call_id": _inside("a tool result is " + _TOOLS_LATER),
+        "tool_call_id": _inside("a tool result: " + _TOOLS_LATER),
     },
     "function": {
         "role": _ROLE,
         "content": _CONTENT,
-        "name": _inside("a function result is " + _TOOLS_LATER),
+        "name": _inside("a function result: " + _TOOLS_LATER),
     },
 }
 
 UNKNOWN_MESSAGE_KEY: Final = _refused(
-    "an unknown message key: the backends would receive it unencrypted; no setting allows it"
+    "an unknown message key: the backends would receive it unencrypted"
 )
 
 _PART_CACHE = _local("OpenAI prompt-cache bookkeeping: stripped before encryption")
@@ -410,7 +401,7 @@ CONTENT_PART_TYPES: Final[Mapping[str, FieldRule]] = {
     ),
     "input_audio": FieldRule(Rule.ENCRYPTED, "inside the encrypted content"),
     "refusal": FieldRule(Rule.ENCRYPTED, "inside the encrypted content (assistant history)"),
-    "file": _refused("Venice refuses file parts under E2EE; no setting allows it"),
+    "file": _refused("Venice refuses file parts under E2EE"),
 }
 
 CONTENT_PART_KEYS: Final[Mapping[str, Mapping[str, FieldRule]]] = {
@@ -441,7 +432,7 @@ CONTENT_PART_KEYS: Final[Mapping[str, Mapping[str, FieldRule]]] = {
 }
 
 UNKNOWN_PART_TYPE: Final = _refused(
-    "an unknown content-part type: what the backend does with it is unknown; no setting allows it"
+    "an unknown content-part type: what the backend does with it is unknown"
 )
 UNKNOWN_PART_KEY: Final = _local("an unknown key of a known part type: stripped before encryption")
 
@@ -467,7 +458,8 @@ RESPONSE_CHUNK: Final[Mapping[str, ResponseFieldRule]] = {
         ResponseRule.RELAYED, "an array of choices (anything else ends the answer)"
     ),
     "usage": ResponseFieldRule(
-        ResponseRule.RELAYED, "token counts: numbers, and objects of numbers"
+        ResponseRule.RELAYED,
+        "OpenAI's token counts (numbers, and their details objects); other keys are dropped",
     ),
     "cost": ResponseFieldRule(ResponseRule.DROPPED, "Venice's price for the request, logged"),
     "service_tier": ResponseFieldRule(ResponseRule.DROPPED, "OpenAI bookkeeping"),
@@ -476,6 +468,11 @@ RESPONSE_CHUNK: Final[Mapping[str, ResponseFieldRule]] = {
         "Venice's echo of its parameters (web_search_citations that are not empty end the "
         "answer: a web search ran)",
     ),
+    "obfuscation": ResponseFieldRule(
+        ResponseRule.DROPPED, "OpenAI's random padding against length side channels"
+    ),
+    "metadata": ResponseFieldRule(ResponseRule.REFUSED, _TEXT_NOT_DECRYPTED),
+    "moderation": ResponseFieldRule(ResponseRule.REFUSED, _TEXT_NOT_DECRYPTED),
     "prompt_logprobs": ResponseFieldRule(ResponseRule.REFUSED, _TEXT_NOT_DECRYPTED),
     "error": ResponseFieldRule(
         ResponseRule.REFUSED, "Venice's in-band error: ends the answer with an error"
@@ -521,6 +518,20 @@ UNKNOWN_RESPONSE_FIELD: Final = ResponseFieldRule(
     ResponseRule.REFUSED,
     "holding a non-empty string anywhere ends the answer with an error; otherwise dropped",
 )
+
+# The token counts relayed in ``usage`` (anything else in it is dropped, text ends the answer).
+USAGE_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
+    "prompt_tokens": (),
+    "completion_tokens": (),
+    "total_tokens": (),
+    "prompt_tokens_details": ("cached_tokens", "audio_tokens"),
+    "completion_tokens_details": (
+        "reasoning_tokens",
+        "audio_tokens",
+        "accepted_prediction_tokens",
+        "rejected_prediction_tokens",
+    ),
+}
 
 RESPONSE_TEXT_FIELDS: Final = tuple(
     name for name, item in RESPONSE_MESSAGE.items() if item.rule is ResponseRule.DECRYPTED

@@ -104,6 +104,8 @@ def refusal(param: str, rule: FieldRule) -> UnsupportedForE2EEError:
     message = f"'{param}' cannot be used with an end-to-end encrypted model: {rule.why}"
     if rule.setting == FORWARD_FIELDS_SETTING:
         message += f"; list '{param}' in {FORWARD_FIELDS_SETTING} to send it to Venice in plaintext"
+    elif rule.setting is None:
+        message += "; no setting allows it"
     return UnsupportedForE2EEError(message, param=param)
 
 

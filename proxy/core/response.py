@@ -19,8 +19,9 @@ Each ``chat.completion.chunk`` the client gets is built from scratch by
   ``prompt_logprobs``, non-list ``choices``, an unknown field holding a string) ends the answer;
   null or empty, or an unknown field holding only numbers and booleans, is dropped.
 - ``id``, ``model`` and ``system_fingerprint`` are relayed when they are short tokens (else
-  dropped); ``created`` when it is an integer; ``usage`` keeps numbers (and objects of numbers)
-  under identifier names; ``finish_reason`` is ``stop``, ``length``, ``content_filter`` or null.
+  dropped); ``created`` when it is an integer; ``usage`` keeps OpenAI's token counts
+  (:data:`proxy.core.fields.USAGE_KEYS`) when they are numbers; ``finish_reason`` is ``stop``,
+  ``length``, ``content_filter`` or null.
   ``cost``, ``service_tier``, ``venice_parameters``, ``stop_reason`` and ``matched_stop`` are
   dropped (non-empty ``venice_parameters.web_search_citations`` ends the answer: a web search
   ran outside the enclave).
@@ -51,9 +52,9 @@ from proxy.core.fields import (
     RESPONSE_CHUNK,
     RESPONSE_MESSAGE,
     RESPONSE_TEXT_FIELDS,
+    USAGE_KEYS,
     ResponseRule,
     holds_text,
-    is_identifier,
     is_number,
 )
 
@@ -86,20 +87,14 @@ def _usage(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, Mapping):
         _drop_or_refuse(value, "usage")
         raise SSEProtocolError("the upstream sent a 'usage' that is not an object")
+    _drop_or_refuse(value, "usage")
     out: dict[str, Any] = {}
-    for key, item in value.items():
-        if isinstance(item, Mapping):
-            nested = {
-                k: v for k, v in item.items() if (is_number(v) or v is None) and is_identifier(k)
-            }
-            _drop_or_refuse(item, "usage")
-            if is_identifier(key):
-                out[key] = nested
-        elif is_number(item) or item is None:
-            if is_identifier(key):
-                out[key] = item
-        else:
-            _drop_or_refuse(item, "usage")
+    for key, details in USAGE_KEYS.items():
+        item = value.get(key)
+        if is_number(item) or (item is None and key in value):
+            out[key] = item
+        elif isinstance(item, Mapping) and details:
+            out[key] = {k: item[k] for k in details if is_number(item.get(k))}
     return out
 
 

@@ -26,6 +26,7 @@ from proxy.core.request import (
     parse_chat_request,
     parses_as_json_array,
     plaintext_body,
+    shown,
 )
 from proxy.simulator.decrypt import decrypt_messages_near
 from tests.support.fixtures import FIXTURES_DIR
@@ -632,3 +633,14 @@ def test_end_to_end_with_request_keys() -> None:
     chunk = {"id": "c", "choices": [{"index": 0, "delta": {"content": answer}}]}
     out = ChunkDecryptor(request.client_keys.private).rebuild(chunk)
     assert out["choices"][0]["delta"]["content"] == "pong to ping"
+
+
+def test_client_chosen_names_are_shown_safely_in_errors() -> None:
+    assert shown("x_custom") == "x_custom"
+    assert shown("\ud800") == "\\ud800"
+    assert shown("é" * 100) == "\\xe9" * 16
+    assert shown("") == "''"
+    with pytest.raises(UnsupportedForE2EEError) as info:
+        parse(json.loads('{"model": "m", "messages": [{"role": "user"}], "\\ud800": "x"}'))
+    assert info.value.param == "\\ud800"
+    info.value.message.encode("utf-8")  # no lone surrogate left to break the JSON answer

@@ -348,9 +348,22 @@ def test_metadata_that_is_not_a_short_token_is_dropped(value: Any) -> None:
     assert "system_fingerprint" not in out
 
 
-def test_usage_names_that_are_not_identifiers_are_dropped() -> None:
-    out = rebuild({"choices": [], "usage": {"prompt_tokens": 1, "Free text here": 2, "ok": True}})
-    assert out["usage"] == {"prompt_tokens": 1}
+def test_usage_keeps_only_openai_token_counts() -> None:
+    usage = {
+        "prompt_tokens": 1,
+        "total_tokens": 1.0,
+        "Free text here": 2,
+        "ok": True,
+        "prompt_tokens_details": {"cached_tokens": 1, "other": 2, "audio_tokens": "x"},
+    }
+    with_text = rebuild({"choices": [], "usage": {**usage, "prompt_tokens_details": {}}})
+    assert with_text["usage"] == {
+        "prompt_tokens": 1,
+        "total_tokens": 1.0,
+        "prompt_tokens_details": {},
+    }
+    with pytest.raises(PlaintextInStreamError):
+        rebuild({"choices": [], "usage": usage})  # "x" is text in usage
 
 
 def test_passthrough_rebuilder_takes_plaintext_but_keeps_the_allowlist() -> None:
