@@ -148,10 +148,14 @@ def holds_text(value: Any) -> bool:
     structure, and a field the proxy drops never shows its keys to anyone)."""
     if isinstance(value, str):
         return value != ""
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return any(holds_text(item) for item in value.values())
     if isinstance(value, list | tuple):
         return any(holds_text(item) for item in value)
+    if value is None or isinstance(value, int | float):
+        return False
+    if isinstance(value, Mapping):
+        return any(holds_text(item) for item in value.values())
     return False
 
 

@@ -84,7 +84,7 @@ def _drop_or_refuse(value: Any, where: str | None) -> None:
 def _usage(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         _drop_or_refuse(value, "usage")
         raise SSEProtocolError("the upstream sent a 'usage' that is not an object")
     _drop_or_refuse(value, "usage")
@@ -93,13 +93,20 @@ def _usage(value: Any) -> dict[str, Any] | None:
         item = value.get(key)
         if is_number(item) or (item is None and key in value):
             out[key] = item
-        elif isinstance(item, Mapping) and details:
+        elif isinstance(item, dict) and details:
             out[key] = {k: item[k] for k in details if is_number(item.get(k))}
     return out
 
 
+def _token(value: Any) -> str | None:
+    """A metadata value the client may see: a short token, else nothing."""
+    if isinstance(value, str) and _TOKEN.fullmatch(value):
+        return value
+    return None
+
+
 def _web_search_ran(value: Any) -> bool:
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return False
     return bool(value.get("web_search_citations"))
 
@@ -111,10 +118,30 @@ def has_text(chunk: Mapping[str, Any]) -> bool:
         return False
     for choice in choices:
         for name in _CONTAINERS:
-            body = choice.get(name) if isinstance(choice, Mapping) else None
-            if isinstance(body, Mapping) and any(body.get(f) for f in RESPONSE_TEXT_FIELDS):
+            body = choice.get(name) if isinstance(choice, dict) else None
+            if isinstance(body, dict) and any(body.get(f) for f in RESPONSE_TEXT_FIELDS):
                 return True
     return False
+
+
+def _passing(table: Mapping[str, Any]) -> frozenset[str]:
+    """The keys of a response table the rebuild handles itself (not refused when holding text)."""
+    return frozenset(key for key, item in table.items() if item.rule is not ResponseRule.REFUSED)
+
+
+# Keys that need no text check: handled by the rebuild, or dropped whatever they hold.
+_CHUNK_PASSING = _passing(RESPONSE_CHUNK)
+_CHOICE_PASSING = _passing(RESPONSE_CHOICE)
+_MESSAGE_PASSING = _passing(RESPONSE_MESSAGE)
+_PART_PASSING = frozenset({"type", "text"})
+
+
+def _check_rest(
+    obj: dict[str, Any], passing: frozenset[str], table: Mapping[str, Any], where: str
+) -> None:
+    """Every key of ``obj`` outside ``passing`` must hold no text (it is dropped)."""
+    for key in obj.keys() - passing:
+        _drop_or_refuse(obj[key], f"{where}.{key}" if key in table else None)
 
 
 class ChunkRebuilder:
@@ -125,32 +152,25 @@ class ChunkRebuilder:
 
     def rebuild(self, chunk: Mapping[str, Any]) -> dict[str, Any]:
         """The chunk to relay, rebuilt; raises when the upstream sent text it must not."""
-        out: dict[str, Any] = {}
-        for key in ("id", "model", "system_fingerprint"):
-            value = chunk.get(key)
-            if isinstance(value, str) and _TOKEN.fullmatch(value):
-                out[key] = value
-        created = chunk.get("created")
-        if isinstance(created, int) and not isinstance(created, bool):
-            out["created"] = created
-        for key, value in chunk.items():
-            rule = RESPONSE_CHUNK.get(key)
-            if rule is not None and rule.rule is not ResponseRule.REFUSED:
-                continue
-            _drop_or_refuse(value, key if rule is not None else None)
+        if not isinstance(chunk, dict):
+            chunk = dict(chunk)
+        for key in chunk.keys() - _CHUNK_PASSING:
+            _drop_or_refuse(chunk[key], key if key in RESPONSE_CHUNK else None)
         if _web_search_ran(chunk.get("venice_parameters")):
             raise PlaintextInStreamError(
                 "the upstream reports a web search for this request: it ran outside the "
                 "enclave; the response was discarded"
             )
+        created = chunk.get("created")
         rebuilt: dict[str, Any] = {
-            "id": out.get("id", ""),
+            "id": _token(chunk.get("id")) or "",
             "object": CHUNK_OBJECT,
-            "created": out.get("created", 0),
-            "model": out.get("model", ""),
+            "created": created if type(created) is int else 0,
+            "model": _token(chunk.get("model")) or "",
         }
-        if "system_fingerprint" in out:
-            rebuilt["system_fingerprint"] = out["system_fingerprint"]
+        fingerprint = _token(chunk.get("system_fingerprint"))
+        if fingerprint is not None:
+            rebuilt["system_fingerprint"] = fingerprint
         choices = chunk.get("choices")
         if choices is None:
             rebuilt["choices"] = []
@@ -164,73 +184,66 @@ class ChunkRebuilder:
         return rebuilt
 
     def _choice(self, choice: Any, position: int) -> dict[str, Any]:
-        where = f"choices[{position}]"
-        if not isinstance(choice, Mapping):
-            _drop_or_refuse(choice, where)
+        if not isinstance(choice, dict):
+            _drop_or_refuse(choice, f"choices[{position}]")
             raise SSEProtocolError("the upstream sent a choice that is not an object")
         index = choice.get("index", 0)
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        if type(index) is not int or index < 0:
             raise SSEProtocolError("the upstream sent a choice without a valid index")
         out: dict[str, Any] = {"index": index}
         for name in _CONTAINERS:
             body = choice.get(name)
             if body is None:
                 continue
-            if not isinstance(body, Mapping):
-                _drop_or_refuse(body, f"{where}.{name}")
+            if not isinstance(body, dict):
+                _drop_or_refuse(body, f"choices[{position}].{name}")
                 raise SSEProtocolError(f"the upstream sent a '{name}' that is not an object")
-            out[name] = self._message(body, f"{where}.{name}")
+            out[name] = self._message(body, position, name)
         finish = choice.get("finish_reason")
         if finish is not None and finish not in FINISH_REASONS:
             if finish in ("tool_calls", "function_call"):
-                raise _not_decrypted(f"{where}.finish_reason")
+                raise _not_decrypted(f"choices[{position}].finish_reason")
             raise PlaintextInStreamError(
-                f"the upstream ended {where} with a finish_reason the proxy does not relay; "
-                "the response was discarded"
+                f"the upstream ended choices[{position}] with a finish_reason the proxy does "
+                "not relay; the response was discarded"
             )
-        for key, value in choice.items():
-            rule = RESPONSE_CHOICE.get(key)
-            if rule is not None and rule.rule is not ResponseRule.REFUSED:
-                continue
-            _drop_or_refuse(value, f"{where}.{key}" if rule is not None else None)
+        if choice.keys() - _CHOICE_PASSING:
+            _check_rest(choice, _CHOICE_PASSING, RESPONSE_CHOICE, f"choices[{position}]")
         out["logprobs"] = None
         out["finish_reason"] = finish
         return out
 
-    def _message(self, body: Mapping[str, Any], where: str) -> dict[str, Any]:
+    def _message(self, body: dict[str, Any], position: int, name: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         role = body.get("role")
         if role == "assistant":
             out["role"] = role
         elif role is not None and role != "":
-            raise _not_decrypted(f"{where}.role")
-        for name in RESPONSE_TEXT_FIELDS:
-            if name not in body:
+            raise _not_decrypted(f"choices[{position}].{name}.role")
+        for field in RESPONSE_TEXT_FIELDS:
+            if field not in body:
                 continue
-            value = body[name]
+            value = body[field]
             if value is None or value == "":
-                if name == "content":
-                    out[name] = value
+                if field == "content":
+                    out[field] = value
                 continue
             if isinstance(value, str):
-                out[name] = self._open(value)
-            elif name == "content" and isinstance(value, list):
-                out[name] = "".join(self._part(part, f"{where}.content") for part in value)
+                out[field] = self._open(value)
+            elif field == "content" and isinstance(value, list):
+                out[field] = "".join(self._part(part, position, name) for part in value)
             else:
-                raise _not_decrypted(f"{where}.{name}")
-        for key, value in body.items():
-            rule = RESPONSE_MESSAGE.get(key)
-            if rule is not None and rule.rule is not ResponseRule.REFUSED:
-                continue
-            _drop_or_refuse(value, f"{where}.{key}" if rule is not None else None)
+                raise _not_decrypted(f"choices[{position}].{name}.{field}")
+        if body.keys() - _MESSAGE_PASSING:
+            _check_rest(body, _MESSAGE_PASSING, RESPONSE_MESSAGE, f"choices[{position}].{name}")
         return out
 
-    def _part(self, part: Any, where: str) -> str:
-        if not isinstance(part, Mapping) or part.get("type") != "text":
+    def _part(self, part: Any, position: int, name: str) -> str:
+        where = f"choices[{position}].{name}.content"
+        if not isinstance(part, dict) or part.get("type") != "text":
             raise _not_decrypted(where)
-        for key, value in part.items():
-            if key not in ("type", "text"):
-                _drop_or_refuse(value, None)
+        for key in part.keys() - _PART_PASSING:
+            _drop_or_refuse(part[key], None)
         text = part.get("text")
         if text is None or text == "":
             return ""
