@@ -173,6 +173,7 @@ class _Exchange:
             attempts=outcome.attempts if outcome else 0,
             chunks=stats.chunks if stats else 0,
             completed=stats.completed if stats else False,
+            stopped=stats.stopped if stats else False,
             prompt_tokens=usage.get("prompt_tokens") if usage else None,
             completion_tokens=usage.get("completion_tokens") if usage else None,
             cost_usd=_cost_usd(stats.cost) if stats else None,

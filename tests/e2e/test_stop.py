@@ -135,7 +135,9 @@ def test_a_local_stop_cancels_the_generation(
         sim_state.token_delay_s = 0.0
 
 
-def test_raw_stream_ends_cleanly_after_the_stop(proxy: ThreadedServer) -> None:
+def test_raw_stream_ends_cleanly_after_the_stop(
+    proxy: ThreadedServer, log_lines: Callable[[], list[str]]
+) -> None:
     with httpx.stream(
         "POST",
         proxy.url + "/v1/chat/completions",
@@ -154,6 +156,12 @@ def test_raw_stream_ends_cleanly_after_the_stop(proxy: ThreadedServer) -> None:
     assert text == "You said: one "
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
     assert CANARY.encode() not in body
+    # The request's line is written when the stream's generator ends: wait for it.
+    assert wait_for(lambda: any('"chat_request"' in line for line in log_lines()))
+    (record,) = [json.loads(line) for line in log_lines() if '"chat_request"' in line]
+    assert record["stopped"] is True
+    assert record["completed"] is False
+    assert record["error"] is None
 
 
 def test_strict_signatures_read_the_stream_to_its_end(
