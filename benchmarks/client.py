@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from proxy.core.crypto import parse_public_key
-from proxy.core.protocol import encrypt_request
+from proxy.core.request import encrypt_request, parse_chat_request
 from proxy.simulator.answer import ANSWER_PREFIX, ANSWER_SUFFIX, tokenize
 
 E2EE_MODEL = "e2ee-simulated-near"
@@ -76,7 +76,9 @@ class Target:
         }
         headers = {"content-type": "application/json", **self.headers}
         if self.model_key is not None:
-            encrypted = encrypt_request(body, model_key=self.model_key, upstream_model=self.model)
+            encrypted = encrypt_request(
+                parse_chat_request(body), model_key=self.model_key, upstream_model=self.model
+            )
             body = encrypted.body
             headers.update(encrypted.headers)
         return json.dumps(body, separators=(",", ":")).encode("utf-8"), headers

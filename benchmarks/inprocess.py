@@ -5,7 +5,7 @@
   multiplication, raw x) + HKDF-SHA256 + AES-256-GCM decrypt of a 5-byte token, via
   :func:`proxy.core.crypto.aes_key_for` and :func:`proxy.core.crypto.open_with_key`.
 - ``chunk_us``: the proxy's pure per-chunk pipeline ``SSEDecoder.feed -> json.loads ->
-  ChunkDecryptor.decrypt_chunk -> encode_json`` on real upstream bytes: the simulator's own
+  ChunkDecryptor.rebuild -> encode_json`` on real upstream bytes: the simulator's own
   stream composer sealing a 2000-token answer to a client key, fed one event per ``feed`` (what
   arrives from the socket when the upstream paces its tokens). Two variants are reported next to
   it: the same bytes fed in 64 KiB reads (what httpx hands over when the proxy lags behind), and
@@ -20,7 +20,7 @@
 
 - ``chunk_budget``: the pure pipeline taken apart, each step timed alone over the same recorded
   stream and divided by its chunk count: SSE decoding, ``json.loads``, the blob shape check and
-  hex decoding, ECDH, HKDF, AES-GCM, the rest of ``decrypt_chunk`` (walking the chunk, UTF-8
+  hex decoding, ECDH, HKDF, AES-GCM, the rest of ``rebuild`` (walking the chunk, UTF-8
   decoding, the key cache), ``encode_json``. Set against the proxy's whole CPU time per relayed
   chunk (measured end to end), the remainder is the HTTP machinery (httpx/httpcore/h11 on the
   upstream side, uvicorn/h11/Starlette on the client side, the event loop, system calls).
@@ -54,7 +54,7 @@ from proxy.core.crypto import (
     seal,
     shared_x,
 )
-from proxy.core.protocol import ChunkDecryptor
+from proxy.core.response import ChunkDecryptor
 from proxy.core.sse import SSEDecoder, encode_json
 from proxy.service.relay import StreamStats, decrypted_batches, sse_to_client
 from proxy.simulator.answer import plan_answer
@@ -117,8 +117,7 @@ def pipeline_once(recording: UpstreamRecording, reads: list[bytes]) -> tuple[flo
             if event.data == "[DONE]":
                 break
             chunk = json.loads(event.data)
-            decryptor.decrypt_chunk(chunk)
-            encode_json(chunk)
+            encode_json(decryptor.rebuild(chunk))
             chunks += 1
     return time.perf_counter() - start, chunks
 
@@ -299,12 +298,12 @@ def chunk_budget(tokens: int, runs: int) -> dict[str, float]:
             decryptor = ChunkDecryptor(private)
             start = time.perf_counter()
             for chunk in fresh:
-                decryptor.decrypt_chunk(chunk)
+                decryptor.rebuild(chunk)
             results.append((time.perf_counter() - start) / chunks * 1e6)
         return median_of_runs(results)
 
     opener = ChunkDecryptor(private)
-    plain = [opener.decrypt_chunk(json.loads(text)) for text in texts]
+    plain = [opener.rebuild(json.loads(text)) for text in texts]
 
     def encode() -> int:
         for chunk in plain:

@@ -6,7 +6,8 @@
   a user would: ``VENICE_API_KEY``, ``VENICE_PROXY_UPSTREAM__BASE_URL``,
   ``VENICE_PROXY_ATTESTATION__DCAP=off`` (the simulator's quote has no Intel signature),
   ``VENICE_PROXY_ATTESTATION__NVIDIA=nonce`` (NRAS would be a network round trip) and
-  ``VENICE_PROXY_PRIVACY__NON_E2EE=passthrough`` (so the plaintext model can be relayed for the
+  ``VENICE_PROXY_PRIVACY__NON_E2EE=passthrough`` with ``simulated-plain`` in
+  ``VENICE_PROXY_PRIVACY__PASSTHROUGH_MODELS`` (so the plaintext model can be relayed for the
   hop-only comparison; E2EE requests are unaffected). Any ``VENICE_*`` variable of the caller's
   environment is dropped first so a user's config cannot leak into the figures.
 - Each process's stdout and stderr go to a log file in a temporary directory (never a pipe
@@ -182,6 +183,7 @@ def start_proxy(
         # NRAS is a network round trip to NVIDIA; the simulator's GPU evidence is synthetic.
         "VENICE_PROXY_ATTESTATION__NVIDIA": "nonce",
         "VENICE_PROXY_PRIVACY__NON_E2EE": "passthrough",
+        "VENICE_PROXY_PRIVACY__PASSTHROUGH_MODELS": '["simulated-plain"]',
         "VENICE_PROXY_LOGGING__FORMAT": "json",
     }
     if max_in_flight is not None:

@@ -136,9 +136,41 @@ class AttestationSettings(_Section):
 
 
 class PrivacySettings(_Section):
-    """``[privacy]``: what to do with models that cannot do E2EE."""
+    """``[privacy]``: models that cannot do E2EE, and fields to send in plaintext anyway."""
 
     non_e2ee: Literal["reject", "passthrough"] = "reject"
+    passthrough_models: list[str] = Field(default_factory=list)
+    forward_fields: list[str] = Field(default_factory=list)
+
+    @field_validator("passthrough_models")
+    @classmethod
+    def _never_e2ee_models(cls, value: list[str]) -> list[str]:
+        from proxy.core.fields import E2EE_PREFIX
+
+        for model in value:
+            if model.startswith(E2EE_PREFIX):
+                raise ValueError(f"{model!r}: an e2ee- model is never sent prompts in plaintext")
+        return value
+
+    @field_validator("forward_fields")
+    @classmethod
+    def _forwardable(cls, value: list[str]) -> list[str]:
+        from proxy.core.fields import forward_fields_problem
+
+        for name in value:
+            problem = forward_fields_problem(name)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _passthrough_names_models(self) -> PrivacySettings:
+        if self.non_e2ee == "passthrough" and not self.passthrough_models:
+            raise ValueError(
+                'non_e2ee = "passthrough" needs privacy.passthrough_models: the models that may '
+                "receive prompts in plaintext"
+            )
+        return self
 
 
 class SignaturesSettings(_Section):

@@ -3,7 +3,8 @@ log capture.
 
 Every end-to-end test that sends a prompt uses :data:`CANARY`; after each test the guard asserts
 that the canary never reached the upstream in plaintext (except for requests the test explicitly
-sent to a plaintext model) and never appeared in a log line.
+sent to a plaintext model), never appeared in a log line, and that the simulator (strict: it
+checks the proxy's field policy on its side too) saw no request the policy forbids.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def log_lines() -> Callable[[], list[str]]:
 
 @pytest.fixture(scope="session")
 def sim_state() -> SimulatorState:
-    return SimulatorState(api_key=SIM_API_KEY)
+    # Strict: every E2EE request must also pass the proxy's field policy on the server side.
+    return SimulatorState(api_key=SIM_API_KEY, proxy_policy=True)
 
 
 @pytest.fixture(scope="session")
@@ -137,3 +139,4 @@ def canary_guard(request: pytest.FixtureRequest) -> Iterator[None]:
             continue  # the test sent this prompt to a plaintext model on purpose
         upstream += [body, str(recorded.query), *recorded.headers.values()]
     assert_no_leak(upstream, _LOG_BUFFER.getvalue()[start:])
+    assert state.policy_violations == [], "the proxy sent what its field policy forbids"

@@ -188,7 +188,11 @@ def _warn_about(settings: Settings, api_key: SecretStr | None) -> None:
     if settings.attestation.nvidia != "nras":
         log.warning("nras_off", detail="GPU evidence is NOT verified by NVIDIA NRAS")
     if settings.privacy.non_e2ee == "passthrough":
-        log.warning("plaintext_passthrough", detail="non-E2EE models get prompts in plaintext")
+        log.warning(
+            "plaintext_passthrough",
+            detail="these models get prompts in plaintext",
+            models=settings.privacy.passthrough_models,
+        )
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@
     ProxyError                         500 server_error
     ├── InvalidRequestError            400 invalid_request_error
     │   ├── UnsupportedForE2EEError    400 invalid_request_error  code=e2ee_unsupported
+    │   ├── ModelNotE2EEError          400 invalid_request_error  code=model_not_e2ee
     │   ├── ModelNotFoundError         404 invalid_request_error  code=model_not_found
     │   └── RequestTooLargeError       413 invalid_request_error  code=request_too_large
     ├── AuthenticationError            401 authentication_error
@@ -92,8 +93,14 @@ class UnsupportedForE2EEError(InvalidRequestError):
     default_code = "e2ee_unsupported"
 
 
+class ModelNotE2EEError(InvalidRequestError):
+    """The model exists but has no E2EE, and it is not a configured passthrough model."""
+
+    default_code = "model_not_e2ee"
+
+
 class ModelNotFoundError(InvalidRequestError):
-    """The model is unknown, or is not an E2EE model and passthrough is off."""
+    """The model does not exist upstream."""
 
     status = 404
     default_code = "model_not_found"
@@ -206,9 +213,12 @@ class UpstreamStatusError(UpstreamError):
         param: str | None = None,
         retry_after: str | None = None,
         ratelimit_reset: str | None = None,
+        upstream_type: str | None = None,
     ) -> None:
         super().__init__(message, code=code, param=param, foreign=True)
         self.upstream_status = upstream_status
+        # The backend's own error type (Phala: "e2ee_model_key_mismatch"); never sent on.
+        self.upstream_type = upstream_type
         self.retry_after = retry_after
         self.ratelimit_reset = ratelimit_reset
 

@@ -27,11 +27,22 @@ REQUEST_ID_SCOPE_KEY = "venice_proxy.request_id"
 """Where :class:`proxy.http.request_id.RequestIdMiddleware` leaves the request's id in the scope."""
 
 
+def fresh_request_id() -> str:
+    """A new request id of the proxy's own: ``req_`` + 24 hex digits."""
+    return "req_" + secrets.token_hex(12)
+
+
 def request_id_from(given: str | None) -> str:
     """A client's ``X-Request-ID`` value when it is well-formed, else a fresh id."""
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
-    return "req_" + secrets.token_hex(12)
+    return fresh_request_id()
+
+
+def client_request_id(request: Request) -> str | None:
+    """The client's own ``X-Request-ID`` when it sent a well-formed one, else None."""
+    given = request.headers.get("x-request-id")
+    return given if given is not None and _REQUEST_ID.fullmatch(given) else None
 
 
 def request_id(request: Request) -> str:

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import Response
 
 from proxy.core.errors import ProxyError
+from proxy.http.body import client_request_id, fresh_request_id, request_id
 from proxy.http.errors import proxy_error_response
 from proxy.http.services import Services
 from proxy.observability.logs import get_logger
@@ -31,13 +33,27 @@ class RequestRecord:
     """One chat request's facts for its log line and metrics (never any content)."""
 
     services: Services
-    request_id: str
+    request_id: str  # the proxy's own: logged and sent upstream
     started: float
+    client_request_id: str | None = None  # the client's: logged and echoed, never sent upstream
     model: str | None = None
     stream: bool = False
     outcome: ChatOutcome | None = None
     upstream: UpstreamHeaders | None = None
     ttfb_s: float | None = None
+
+    @classmethod
+    def begin(cls, services: Services, request: Request) -> RequestRecord:
+        """The record of a request that starts now.
+
+        Its own id (sent upstream, logged as ``request_id``) is the one the request-id
+        middleware chose when the client sent none (so the echoed id is the upstream one); when
+        the client sent its own, that one is echoed and logged as ``client_request_id`` and
+        Venice gets a fresh id of the proxy's, so nothing the client chose leaves the machine.
+        """
+        client_id = client_request_id(request)
+        own = fresh_request_id() if client_id is not None else request_id(request)
+        return cls(services, own, time.perf_counter(), client_request_id=client_id)
 
     def attach(self, outcome: ChatOutcome) -> None:
         """Remember the opened upstream stream and read its account headers."""
@@ -80,6 +96,7 @@ class RequestRecord:
         log.info(
             "chat_request",
             request_id=self.request_id,
+            client_request_id=self.client_request_id,
             model=self.model,
             stream=self.stream,
             e2ee=outcome.e2ee if outcome else None,
@@ -88,6 +105,7 @@ class RequestRecord:
             attempts=outcome.attempts if outcome else 0,
             chunks=stats.chunks if stats else 0,
             completed=stats.completed if stats else False,
+            stopped=stats.stopped if stats else False,
             prompt_tokens=usage.get("prompt_tokens") if usage else None,
             completion_tokens=usage.get("completion_tokens") if usage else None,
             cost_usd=_cost_usd(stats.cost) if stats else None,

@@ -15,7 +15,6 @@ paths (see :mod:`proxy.http.endpoints`).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -23,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from proxy.core.errors import ProxyError
 from proxy.core.responses import ResponseBuilder, ResponsesRequest, translate_request
-from proxy.http.body import read_json, request_id
+from proxy.http.body import read_json
 from proxy.http.disconnect import until_disconnect
 from proxy.http.request_log import RequestRecord
 from proxy.http.services import Services
@@ -47,7 +46,7 @@ def _in_responses_terms(exc: ProxyError, translated: ResponsesRequest | None) ->
 async def create_response(request: Request) -> Response:
     """The OpenAI Responses API, translated to the encrypted chat path."""
     services: Services = request.app.state.services
-    record = RequestRecord(services, request_id(request), time.perf_counter())
+    record = RequestRecord.begin(services, request)
     translated: ResponsesRequest | None = None
     try:
         payload = await read_json(request, services.settings.server.max_body_bytes)

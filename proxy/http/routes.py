@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from proxy.core.errors import ModelNotFoundError, ProxyError
-from proxy.http.body import read_json, request_id
+from proxy.http.body import read_json
 from proxy.http.disconnect import until_disconnect
 from proxy.http.request_log import RequestRecord
 from proxy.http.services import Services
@@ -45,7 +45,7 @@ def _services(request: Request) -> Services:
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions over Venice E2EE."""
     services = _services(request)
-    record = RequestRecord(services, request_id(request), time.perf_counter())
+    record = RequestRecord.begin(services, request)
     try:
         payload = await read_json(request, services.settings.server.max_body_bytes)
         if isinstance(payload, dict):
@@ -59,10 +59,10 @@ async def chat_completions(request: Request) -> Response:
         record.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
         raise
     except ProxyError as exc:
-        return record.fail(exc, {"x-request-id": record.request_id})
+        return record.fail(exc, {})
     record.attach(outcome)
 
-    headers = {**outcome.headers, "x-request-id": record.request_id}
+    headers = dict(outcome.headers)
     signatures = services.signatures
     mode = signatures.mode_for(outcome)
     if outcome.client_stream:
@@ -126,13 +126,13 @@ async def _model_items(services: Services) -> list[dict[str, Any]]:
     """The models a client may use, in OpenAI's shape: E2EE models (every model with
     passthrough), then the aliases of those."""
     models = await services.catalogue.models()
-    passthrough = services.settings.privacy.non_e2ee == "passthrough"
+    passthrough = services.chat.passthrough_allowed
     data: list[dict[str, Any]] = [
-        dict(info.raw) for info in models.values() if info.supports_e2ee or passthrough
+        dict(info.raw) for info in models.values() if info.supports_e2ee or passthrough(info.id)
     ]
     for alias, target in services.settings.models.aliases.items():
         info = models.get(target)
-        if info is not None and (info.supports_e2ee or passthrough):
+        if info is not None and (info.supports_e2ee or passthrough(info.id)):
             data.append({**info.raw, "id": alias, "venice_model": target})
     if services.demo:
         for item in data:

@@ -175,6 +175,9 @@ def build_services(
         keys,
         aliases=settings.models.aliases,
         non_e2ee=settings.privacy.non_e2ee,
+        passthrough_models=settings.privacy.passthrough_models,
+        forward_fields=settings.privacy.forward_fields,
+        read_to_end_after_stop=settings.signatures.mode == "strict",
         retry=RetryPolicy(
             max_retries=up.retries,
             max_delay_s=up.retry_max_delay_s,

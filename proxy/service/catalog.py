@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.core.errors import ProxyError, UpstreamError
+from proxy.core.fields import E2EE_PREFIX
 
-E2EE_PREFIX = "e2ee-"
+__all__ = ["E2EE_PREFIX", "ModelCatalogue", "ModelInfo", "parse_catalogue", "resolve_alias"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,23 @@
-"""One chat request, end to end: validate, resolve the model, attest, encrypt, forward, decrypt.
+"""One chat request, end to end: apply the field policy, resolve the model, attest, encrypt,
+forward, decrypt.
 
 Order of operations for an E2EE model (nothing reaches the chat endpoint before the key is
 attested):
 
-1. validate the request shape (precise 400s) and refuse what E2EE cannot protect (tools, files);
+1. apply the field policy (:func:`proxy.core.request.parse_chat_request`): precise 400s for
+   malformed requests and for fields whose data would travel in plaintext;
 2. get the model's attested key from the cache (one fetch for many waiters);
 3. encrypt every message with a fresh client key pair and open the upstream stream;
 4. read ahead until the first text field decrypted (or the stream ended), so that a rejected
    or stale key is caught *before* anything reaches the client; in that case the key is dropped,
    the model re-attested once and the request retried once with fresh encryption;
-5. relay decrypted chunks (stream) or one aggregated ``chat.completion``.
+5. relay rebuilt, decrypted chunks (stream) or one aggregated ``chat.completion``, cut at the
+   client's stop sequences.
 
-Models without E2EE are refused unless ``privacy.non_e2ee = "passthrough"``; then they are
-forwarded in plaintext and the response carries ``X-Venice-Proxy-E2EE: false``.
+A model without E2EE is refused (400 ``model_not_e2ee``) unless ``privacy.non_e2ee =
+"passthrough"`` and the model is listed in ``privacy.passthrough_models``; an ``e2ee-`` id is
+never sent in plaintext, whatever the catalogue says. Passthrough requests follow the same
+field policy, without encryption, and carry ``X-Venice-Proxy-E2EE: false``.
 """
 
 from __future__ import annotations
@@ -20,28 +25,36 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from proxy.core.errors import (
     DecryptionError,
     InvalidRequestError,
+    ModelNotE2EEError,
     ModelNotFoundError,
     ProxyError,
     UpstreamStatusError,
 )
-from proxy.core.protocol import ChunkDecryptor, encrypt_request
+from proxy.core.request import (
+    ChatRequest,
+    check_upstream_model,
+    encrypt_request,
+    parse_chat_request,
+    plaintext_body,
+)
+from proxy.core.response import ChunkDecryptor, ChunkRebuilder, has_text
 from proxy.core.retry import RetryPolicy, RetryReason, retry_delay, retry_reason
-from proxy.service.catalog import ModelCatalogue, resolve_alias
+from proxy.core.stop import ChoiceStops
+from proxy.service.catalog import E2EE_PREFIX, ModelCatalogue, resolve_alias
 from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache
-from proxy.service.relay import Batch, StreamStats, decrypted_batches, has_text
+from proxy.service.relay import Batch, StreamStats, decrypted_batches, stop_at
 from proxy.venice.client import UpstreamClient, UpstreamStream
 
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _KEY_REJECTION_MARKERS = ("decrypt", "public key", "model_key", "model key", "e2ee header")
-_MAX_N = 128
-_MAX_MODEL_NAME = 256
+# Backend error types that mean "this key is not the enclave's (any more)" (Phala: S5).
+_KEY_REJECTION_TYPES = frozenset({"e2ee_model_key_mismatch", "e2ee_decryption_failed"})
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
@@ -53,67 +66,6 @@ def _dumps(body: Mapping[str, Any]) -> bytes:
             "the request contains a lone UTF-16 surrogate (invalid Unicode)",
             code="invalid_unicode",
         ) from exc
-
-
-def validate_chat_request(payload: Any) -> dict[str, Any]:
-    """The request as a dict, or :class:`InvalidRequestError` naming the bad parameter.
-
-    Checked here: the shape OpenAI itself enforces (model, messages, roles, stream, n,
-    stream_options). Content types are checked by :func:`proxy.core.protocol.encrypt_request`.
-    Unknown fields are kept and passed through.
-    """
-    if not isinstance(payload, dict):
-        raise InvalidRequestError("the request body must be a JSON object")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequestError(
-            "'model' is required and must be a non-empty string", param="model"
-        )
-    if len(model) > _MAX_MODEL_NAME:
-        raise InvalidRequestError(
-            f"'model' is longer than {_MAX_MODEL_NAME} characters", param="model"
-        )
-    try:
-        model.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequestError(
-            "'model' contains invalid Unicode (a lone surrogate)",
-            param="model",
-            code="invalid_unicode",
-        ) from None
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequestError(
-            "'messages' is required and must be a non-empty array", param="messages"
-        )
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise InvalidRequestError(
-                f"messages[{index}] must be an object", param=f"messages[{index}]"
-            )
-        role = message.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
-            raise InvalidRequestError(
-                f"messages[{index}].role must be one of {', '.join(sorted(_ROLES))}",
-                param=f"messages[{index}].role",
-            )
-    stream = payload.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequestError("'stream' must be a boolean", param="stream")
-    n = payload.get("n")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_N):
-        raise InvalidRequestError(f"'n' must be an integer from 1 to {_MAX_N}", param="n")
-    options = payload.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise InvalidRequestError("'stream_options' must be an object", param="stream_options")
-        usage = options.get("include_usage")
-        if usage is not None and not isinstance(usage, bool):
-            raise InvalidRequestError(
-                "'stream_options.include_usage' must be a boolean",
-                param="stream_options.include_usage",
-            )
-    return payload
 
 
 @dataclass(slots=True)
@@ -138,8 +90,11 @@ class ChatOutcome:
 
 
 def _is_key_rejection(exc: UpstreamStatusError) -> bool:
+    """A 400 saying the enclave key is not (any more) the one the enclave holds."""
     if exc.upstream_status != 400:
         return False
+    if exc.upstream_type in _KEY_REJECTION_TYPES or exc.code in _KEY_REJECTION_TYPES:
+        return True
     text = exc.message.lower()
     return any(marker in text for marker in _KEY_REJECTION_MARKERS)
 
@@ -167,6 +122,9 @@ class ChatService:
         *,
         aliases: Mapping[str, str],
         non_e2ee: Literal["reject", "passthrough"],
+        passthrough_models: Collection[str] = (),
+        forward_fields: Collection[str] = (),
+        read_to_end_after_stop: bool = False,
         retry: RetryPolicy | None = None,
         on_retry: Callable[[RetryReason], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -176,14 +134,28 @@ class ChatService:
         self.keys = keys
         self.aliases = dict(aliases)
         self.non_e2ee = non_e2ee
+        self.passthrough_models = frozenset(passthrough_models)
+        self.forward_fields = frozenset(forward_fields)
+        # Strict signature checking needs the whole stream even after a stop sequence.
+        self.read_to_end_after_stop = read_to_end_after_stop
         self.retry = retry or RetryPolicy()
         self._on_retry = on_retry
         self._sleep = sleep
 
-    async def start(self, request: dict[str, Any], *, request_id: str | None = None) -> ChatOutcome:
-        """Validate, attest, encrypt, open and read ahead. Raises before any client byte."""
-        validate_chat_request(request)
-        model = resolve_alias(request["model"], self.aliases)
+    def passthrough_allowed(self, model: str) -> bool:
+        """Whether prompts for ``model`` (a model without E2EE) may go in plaintext."""
+        return (
+            self.non_e2ee == "passthrough"
+            and model in self.passthrough_models
+            and not model.startswith(E2EE_PREFIX)
+        )
+
+    async def start(self, payload: Any, *, request_id: str | None = None) -> ChatOutcome:
+        """Apply the policy, attest, encrypt, open and read ahead. Raises before any client
+        byte. ``request_id`` is the proxy's own id, sent upstream (never the client's)."""
+        request = parse_chat_request(payload, forward_fields=self.forward_fields)
+        model = resolve_alias(request.model, self.aliases)
+        check_upstream_model(model)
         info = await self.catalogue.lookup(model)
         if info is None:
             raise ModelNotFoundError(
@@ -193,17 +165,11 @@ class ChatService:
             )
         extra = {"x-request-id": request_id} if request_id else {}
         if not info.supports_e2ee:
-            if self.non_e2ee == "passthrough":
+            if self.passthrough_allowed(model):
                 return await self._with_retries(
                     lambda attempt: self._attempt_plaintext(request, model, attempt, extra)
                 )
-            raise ModelNotFoundError(
-                f"the model '{model}' does not support end-to-end encryption, and this proxy "
-                'refuses to send prompts in plaintext (set privacy.non_e2ee = "passthrough" '
-                "to allow it); choose an e2ee- model from GET /v1/models",
-                param="model",
-                code="model_not_e2ee",
-            )
+            raise ModelNotE2EEError(_not_e2ee_message(model), param="model")
         return await self._with_retries(
             lambda attempt: self._attempt_e2ee(request, model, attempt, extra)
         )
@@ -241,8 +207,16 @@ class ChatService:
                     self._on_retry(retry_reason(exc) or "server_error")
                 await self._sleep(delay)
 
+    def _relayed(
+        self, batches: AsyncGenerator[Batch, None], request: ChatRequest, stats: StreamStats
+    ) -> AsyncGenerator[Batch, None]:
+        if not request.stops:
+            return batches
+        stops = ChoiceStops(request.stops, request.n)
+        return stop_at(batches, stops, stats, read_to_end=self.read_to_end_after_stop)
+
     async def _attempt_e2ee(
-        self, request: dict[str, Any], model: str, attempt: int, extra: Mapping[str, str]
+        self, request: ChatRequest, model: str, attempt: int, extra: Mapping[str, str]
     ) -> ChatOutcome:
         key = await self.keys.get(model)
         encrypted = encrypt_request(request, model_key=key.public_key, upstream_model=model)
@@ -256,7 +230,9 @@ class ChatService:
                 raise _StaleKeyError(key.public_key, exc) from exc
             raise
         decryptor = ChunkDecryptor(encrypted.client_keys.private)
-        rest = decrypted_batches(upstream.iter_bytes(), decryptor, stats)
+        rest = self._relayed(
+            decrypted_batches(upstream.iter_bytes(), decryptor, stats), request, stats
+        )
         first: Batch = []
         try:
             async for batch in rest:
@@ -275,8 +251,8 @@ class ChatService:
         return ChatOutcome(
             model=model,
             e2ee=True,
-            client_stream=bool(request.get("stream")),
-            include_usage=encrypted.include_usage,
+            client_stream=request.client_stream,
+            include_usage=request.include_usage,
             first=first,
             rest=rest,
             upstream=upstream,
@@ -291,33 +267,38 @@ class ChatService:
         )
 
     async def _attempt_plaintext(
-        self, request: dict[str, Any], model: str, attempt: int, extra: Mapping[str, str]
+        self, request: ChatRequest, model: str, attempt: int, extra: Mapping[str, str]
     ) -> ChatOutcome:
-        client_stream = bool(request.get("stream"))
-        options = request.get("stream_options")
-        include_usage = (
-            client_stream and isinstance(options, dict) and options.get("include_usage") is True
-        )
-        body = {
-            **request,
-            "model": model,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        body = plaintext_body(request, upstream_model=model)
         upstream = await self.upstream.open_chat(_dumps(body), dict(extra))
         stats = StreamStats()
+        batches = decrypted_batches(upstream.iter_bytes(), ChunkRebuilder(), stats)
         return ChatOutcome(
             model=model,
             e2ee=False,
-            client_stream=client_stream,
-            include_usage=include_usage,
+            client_stream=request.client_stream,
+            include_usage=request.include_usage,
             first=[],
-            rest=decrypted_batches(upstream.iter_bytes(), None, stats),
+            rest=self._relayed(batches, request, stats),
             upstream=upstream,
             stats=stats,
             attempts=attempt,
             headers={"x-venice-proxy-e2ee": "false"},
         )
+
+
+def _not_e2ee_message(model: str) -> str:
+    if model.startswith(E2EE_PREFIX):
+        return (
+            f"the upstream's catalogue says '{model}' does not support end-to-end encryption; "
+            "an e2ee- model is never sent a prompt in plaintext"
+        )
+    return (
+        f"the model '{model}' does not support end-to-end encryption, and this proxy refuses "
+        "to send prompts in plaintext (to allow it for this model: privacy.non_e2ee = "
+        '"passthrough" and the model in privacy.passthrough_models); choose an e2ee- model '
+        "from GET /v1/models"
+    )
 
 
 def _tcb_header(key: AttestedKey) -> dict[str, str]:

@@ -1,35 +1,40 @@
-"""Upstream SSE bytes -> decrypted OpenAI chunks -> client SSE bytes or one chat.completion.
+"""Upstream SSE bytes -> rebuilt, decrypted OpenAI chunks -> client SSE bytes or one
+chat.completion.
 
 Stream rules (docs/protocol.md#streaming):
 
 - Upstream frames are ``data: <json>`` events ending with ``data: [DONE]``. Any JSON event with a
   top-level ``error`` is Venice's in-band failure: it becomes our error, never content.
-- Every choice's ``content`` / ``reasoning_content`` / ``reasoning`` is decrypted by
-  :class:`~proxy.core.protocol.ChunkDecryptor`; non-empty plaintext where ciphertext was
-  expected, or a blob that does not open, is an error (fail closed).
+- Every chunk is rebuilt from the field policy's allowlist by
+  :class:`~proxy.core.response.ChunkRebuilder` (:class:`~proxy.core.response.ChunkDecryptor`
+  for E2EE): text fields are decrypted, text the proxy did not decrypt ends the answer, and
+  nothing else reaches the client. Venice's ``cost`` is kept for the log line only.
 - A stream that ends without ``[DONE]`` (cut connection, truncated last event) is an error: a
   short answer must never look like a complete one.
-- To the client: each chunk is re-serialized compactly as ``data: <json>\\n\\n``. Venice's usage
-  chunk (``choices: []``) is relayed only when the client asked for
-  ``stream_options.include_usage``; Venice's extra ``cost`` field is removed. Once bytes were sent,
-  an error is reported in-band as ``data: {"error": {...}}`` followed by ``data: [DONE]``, which
-  the OpenAI SDKs raise as ``APIError``.
+- Stop sequences (:func:`stop_at`) are cut from the decrypted answer here; once every choice
+  ended and one was cut, the upstream is closed (or, when the answer's signature must be
+  checked, read to its end and discarded).
+- To the client: each chunk is serialized compactly as ``data: <json>\\n\\n``. The usage chunk
+  (``choices: []``) is relayed only when the client asked for ``stream_options.include_usage``;
+  a chunk left with neither choices nor usage is not relayed. Once bytes were sent, an error is
+  reported in-band as ``data: {"error": {...}}`` followed by ``data: [DONE]``, which the OpenAI
+  SDKs raise as ``APIError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.core.aggregate import CompletionAggregator
 from proxy.core.errors import ProxyError, SSEProtocolError, UpstreamError
-from proxy.core.protocol import ChunkDecryptor
+from proxy.core.response import ChunkRebuilder
 from proxy.core.sse import DONE, SSEDecoder, encode_json
+from proxy.core.stop import ChoiceStops
 
-_ENCRYPTED_FIELDS = ("content", "reasoning_content", "reasoning")
 _DRAIN_LIMIT_BYTES = 64 * 1024
 _DRAIN_LIMIT_S = 2.0
 
@@ -42,6 +47,7 @@ class StreamStats:
     usage: dict[str, Any] | None = None
     cost: Any = None
     completed: bool = False
+    stopped: bool = False  # cut at a stop sequence by the proxy
     error_code: str | None = field(default=None)
     completion_id: str | None = None
 
@@ -60,26 +66,10 @@ def _upstream_error(payload: Mapping[str, Any]) -> UpstreamError:
     return UpstreamError(message, code=code, foreign=True)
 
 
-def has_text(chunk: Mapping[str, Any]) -> bool:
-    """True when any choice of a (decrypted) chunk carries a non-empty text field."""
-    choices = chunk.get("choices")
-    if not isinstance(choices, list):
-        return False
-    for choice in choices:
-        if not isinstance(choice, Mapping):
-            continue
-        body = choice.get("delta")
-        if not isinstance(body, Mapping):
-            body = choice.get("message")
-        if isinstance(body, Mapping) and any(body.get(name) for name in _ENCRYPTED_FIELDS):
-            return True
-    return False
-
-
 Batch = list[dict[str, Any]]
 
 
-def _parse_event(data: str, decryptor: ChunkDecryptor | None, stats: StreamStats) -> dict[str, Any]:
+def _parse_event(data: str, rebuilder: ChunkRebuilder, stats: StreamStats) -> dict[str, Any]:
     try:
         chunk = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -88,22 +78,23 @@ def _parse_event(data: str, decryptor: ChunkDecryptor | None, stats: StreamStats
         raise SSEProtocolError("the upstream sent an event that is not a JSON object")
     if "error" in chunk:
         raise _upstream_error(chunk)
-    if decryptor is not None:
-        decryptor.decrypt_chunk(chunk)
-    if stats.completion_id is None and isinstance(chunk.get("id"), str):
-        stats.completion_id = chunk["id"]
+    if isinstance(chunk.get("cost"), Mapping):
+        stats.cost = chunk["cost"]
+    rebuilt = rebuilder.rebuild(chunk)
+    if stats.completion_id is None and rebuilt["id"]:
+        stats.completion_id = rebuilt["id"]
     stats.chunks += 1
-    return chunk
+    return rebuilt
 
 
 async def decrypted_batches(
-    body: AsyncIterator[bytes], decryptor: ChunkDecryptor | None, stats: StreamStats
-) -> AsyncIterator[Batch]:
-    """Parse and decrypt the upstream event stream until ``[DONE]``, one batch per upstream
-    read (so the client gets one write per read, not one per chunk).
+    body: AsyncIterator[bytes], rebuilder: ChunkRebuilder, stats: StreamStats
+) -> AsyncGenerator[Batch, None]:
+    """Parse, decrypt and rebuild the upstream event stream until ``[DONE]``, one batch per
+    upstream read (so the client gets one write per read, not one per chunk).
 
-    With ``decryptor=None`` (plaintext passthrough) chunks are only parsed. When a chunk fails,
-    the good chunks before it in the same read are yielded first, then the error is raised.
+    When a chunk fails, the good chunks before it in the same read are yielded first, then the
+    error is raised.
     """
     decoder = SSEDecoder()
     async for data in body:
@@ -113,7 +104,7 @@ async def decrypted_batches(
                 if event.data == "[DONE]":
                     stats.completed = True
                     break
-                batch.append(_parse_event(event.data, decryptor, stats))
+                batch.append(_parse_event(event.data, rebuilder, stats))
         except ProxyError:
             if batch:
                 yield batch
@@ -145,6 +136,35 @@ async def _drain(body: AsyncIterator[bytes]) -> None:
                     return
     except (TimeoutError, ProxyError):
         return
+
+
+async def stop_at(
+    batches: AsyncGenerator[Batch, None],
+    stops: ChoiceStops,
+    stats: StreamStats,
+    *,
+    read_to_end: bool = False,
+) -> AsyncGenerator[Batch, None]:
+    """``batches`` with the stop sequences cut out of the answer.
+
+    Once every choice ended and one was cut here, the stream ends (the caller then closes the
+    upstream, which cancels the generation), unless ``read_to_end``: then the rest is read
+    and only usage passes (strict signature checking needs a completed stream).
+    """
+    try:
+        async for batch in batches:
+            out = [kept for chunk in batch if (kept := stops.apply(chunk)) is not None]
+            if out:
+                yield out
+            if stops.done:
+                stats.stopped = True
+                if not read_to_end:
+                    return
+        tail = stops.flush()
+        if tail is not None:
+            yield [tail]
+    finally:
+        await batches.aclose()
 
 
 def is_usage_chunk(chunk: Mapping[str, Any]) -> bool:
@@ -196,11 +216,11 @@ def _client_bytes(batch: Batch, include_usage: bool, stats: StreamStats) -> byte
 def _client_chunk(chunk: dict[str, Any], include_usage: bool, stats: StreamStats) -> bytes | None:
     if is_usage_chunk(chunk):
         stats.usage = chunk["usage"]
-        stats.cost = chunk.pop("cost", None)
         return encode_json(chunk) if include_usage else None
+    if not chunk.get("choices"):
+        return None  # nothing left to say after the rebuild
     if not include_usage:
         chunk.pop("usage", None)
-    chunk.pop("cost", None)
     return encode_json(chunk)
 
 
@@ -215,5 +235,4 @@ async def aggregate(first: Batch, rest: AsyncIterator[Batch], stats: StreamStats
     result = aggregator.result()
     usage = result.get("usage")
     stats.usage = usage if isinstance(usage, dict) else None
-    stats.cost = aggregator.cost
     return result

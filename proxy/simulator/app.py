@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from proxy.core.crypto import address_hex
 from proxy.simulator.catalog import SimModel, find_model, models_list
-from proxy.simulator.chat import ChatAnswer, answer_chat
+from proxy.simulator.chat import ChatAnswer, PolicyViolationError, answer_chat
 from proxy.simulator.chunks import Marker
 from proxy.simulator.decrypt import is_hex
 from proxy.simulator.evidence import TEE_PROVIDER, build_attestation
@@ -215,14 +215,20 @@ def _build_router(state: SimulatorState) -> APIRouter:
         if status is not None:
             raise injected_failure(status)
         raw = await request.body()
-        answer = answer_chat(
-            request.headers,
-            raw,
-            enclave=state.enclave,
-            faults=state.faults,
-            created=int(time.time()),
-            tool_fault=state.take_tool_fault,
-        )
+        try:
+            answer = answer_chat(
+                request.headers,
+                raw,
+                enclave=state.enclave,
+                faults=state.faults,
+                created=int(time.time()),
+                proxy_policy=state.proxy_policy,
+                policy_allows=state.policy_allows,
+                tool_fault=state.take_tool_fault,
+            )
+        except PolicyViolationError as exc:
+            state.policy_violations.extend(exc.paths)
+            raise
         headers = _chat_headers(state, answer)
         if answer.completion is not None:
             data = json.dumps(answer.completion, separators=(",", ":"), ensure_ascii=False)

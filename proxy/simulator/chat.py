@@ -10,9 +10,12 @@ case-insensitive). Checks, in order, each a 400:
 3. algorithm other than ``ecdsa`` -> "Unsupported signing algorithm"
 4. a key that is not a secp256k1 point -> "Invalid public key"
 5. a model key other than the current enclave key -> "Decryption failed" (NEAR body; this is
-   how a key rotation surfaces)
+   how a key rotation surfaces), or under Phala legacy semantics Phala's 400 of type
+   ``e2ee_model_key_mismatch`` (with ``code: null`` and a message that names no key)
 6. ``stream`` not true -> "E2EE requires streaming"
-7. message decryption (:mod:`proxy.simulator.decrypt`; NEAR or Phala legacy semantics)
+7. with ``proxy_policy`` (the proxy's own tests): the proxy's field policy
+   (:mod:`proxy.simulator.policy`) -> :class:`PolicyViolationError`, "proxy policy violation"
+8. message decryption (:mod:`proxy.simulator.decrypt`; NEAR or Phala legacy semantics)
 
 Without the headers the request is served in plaintext, for ``e2ee-`` models too (Venice's
 TEE-only mode), streamed or as one ``chat.completion``. Body validation is deliberately
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +38,14 @@ from proxy.simulator.catalog import SimModel, find_model
 from proxy.simulator.chunks import CompletionMeta, StreamItem, completion_object, stream_items
 from proxy.simulator.decrypt import decrypt_messages_near, decrypt_messages_phala
 from proxy.simulator.faults import Faults
-from proxy.simulator.http_errors import gateway_e2ee_error, near_error, venice_error
+from proxy.simulator.http_errors import (
+    SimulatedHTTPError,
+    gateway_e2ee_error,
+    near_error,
+    phala_error,
+    venice_error,
+)
+from proxy.simulator.policy import policy_violations
 from proxy.simulator.sealing import ResponseSealer
 from proxy.simulator.tools import tool_answer
 
@@ -44,6 +54,7 @@ MODEL_KEY_HEADER = "X-Venice-TEE-Model-Pub-Key"
 SIGNING_ALGO_HEADER = "X-Venice-TEE-Signing-Algo"
 E2EE_HEADERS = (CLIENT_KEY_HEADER, MODEL_KEY_HEADER, SIGNING_ALGO_HEADER)
 MAX_N = 8
+MODEL_KEY_MISMATCH = "e2ee_model_key_mismatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,24 @@ class ChatAnswer:
     enclave: KeyPair = field(repr=False)
     items: Iterator[StreamItem] | None = field(default=None, repr=False)
     completion: dict[str, Any] | None = field(default=None, repr=False)
+
+
+class PolicyViolationError(SimulatedHTTPError):
+    """An E2EE request the proxy's field policy never sends; ``paths`` names what broke it."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(
+            400,
+            {
+                "error": {
+                    "message": "proxy policy violation: " + ", ".join(paths[:20]),
+                    "type": "bad_request",
+                    "param": None,
+                    "code": None,
+                }
+            },
+        )
+        self.paths = list(paths)
 
 
 def _invalid(detail: str) -> Exception:
@@ -81,7 +110,9 @@ def _positive_int(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def _client_key(headers: Mapping[str, str], model: SimModel, enclave: KeyPair) -> bytes | None:
+def _client_key(
+    headers: Mapping[str, str], model: SimModel, enclave: KeyPair, *, phala_legacy: bool = False
+) -> bytes | None:
     """The client key when the request is E2EE (after the header checks), else None."""
     values = {name: headers.get(name) for name in E2EE_HEADERS}
     present = [name for name, value in values.items() if value]
@@ -100,6 +131,8 @@ def _client_key(headers: Mapping[str, str], model: SimModel, enclave: KeyPair) -
     except InvalidPublicKeyError:
         raise gateway_e2ee_error("Invalid public key") from None
     if model_key != enclave.public:
+        if phala_legacy:
+            raise phala_error("X-Model-Pub-Key does not match this instance", MODEL_KEY_MISMATCH)
         raise near_error("Decryption failed")
     return client_key
 
@@ -111,9 +144,12 @@ def answer_chat(
     enclave: KeyPair,
     faults: Faults,
     created: int,
+    proxy_policy: bool = False,
+    policy_allows: Collection[str] = (),
     tool_fault: Callable[[], str | None] | None = None,
 ) -> ChatAnswer:
-    """Validate and answer one chat request. Raises ``SimulatedHTTPError`` on a 4xx.
+    """Validate and answer one chat request. Raises ``SimulatedHTTPError`` on a 4xx
+    (:class:`PolicyViolationError` when ``proxy_policy`` is on and the request breaks it).
 
     ``tool_fault`` is asked for the tool fault to inject (``SimulatorState.take_tool_fault``).
     """
@@ -133,11 +169,15 @@ def answer_chat(
     max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
     stream = body.get("stream") is True
 
-    client_key = _client_key(headers, model, enclave)
+    client_key = _client_key(headers, model, enclave, phala_legacy=faults.phala_legacy)
     sealer: ResponseSealer | None = None
     if client_key is not None:
         if not stream:
             raise gateway_e2ee_error("E2EE requires streaming")
+        if proxy_policy:
+            violations = policy_violations(body, policy_allows)
+            if violations:
+                raise PolicyViolationError(violations)
         if faults.phala_legacy:
             messages = decrypt_messages_phala(messages, enclave.private)
         else:

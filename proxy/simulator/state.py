@@ -66,11 +66,21 @@ class SimulatorState:
     """Everything one simulated server remembers; tests read and poke it directly."""
 
     def __init__(
-        self, api_key: str | None = None, token_delay_s: float = 0.0, seed: int = 0
+        self,
+        api_key: str | None = None,
+        token_delay_s: float = 0.0,
+        seed: int = 0,
+        *,
+        proxy_policy: bool = False,
     ) -> None:
         self._api_key = api_key
         self.token_delay_s = token_delay_s
         self.seed = seed
+        # Strict mode: E2EE requests must follow the proxy's field policy (proxy.simulator.
+        # policy); the paths of every violation are kept here (never their values).
+        self.proxy_policy = proxy_policy
+        self.policy_allows: frozenset[str] = frozenset()
+        self.policy_violations: list[str] = []
         self._generation = 0
         self._enclave = enclave_keypair(seed, 0)
         self._faults = Faults()
@@ -161,8 +171,11 @@ class SimulatorState:
     # -- housekeeping -------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Clear the recorder, counters, faults and stored signatures (the key is kept)."""
+        """Clear the recorder, counters, faults, policy violations and allowances, and stored
+        signatures (the key is kept)."""
         self.requests.clear()
+        self.policy_violations.clear()
+        self.policy_allows = frozenset()
         self.attestation_fetches = 0
         self.chat_requests = 0
         self.streams_completed = 0

@@ -46,15 +46,17 @@ class UpstreamTimeouts:
     idle_s: float = 120.0
 
 
-def _error_message(status: int, payload: Any, text: str) -> tuple[str, str | None]:
-    """Pull a readable message and code out of a Venice or backend error body."""
+def _error_message(status: int, payload: Any, text: str) -> tuple[str, str | None, str | None]:
+    """Pull a readable message, code and type out of a Venice or backend error body."""
     message: str | None = None
     code: str | None = None
+    error_type: str | None = None
     if isinstance(payload, Mapping):
         err = payload.get("error")
         if isinstance(err, Mapping):
             message = err.get("message") if isinstance(err.get("message"), str) else None
             code = err.get("code") if isinstance(err.get("code"), str) else None
+            error_type = err.get("type") if isinstance(err.get("type"), str) else None
         elif isinstance(err, str):
             message = err
         if message is None and isinstance(payload.get("message"), str):
@@ -65,7 +67,7 @@ def _error_message(status: int, payload: Any, text: str) -> tuple[str, str | Non
         message = text.strip() or httpx.codes.get_reason_phrase(status) or "error"
     if len(message) > _MAX_ERROR_MESSAGE:
         message = message[:_MAX_ERROR_MESSAGE] + "..."
-    return message, code
+    return message, code, error_type
 
 
 _STATUS_HINTS: dict[int, str] = {
@@ -82,7 +84,7 @@ def status_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstre
         payload: Any = json.loads(text)
     except (ValueError, RecursionError):
         payload = None
-    message, code = _error_message(status, payload, text)
+    message, code, error_type = _error_message(status, payload, text)
     hint = _STATUS_HINTS.get(status)
     if hint:
         message = f"{hint}: {message}"
@@ -92,6 +94,7 @@ def status_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstre
         code=code,
         retry_after=headers.get("retry-after"),
         ratelimit_reset=headers.get("x-ratelimit-reset-requests") if status == 429 else None,
+        upstream_type=error_type[:64] if error_type else None,
     )
 
 

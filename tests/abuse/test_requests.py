@@ -246,16 +246,28 @@ def test_nul_and_paired_surrogates_are_text(
 
 
 def test_moderately_nested_content_parts_pass(harness: Harness) -> None:
-    nested = [{"type": "text", "text": f"{CANARY} deep"}, {"type": "x", "n": [[[[[[1]]]]]]}]
+    nested = [
+        {"type": "text", "text": f"{CANARY} deep"},
+        {"type": "image_url", "image_url": {"url": "data:,", "n": [[[[[[1]]]]]]}},
+    ]
     response = harness.post(_body(messages=[{"role": "user", "content": nested}]))
     assert response.status_code == 200, response.text
     _assert_good_request_served(harness)
 
 
+def test_unknown_content_part_types_are_refused(harness: Harness) -> None:
+    # Changed on purpose: an unknown part type used to be encrypted and sent; what a backend
+    # does with it (fetch a URL, read a file id) is unknown, so it is refused now.
+    nested = [{"type": "text", "text": f"{CANARY} deep"}, {"type": "x", "n": [[[[[[1]]]]]]}]
+    response = harness.post(_body(messages=[{"role": "user", "content": nested}]))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "messages[0].content[1]"
+    assert harness.fake.chat_requests == 0
+    _assert_good_request_served(harness)
+
+
 SURROGATE_ELSEWHERE = {
     "model": b'{"model": "e2ee-\\ud800", "messages": [{"role": "user", "content": "x"}]}',
-    "metadata": _with_raw(b'"metadata": {"note": "\\ud800"}'),
-    "stop": _with_raw(b'"stop": ["\\udfff"]'),
     "member_name": _with_raw(b'"\\ud800": 1'),
     "message_field": b'{"model": "' + E2EE_MODEL.encode() + b'", "messages": [{"role": "user", '
     b'"content": "x", "tool_call_id": "\\ud800"}]}',
@@ -268,6 +280,22 @@ def test_lone_surrogate_outside_content_is_a_400(harness: Harness, where: str) -
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert harness.fake.chat_requests == 0
+
+
+SURROGATE_KEPT_LOCAL = {
+    # Changed on purpose: these fields never leave the proxy any more (metadata is local only,
+    # stop is enforced on the decrypted answer), so their text cannot break the upstream JSON.
+    "metadata": _with_raw(b'"metadata": {"note": "\\ud800"}'),
+    "stop": _with_raw(b'"stop": ["\\udfff"]'),
+}
+
+
+@pytest.mark.parametrize("where", list(SURROGATE_KEPT_LOCAL))
+def test_lone_surrogate_in_a_local_field_is_harmless(harness: Harness, where: str) -> None:
+    response = harness.post(SURROGATE_KEPT_LOCAL[where])
+    assert response.status_code == 200, response.text
+    (sent,) = [r for r in harness.fake.requests if r.path.endswith("/chat/completions")]
+    assert where not in json.loads(sent.body)
 
 
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])

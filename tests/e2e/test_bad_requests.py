@@ -149,26 +149,73 @@ def test_unknown_route_and_method(proxy: ThreadedServer) -> None:
     _assert_envelope(httpx.get(proxy.url + "/v1/chat/completions"), 405)
 
 
-def test_unknown_fields_pass_through(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
-    body = json.loads(_user(CANARY))
-    body["some_future_openai_param"] = {"a": 1}
-    body["temperature"] = 0.3
-    response = _post(proxy, json.dumps(body).encode())
-    assert response.status_code == 200
-    sent = json.loads(
+def _sent(sim_state: SimulatorState) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(
         next(r.body for r in sim_state.requests if r.path.endswith("/chat/completions"))
     )
-    assert sent["some_future_openai_param"] == {"a": 1}
+    return body
+
+
+def test_unknown_scalar_fields_are_forwarded(
+    proxy: ThreadedServer, sim_state: SimulatorState
+) -> None:
+    # A new sampling knob must not break clients: numbers and booleans carry no text.
+    body = json.loads(_user(CANARY))
+    body["some_future_openai_knob"] = 0.5
+    body["some_future_switch"] = True
+    body["temperature"] = 0.3
+    response = _post(proxy, json.dumps(body).encode())
+    assert response.status_code == 200, response.text
+    sent = _sent(sim_state)
+    assert sent["some_future_openai_knob"] == 0.5
+    assert sent["some_future_switch"] is True
     assert sent["temperature"] == 0.3
 
 
-def test_request_id_is_echoed(proxy: ThreadedServer) -> None:
+def test_unknown_fields_that_can_hold_text_are_refused(
+    proxy: ThreadedServer, sim_state: SimulatorState
+) -> None:
+    # Previously passed through as they came; an object or a string could carry the prompt.
+    for value in ({"a": 1}, "text", ["x"]):
+        body = json.loads(_user(CANARY))
+        body["some_future_openai_param"] = value
+        error = _assert_envelope(
+            _post(proxy, json.dumps(body).encode()), 400, "some_future_openai_param"
+        )
+        assert error["code"] == "e2ee_unsupported"
+        assert "privacy.forward_fields" in error["message"]
+    assert sim_state.chat_requests == 0
+
+
+def test_forward_fields_lets_a_listed_unknown_field_through(
+    make_proxy: Any, sim_state: SimulatorState
+) -> None:
+    server = make_proxy(privacy={"forward_fields": ["some_future_openai_param"]})
+    sim_state.policy_allows = frozenset({"some_future_openai_param"})
+    body = json.loads(_user(CANARY))
+    body["some_future_openai_param"] = {"a": 1}
+    response = _post(server, json.dumps(body).encode())
+    assert response.status_code == 200, response.text
+    assert _sent(sim_state)["some_future_openai_param"] == {"a": 1}
+
+
+def test_request_id_is_echoed_but_stays_local(
+    proxy: ThreadedServer, sim_state: SimulatorState, log_lines: Any
+) -> None:
     response = httpx.post(
         proxy.url + "/v1/chat/completions",
         content=_user(CANARY),
         headers={"content-type": "application/json", "x-request-id": "abc-123"},
     )
+    assert response.status_code == 200, response.text
     assert response.headers["x-request-id"] == "abc-123"
+    # Upstream gets the proxy's own id, never the client's (it could name the user or session).
+    (chat,) = [r for r in sim_state.requests if r.path.endswith("/chat/completions")]
+    assert chat.headers["x-request-id"].startswith("req_")
+    assert "abc-123" not in chat.headers.values()
+    records = [json.loads(line) for line in log_lines() if '"chat_request"' in line]
+    assert records[-1]["client_request_id"] == "abc-123"
+    assert records[-1]["request_id"] == chat.headers["x-request-id"]
     generated = _post(proxy, b"{")
     assert generated.headers["x-request-id"].startswith("req_")
 

@@ -93,6 +93,83 @@ def test_multi_turn_history_every_role_encrypted(
     assert len(sent["messages"][4]["content"]) == crypto.MIN_BLOB_HEX  # "" encrypted too
 
 
+@pytest.mark.parametrize("text", ['["a", "b"]', f'[{{"type": "text", "text": "{CANARY}"}}]'])
+def test_a_user_string_that_parses_as_a_json_array_stays_a_string(
+    proxy: ThreadedServer, sim_state: SimulatorState, text: str
+) -> None:
+    # The backends json.loads decrypted content: sent as is, this would become content parts.
+    completion = client(proxy).chat.completions.create(
+        model=E2EE_MODEL, messages=[{"role": "user", "content": text}]
+    )
+    assert completion.choices[0].message.content == f"You said: {text} — ok ✓ 🦊"
+    (sent,) = chat_requests(sim_state)
+    assert crypto.looks_like_ciphertext(sent["messages"][0]["content"])
+
+
+def test_every_relayed_chunk_is_built_from_the_allowlist(proxy: ThreadedServer) -> None:
+    with httpx.stream(
+        "POST",
+        proxy.url + "/v1/chat/completions",
+        json={
+            "model": REASONING_MODEL,
+            "messages": [{"role": "user", "content": CANARY}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as response:
+        body = response.read()
+    events = [json.loads(e[6:]) for e in body.split(b"\n\n") if e.startswith(b"data: {")]
+    assert events
+    for event in events:
+        assert set(event) <= {"id", "object", "created", "model", "choices", "usage"}
+        for choice in event["choices"]:
+            assert set(choice) == {"index", "delta", "logprobs", "finish_reason"}
+            assert set(choice["delta"]) <= {"role", "content", "reasoning_content", "reasoning"}
+    assert set(events[-1]["usage"]) <= {"prompt_tokens", "completion_tokens", "total_tokens"}
+
+
+def test_venice_parameters_that_carry_no_text_are_forwarded(
+    proxy: ThreadedServer, sim_state: SimulatorState
+) -> None:
+    client(proxy).chat.completions.create(
+        model=E2EE_MODEL,
+        messages=[{"role": "user", "content": CANARY}],
+        temperature=0.2,
+        reasoning_effort="low",
+        extra_body={
+            "venice_parameters": {"disable_thinking": True, "enable_web_search": "off"},
+            "top_k": 20,
+        },
+    )
+    (sent,) = chat_requests(sim_state)
+    assert sent["venice_parameters"] == {"disable_thinking": True}
+    assert (sent["temperature"], sent["reasoning_effort"], sent["top_k"]) == (0.2, "low", 20)
+
+
+def test_web_search_is_refused_in_any_form(
+    proxy: ThreadedServer, sim_state: SimulatorState
+) -> None:
+    forms: list[dict[str, Any]] = [
+        {"web_search_options": {"user_location": {"approximate": {"city": CANARY}}}},
+        {"venice_parameters": {"enable_web_search": "auto"}},
+        {"venice_parameters": {"enable_web_scraping": True}},
+    ]
+    for form in forms:
+        with pytest.raises(openai.BadRequestError) as info:
+            client(proxy).chat.completions.create(
+                model=E2EE_MODEL, messages=[{"role": "user", "content": CANARY}], extra_body=form
+            )
+        assert info.value.code == "e2ee_unsupported"
+        assert "outside the enclave" in info.value.message
+    with pytest.raises(openai.BadRequestError) as suffix:
+        client(proxy).chat.completions.create(
+            model=E2EE_MODEL + ":enable_web_search=on",
+            messages=[{"role": "user", "content": CANARY}],
+        )
+    assert suffix.value.param == "model"
+    assert chat_requests(sim_state) == []
+
+
 def test_unicode_survives_chunk_splits(proxy: ThreadedServer) -> None:
     prompt = f"héllo wörld ✓ 🦊 日本語 {CANARY}"
     stream = client(proxy).chat.completions.create(
@@ -189,12 +266,16 @@ def test_tools_are_refused(proxy: ThreadedServer, sim_state: SimulatorState) -> 
 
 
 def test_non_e2ee_model_is_refused(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
-    with pytest.raises(openai.NotFoundError) as info:
+    # 400, not 404: the model exists; clients report a 404 as "model not found".
+    with pytest.raises(openai.BadRequestError) as info:
         client(proxy).chat.completions.create(
             model=PLAIN_MODEL, messages=[{"role": "user", "content": CANARY}]
         )
+    assert info.value.status_code == 400
     assert info.value.code == "model_not_e2ee"
+    assert info.value.type == "invalid_request_error"
     assert PLAIN_MODEL in info.value.message
+    assert "privacy.passthrough_models" in info.value.message
     assert chat_requests(sim_state) == []
 
 
@@ -207,7 +288,7 @@ def test_unknown_model_is_404(proxy: ThreadedServer) -> None:
 
 
 def test_passthrough_is_explicit(make_proxy: ProxyFactory, sim_state: SimulatorState) -> None:
-    server = make_proxy(privacy={"non_e2ee": "passthrough"})
+    server = make_proxy(privacy={"non_e2ee": "passthrough", "passthrough_models": [PLAIN_MODEL]})
     raw = client(server).chat.completions.with_raw_response.create(
         model=PLAIN_MODEL, messages=[{"role": "user", "content": "plain hello"}]
     )
@@ -215,6 +296,47 @@ def test_passthrough_is_explicit(make_proxy: ProxyFactory, sim_state: SimulatorS
     completion = raw.parse()
     assert completion.choices[0].message.content is not None
     assert completion.choices[0].message.content.startswith("You said: plain hello")
+    ids = [model.id for model in client(server).models.list()]
+    assert PLAIN_MODEL in ids
+
+
+def test_passthrough_applies_only_to_listed_models(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    # Passthrough is on, but the plaintext model is not listed: the catalogue does not decide.
+    server = make_proxy(privacy={"non_e2ee": "passthrough", "passthrough_models": ["other"]})
+    with pytest.raises(openai.BadRequestError) as info:
+        client(server).chat.completions.create(
+            model=PLAIN_MODEL, messages=[{"role": "user", "content": CANARY}]
+        )
+    assert info.value.code == "model_not_e2ee"
+    assert chat_requests(sim_state) == []
+    assert PLAIN_MODEL not in [model.id for model in client(server).models.list()]
+
+
+def test_passthrough_follows_the_field_policy(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    # Plaintext by choice, but the same rules: local-only fields stay local, refusals refuse.
+    server = make_proxy(privacy={"non_e2ee": "passthrough", "passthrough_models": [PLAIN_MODEL]})
+    completion = client(server).chat.completions.create(
+        model=PLAIN_MODEL,
+        messages=[{"role": "user", "content": "plain hello"}],
+        user="someone@example.com",
+        metadata={"session": "s1"},
+        stop=["hello"],
+        temperature=0.2,
+    )
+    assert completion.choices[0].message.content == "You said: plain "
+    assert completion.choices[0].finish_reason == "stop"
+    (sent,) = chat_requests(sim_state)
+    assert sent["temperature"] == 0.2
+    assert not {"user", "metadata", "stop"} & set(sent)
+    with pytest.raises(openai.BadRequestError) as info:
+        client(server).chat.completions.create(
+            model=PLAIN_MODEL, messages=[{"role": "user", "content": "x"}], logprobs=True
+        )
+    assert info.value.param == "logprobs"
 
 
 def test_aliases(make_proxy: ProxyFactory) -> None:
@@ -379,6 +501,23 @@ def test_key_rotation_reattests_and_retries_once(
     assert CANARY in completion.choices[0].message.content
     assert sim_state.attestation_fetches == 2
     assert sim_state.chat_requests == 3  # first, rejected with the old key, retried
+
+
+def test_phala_key_mismatch_reattests_and_retries_once(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    # Phala answers a stale key with 400 {"type": "e2ee_model_key_mismatch", "code": null}
+    # and a message that names no key: the proxy must read the type.
+    sim_state.faults = Faults(phala_legacy=True)
+    server = make_proxy()
+    messages: Any = [{"role": "user", "content": CANARY}]
+    client(server).chat.completions.create(model=E2EE_MODEL, messages=messages)
+    sim_state.rotate_key()
+    completion = client(server).chat.completions.create(model=E2EE_MODEL, messages=messages)
+    assert completion.choices[0].message.content is not None
+    assert CANARY in completion.choices[0].message.content
+    assert sim_state.attestation_fetches == 2
+    assert sim_state.chat_requests == 3
 
 
 def test_phala_legacy_backend(make_proxy: ProxyFactory, sim_state: SimulatorState) -> None:

@@ -125,7 +125,7 @@ def test_ai_sdk_default_provider_uses_the_responses_api(
 @pytest.mark.parametrize(
     ("scenario", "param"),
     [
-        ("ai_responses_tools", "tools"),
+        ("ai_responses_tools", "tool_choice"),
         ("ai_chat_tools", "tools"),
         ("ai_responses_object", "text.format"),
     ],

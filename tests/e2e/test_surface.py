@@ -91,7 +91,7 @@ def test_embeddings_say_why_they_are_not_served(proxy: ThreadedServer) -> None:
 
 
 def test_passthrough_is_explained_when_it_is_on(make_proxy: ProxyFactory) -> None:
-    server = make_proxy(privacy={"non_e2ee": "passthrough"})
+    server = make_proxy(privacy={"non_e2ee": "passthrough", "passthrough_models": [PLAIN_MODEL]})
     answer = httpx.post(server.url + "/v1/audio/speech", json={})
     assert answer.status_code == 404
     message = answer.json()["error"]["message"]

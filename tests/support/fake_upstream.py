@@ -67,7 +67,10 @@ Kind = Literal[
     "no_done",  # good prefix, finish and usage chunks, clean end of body, no [DONE]
     "bad_status_line",  # ``payload`` instead of an HTTP status line
     "flood",  # an endless fast stream of big sealed chunks, written with back-pressure
+    "script",  # good prefix, then ``events`` (SEAL: strings sealed), then a clean end
 ]
+
+SEAL = "SEAL:"  # in a scripted event, a string starting with this is sent sealed
 
 MODEL = "e2ee-simulated-near"
 COMPLETION_ID = "chatcmpl-fake-upstream"
@@ -88,6 +91,9 @@ class Behaviour:
     # Wait for FakeUpstream.release() between the good prefix and the fault, so that the proxy
     # has read the prefix on its own before the fault arrives (no coalesced read).
     hold: bool = False
+    # "script": the chunks sent after the prefix (top-level objects; every string value that
+    # starts with SEAL is replaced by that text sealed to the request's client key).
+    events: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +148,20 @@ class SealedStream:
 
     def text(self, plaintext: str) -> bytes:
         return _delta_event({"content": seal_text(self.client_public, plaintext)})
+
+    def scripted(self, event: dict[str, Any]) -> bytes:
+        """``event`` as a chunk (id, object, created and model added unless given)."""
+
+        def seal(value: Any) -> Any:
+            if isinstance(value, str) and value.startswith(SEAL):
+                return seal_text(self.client_public, value[len(SEAL) :])
+            if isinstance(value, dict):
+                return {k: seal(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [seal(v) for v in value]
+            return value
+
+        return _event({**_chunk_obj([]), **seal(event)})
 
     def prefix(self, text_chunks: int) -> bytes:
         return self.role() + b"".join(self.text(token_text(i)) for i in range(text_chunks))
@@ -447,6 +467,10 @@ class FakeUpstream:
         elif kind == "flood":
             await self._flood(writer, reader, stream, plan.size)
             return
+        elif kind == "script":
+            body = b"".join(stream.scripted(event) for event in plan.events)
+            scripted = _chunk(body) if body else b""  # an empty chunk would end the body
+            await send(scripted + _chunk(stream.end(plan.text_chunks)) + _LAST_CHUNK)
         await self._until_peer_closes(reader)
 
     def _fixed_body(self, kind: Kind, stream: SealedStream) -> bytes:

@@ -72,6 +72,16 @@ def test_env_nested_json(monkeypatch: pytest.MonkeyPatch) -> None:
         ('[attestation.pins."m"]\nmrtd = ["abc"]\n', "attestation.pins.m"),
         ('[signatures]\nmode = "sometimes"\n', "signatures.mode"),
         ('[privacy]\nnon_e2ee = "allow"\n', "privacy.non_e2ee"),
+        ('[privacy]\nnon_e2ee = "passthrough"\n', "privacy.passthrough_models"),
+        ('[privacy]\npassthrough_models = ["e2ee-glm-5-1"]\n', "never sent prompts in plaintext"),
+        ('[privacy]\nforward_fields = ["user"]\n', "has its own rule (local only)"),
+        ('[privacy]\nforward_fields = ["logprobs"]\n', "has its own rule (refused)"),
+        ('[privacy]\nforward_fields = ["Bad-Name"]\n', "not a lower-case field name"),
+        ('[privacy]\nforward_fields = ["metadata.x"]\n', "venice_parameters.<key>"),
+        (
+            '[privacy]\nforward_fields = ["venice_parameters.character_slug"]\n',
+            "has its own rule (refused)",
+        ),
         ('[server]\nport = "eighty"\n', "server.port"),
         ("[server]\nprot = 1\n", "server.prot"),
         ('[upstream]\nbase_url = "ftp://x"\n', "upstream.base_url"),
@@ -116,3 +126,23 @@ def test_api_key_is_not_a_config_file_setting(tmp_path: Path) -> None:
     config.write_text('[upstream]\napi_key = "sk-leak"\n')
     with pytest.raises(SettingsError, match=r"upstream\.api_key"):
         load_settings(config, environ={})
+
+
+def test_privacy_settings_that_are_allowed() -> None:
+    settings = load_settings(
+        overrides={
+            "privacy": {
+                "non_e2ee": "passthrough",
+                "passthrough_models": ["simulated-plain"],
+                "forward_fields": [
+                    "some_new_field",
+                    "logit_bias",
+                    "stop_token_ids",
+                    "venice_parameters.some_new_key",
+                ],
+            }
+        },
+        environ={},
+    )
+    assert settings.privacy.passthrough_models == ["simulated-plain"]
+    assert "logit_bias" in settings.privacy.forward_fields

@@ -1,4 +1,9 @@
-"""Folding decrypted stream chunks into one OpenAI chat.completion."""
+"""Folding rebuilt, decrypted stream chunks into one OpenAI chat.completion.
+
+The aggregator's input is what :class:`proxy.core.response.ChunkRebuilder` produced (see
+tests/unit/core/test_response.py for what never gets that far: refusals, tool calls, logprobs,
+list content, Venice's cost).
+"""
 
 from __future__ import annotations
 
@@ -65,8 +70,7 @@ def test_single_choice_shape() -> None:
         ],
         "usage": USAGE_CHUNK["usage"],
     }
-    assert aggregator.cost == {"usd": 0.0012, "diem": 0.5}
-    assert "cost" not in aggregator.result()
+    assert "cost" not in aggregator.result()  # Venice's price is logged by the relay
 
 
 def test_multi_choice_sorted_and_interleaved() -> None:
@@ -131,42 +135,33 @@ def test_usage_is_copied_and_extra_fields_kept() -> None:
     assert aggregator.result()["usage"]["prompt_tokens"] == 10
 
 
-def test_fingerprint_and_service_tier_only_when_present() -> None:
+def test_fingerprint_only_when_present_and_service_tier_never() -> None:
     plain = aggregate([chunk([delta(content="x")])]).result()
     assert "system_fingerprint" not in plain
-    assert "service_tier" not in plain
     tagged = aggregate(
         [chunk([delta(content="x")], system_fingerprint="fp_1", service_tier="default")]
     ).result()
     assert tagged["system_fingerprint"] == "fp_1"
-    assert tagged["service_tier"] == "default"
+    assert "service_tier" not in tagged  # OpenAI bookkeeping, dropped by the field policy
 
 
-def test_logprobs_are_merged() -> None:
+def test_result_never_carries_refusal_or_logprobs() -> None:
+    # Refusals and logprob tokens end the answer in the rebuilder (text the proxy did not
+    # decrypt); whatever reaches the aggregator, its result says null for both.
     first = {"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [{"token": "a"}]}}
-    second = {
-        "index": 0,
-        "delta": {"content": "b"},
-        "logprobs": {"content": [{"token": "b"}], "refusal": None},
-        "finish_reason": "stop",
-    }
+    second = {"index": 0, "delta": {"content": "b", "refusal": "no"}, "finish_reason": "stop"}
     result = aggregate([chunk([first]), chunk([second])]).result()
-    assert result["choices"][0]["logprobs"] == {"content": [{"token": "a"}, {"token": "b"}]}
-
-
-def test_refusal_is_collected() -> None:
-    result = aggregate(
-        [chunk([delta(refusal="I can't")]), chunk([delta(refusal=" help", finish="stop")])]
-    ).result()
-    assert result["choices"][0]["message"]["refusal"] == "I can't help"
-    assert result["choices"][0]["message"]["content"] == ""
-
-
-def test_list_content_parts_are_joined() -> None:
-    result = aggregate(
-        [chunk([delta(content=[{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])])]
-    ).result()
+    assert result["choices"][0]["logprobs"] is None
+    assert result["choices"][0]["message"]["refusal"] is None
     assert result["choices"][0]["message"]["content"] == "ab"
+
+
+def test_only_string_content_is_joined() -> None:
+    # The rebuilder turns text parts into one decrypted string; anything else is not text here.
+    result = aggregate(
+        [chunk([delta(content=[{"type": "text", "text": "a"}])]), chunk([delta(content="b")])]
+    ).result()
+    assert result["choices"][0]["message"]["content"] == "b"
 
 
 def test_first_id_created_model_win() -> None:

@@ -1,0 +1,378 @@
+"""Response chunks rebuilt from the allowlist, with the real crypto on the enclave side.
+
+Cases carried over from the former ``test_protocol.py`` keep their names. Changed on purpose:
+``rebuild`` returns a new chunk (nothing is patched in place); list content comes back as one
+joined string; completions-style ``text`` and chunks whose ``choices`` is not a list fail
+closed instead of being decrypted or passed through.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from proxy.core import crypto
+from proxy.core.errors import (
+    DecryptionError,
+    PlaintextInStreamError,
+    ProxyError,
+)
+from proxy.core.response import ChunkDecryptor, ChunkRebuilder, has_text
+
+CLIENT = crypto.keypair_from_private(bytes.fromhex("33" * 32))
+INJECTED = "INJECTED text the proxy never decrypted"
+
+
+def sealed(text: str, *, ephemeral: bytes | None = None) -> str:
+    return crypto.seal(CLIENT.public, text.encode(), ephemeral_private=ephemeral).hex()
+
+
+def delta_chunk(**delta: Any) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+def rebuild(chunk: dict[str, Any]) -> dict[str, Any]:
+    return ChunkDecryptor(CLIENT.private).rebuild(chunk)
+
+
+def first_delta(chunk: dict[str, Any]) -> dict[str, Any]:
+    delta: dict[str, Any] = rebuild(chunk)["choices"][0]["delta"]
+    return delta
+
+
+# --- decryption (carried over) ---------------------------------------------------------------
+
+
+def test_encrypted_delta_decrypts_into_a_new_chunk() -> None:
+    chunk = delta_chunk(role="assistant", content=sealed("Hello é"))
+    before = copy.deepcopy(chunk)
+    result = rebuild(chunk)
+    assert result is not chunk
+    assert chunk == before  # never patched in place
+    assert result == {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": "Hello é"},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        ],
+    }
+
+
+def test_reasoning_fields_decrypt() -> None:
+    delta = first_delta(delta_chunk(reasoning_content=sealed("think"), reasoning=sealed("also")))
+    assert delta == {"reasoning_content": "think", "reasoning": "also"}
+
+
+def test_non_stream_message_decrypts() -> None:
+    chunk: dict[str, Any] = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": sealed("hi")}}]
+    }
+    assert rebuild(chunk)["choices"][0]["message"]["content"] == "hi"
+
+
+def test_multiple_choices_decrypt() -> None:
+    chunk: dict[str, Any] = {
+        "choices": [
+            {"index": 0, "delta": {"content": sealed("a")}},
+            {"index": 1, "delta": {"content": sealed("b")}},
+        ]
+    }
+    assert [c["delta"]["content"] for c in rebuild(chunk)["choices"]] == ["a", "b"]
+
+
+def test_list_content_parts_decrypt_and_join() -> None:
+    chunk = delta_chunk(
+        content=[{"type": "text", "text": sealed("part ")}, {"type": "text", "text": sealed("2")}]
+    )
+    assert first_delta(chunk)["content"] == "part 2"
+
+
+def test_uppercase_hex_blob_is_accepted() -> None:
+    blob = sealed("up")
+    assert first_delta(delta_chunk(content="04" + blob[2:].upper()))["content"] == "up"
+
+
+@pytest.mark.parametrize("position", [0, 70, 80, 100, -1])
+def test_one_byte_tamper_fails(position: int) -> None:
+    raw = bytearray(bytes.fromhex(sealed("secret text")))
+    raw[position] ^= 0x01
+    with pytest.raises((DecryptionError, PlaintextInStreamError)) as info:
+        rebuild(delta_chunk(content=raw.hex()))
+    if position != 0:
+        assert isinstance(info.value, DecryptionError)
+    assert "secret" not in str(info.value)
+
+
+def test_tampered_ciphertext_raises_decryption_error_without_detail() -> None:
+    raw = bytearray(bytes.fromhex(sealed("secret text")))
+    raw[90] ^= 0x80
+    with pytest.raises(DecryptionError) as info:
+        rebuild(delta_chunk(content=raw.hex()))
+    assert info.value.message == DecryptionError.default_message
+
+
+def test_wrong_recipient_fails() -> None:
+    other = crypto.generate_keypair()
+    blob = crypto.seal(other.public, b"not for you").hex()
+    with pytest.raises(DecryptionError):
+        rebuild(delta_chunk(content=blob))
+
+
+def test_blob_with_invalid_point_fails() -> None:
+    with pytest.raises(DecryptionError):
+        rebuild(delta_chunk(content="04" + "01" * 64 + "00" * 28))
+
+
+def test_invalid_utf8_plaintext_fails() -> None:
+    blob = crypto.seal(CLIENT.public, b"\xff\xfe").hex()
+    with pytest.raises(DecryptionError):
+        rebuild(delta_chunk(content=blob))
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        " ",
+        "\n",
+        "Hello",
+        "04abcdef",  # short hex
+        "04" + "ab" * 91 + "a",  # odd length
+        "05" + "ab" * 92,  # wrong prefix
+        "04" + "zz" * 92,  # not hex
+    ],
+)
+@pytest.mark.parametrize("field", ["content", "reasoning_content", "reasoning"])
+def test_plaintext_in_stream_fails_closed(plaintext: str, field: str) -> None:
+    with pytest.raises(PlaintextInStreamError):
+        rebuild(delta_chunk(**{field: plaintext}))
+
+
+@pytest.mark.parametrize("value", [5, True, {"text": "x"}])
+def test_non_string_field_fails_closed(value: Any) -> None:
+    with pytest.raises(PlaintextInStreamError):
+        rebuild(delta_chunk(content=value))
+
+
+def test_plaintext_text_part_fails_closed() -> None:
+    with pytest.raises(PlaintextInStreamError):
+        rebuild(delta_chunk(content=[{"type": "text", "text": "leak"}]))
+
+
+def test_empty_and_none_pass_unchanged() -> None:
+    delta = first_delta(delta_chunk(role="assistant", content="", reasoning_content=None))
+    assert delta == {"role": "assistant", "content": ""}
+    assert first_delta(delta_chunk(content=None)) == {"content": None}
+
+
+def test_usage_chunk_keeps_numbers_and_drops_cost() -> None:
+    usage = {
+        "id": "c",
+        "choices": [],
+        "usage": {
+            "prompt_tokens": 1,
+            "completion_tokens": 2,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": None,
+        },
+        "cost": {"usd": 0.0},
+    }
+    out = rebuild(usage)
+    assert out["choices"] == []
+    assert out["usage"] == usage["usage"]
+    assert "cost" not in out
+
+
+def test_cached_key_path_with_repeated_ephemeral() -> None:
+    ephemeral = bytes.fromhex("44" * 32)
+    decryptor = ChunkDecryptor(CLIENT.private)
+    words = ["one", " two", " three"]
+    out = []
+    for word in words:
+        chunk = delta_chunk(content=sealed(word, ephemeral=ephemeral))
+        out.append(decryptor.rebuild(chunk)["choices"][0]["delta"]["content"])
+    assert out == words
+    # A tampered blob under a cached key still fails.
+    raw = bytearray(bytes.fromhex(sealed("four", ephemeral=ephemeral)))
+    raw[-1] ^= 0x01
+    with pytest.raises(DecryptionError):
+        decryptor.rebuild(delta_chunk(content=raw.hex()))
+
+
+def test_key_cache_is_bounded_and_stays_correct() -> None:
+    decryptor = ChunkDecryptor(CLIENT.private)
+    for i in range(40):
+        chunk = delta_chunk(content=sealed(f"t{i}"))
+        assert decryptor.rebuild(chunk)["choices"][0]["delta"]["content"] == f"t{i}"
+    assert len(decryptor._keys) <= 8
+    decryptor.clear()
+    assert not decryptor._keys
+
+
+def test_decryptor_repr_hides_key() -> None:
+    assert CLIENT.private.hex() not in repr(ChunkDecryptor(CLIENT.private))
+
+
+def test_malformed_choices_fail_closed() -> None:
+    """Shapes that could carry text past the decryptor are refused, not passed through."""
+    decryptor = ChunkDecryptor(crypto.generate_keypair().private)
+    for chunk in (
+        {"choices": ["leaked text"]},
+        {"choices": [{"index": 0, "delta": "leaked text"}]},
+        {"choices": [{"index": 0, "message": ["leaked"]}]},
+        {"choices": [{"index": "0", "delta": {}}]},
+        {"choices": [{"index": -1, "delta": {}}]},
+    ):
+        with pytest.raises(ProxyError):
+            decryptor.rebuild(chunk)
+    with pytest.raises(PlaintextInStreamError):
+        decryptor.rebuild({"choices": [{"index": 0, "text": "completions-style leak"}]})
+
+
+def test_completions_style_text_fails_closed_even_when_sealed() -> None:
+    # Previously decrypted and relayed as ``text``: not a chat field, so not relayed at all.
+    with pytest.raises(PlaintextInStreamError):
+        rebuild({"choices": [{"index": 0, "text": sealed("hi")}]})
+
+
+# --- the allowlist: every injection of the issue ---------------------------------------------
+
+
+INJECTIONS: dict[str, dict[str, Any]] = {
+    "choices_as_object": {"choices": {"0": {"delta": {"content": INJECTED}}}},
+    "choices_as_string": {"choices": INJECTED},
+    "refusal": delta_chunk(refusal=INJECTED),
+    "tool_calls": delta_chunk(
+        tool_calls=[{"index": 0, "function": {"name": "f", "arguments": INJECTED}}]
+    ),
+    "function_call": delta_chunk(function_call={"name": "f", "arguments": INJECTED}),
+    "audio_transcript": delta_chunk(audio={"id": "a", "transcript": INJECTED}),
+    "annotations": delta_chunk(annotations=[{"type": "url_citation", "url": INJECTED}]),
+    "logprobs": {
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"content": sealed("x")},
+                "logprobs": {"content": [{"token": INJECTED, "logprob": -0.1}]},
+            }
+        ]
+    },
+    "plain_string_in_content_array": delta_chunk(content=[INJECTED]),
+    "plaintext_part_in_content_array": delta_chunk(content=[{"type": "text", "text": INJECTED}]),
+    "image_part_in_content_array": delta_chunk(
+        content=[{"type": "image_url", "image_url": {"url": INJECTED}}]
+    ),
+    "unknown_delta_key": delta_chunk(content=sealed("ok"), note=INJECTED),
+    "unknown_choice_key": {"choices": [{"index": 0, "delta": {}, "note": INJECTED}]},
+    "unknown_top_level_key": {"notice": INJECTED, "choices": []},
+    "message_refusal": {"choices": [{"index": 0, "message": {"refusal": INJECTED}}]},
+    "usage_text": {"choices": [], "usage": {"prompt_tokens": 1, "note": INJECTED}},
+    "finish_reason_text": {"choices": [{"index": 0, "delta": {}, "finish_reason": INJECTED}]},
+    "finish_reason_tool_calls": {
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]
+    },
+    "role_text": delta_chunk(role=INJECTED),
+    "prompt_logprobs": {"choices": [], "prompt_logprobs": [{"1": {"decoded_token": INJECTED}}]},
+    "web_search_citations": {
+        "choices": [],
+        "venice_parameters": {"web_search_citations": [{"title": "t", "url": "u"}]},
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(INJECTIONS))
+def test_text_the_proxy_did_not_decrypt_ends_the_answer(name: str) -> None:
+    rebuilders: list[ChunkRebuilder] = [ChunkDecryptor(CLIENT.private)]
+    if name != "plaintext_part_in_content_array":  # plaintext is what passthrough expects
+        rebuilders.append(ChunkRebuilder())
+    for rebuilder in rebuilders:
+        with pytest.raises(ProxyError) as info:
+            rebuilder.rebuild(copy.deepcopy(INJECTIONS[name]))
+        assert INJECTED not in info.value.message
+        assert info.value.http_status == 502
+
+
+def test_harmless_unknown_metadata_is_dropped() -> None:
+    chunk = {
+        "id": "chatcmpl-1",
+        "created": 5,
+        "model": "e2ee-glm-5-1",
+        "system_fingerprint": "fp_1",
+        "service_tier": "default",
+        "prompt_token_ids": [1, 2, 3],
+        "kv_transfer_params": None,
+        "venice_parameters": {"character_slug": "venice", "web_search_citations": []},
+        "choices": [
+            {
+                "index": 0,
+                "delta": {
+                    "content": sealed("ok"),
+                    "tool_calls": [],
+                    "refusal": None,
+                    "audio": None,
+                    "token_count": 3,
+                },
+                "logprobs": None,
+                "stop_reason": "</s>",
+                "matched_stop": 151643,
+                "token_ids": [7],
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    assert rebuild(chunk) == {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 5,
+        "model": "e2ee-glm-5-1",
+        "system_fingerprint": "fp_1",
+        "choices": [
+            {"index": 0, "delta": {"content": "ok"}, "logprobs": None, "finish_reason": "stop"}
+        ],
+    }
+
+
+@pytest.mark.parametrize("value", ["has spaces in it", "x" * 300, 42, None, ""])
+def test_metadata_that_is_not_a_short_token_is_dropped(value: Any) -> None:
+    out = rebuild({"id": value, "model": value, "system_fingerprint": value, "choices": []})
+    assert out["id"] == ""
+    assert out["model"] == ""
+    assert "system_fingerprint" not in out
+
+
+def test_usage_keeps_only_openai_token_counts() -> None:
+    usage = {
+        "prompt_tokens": 1,
+        "total_tokens": 1.0,
+        "Free text here": 2,
+        "ok": True,
+        "prompt_tokens_details": {"cached_tokens": 1, "other": 2, "audio_tokens": "x"},
+    }
+    with_text = rebuild({"choices": [], "usage": {**usage, "prompt_tokens_details": {}}})
+    assert with_text["usage"] == {
+        "prompt_tokens": 1,
+        "total_tokens": 1.0,
+        "prompt_tokens_details": {},
+    }
+    with pytest.raises(PlaintextInStreamError):
+        rebuild({"choices": [], "usage": usage})  # "x" is text in usage
+
+
+def test_passthrough_rebuilder_takes_plaintext_but_keeps_the_allowlist() -> None:
+    out = ChunkRebuilder().rebuild(delta_chunk(role="assistant", content="plain words"))
+    assert out["choices"][0]["delta"] == {"role": "assistant", "content": "plain words"}
+
+
+def test_has_text() -> None:
+    assert has_text(rebuild(delta_chunk(content=sealed("a"))))
+    assert has_text(rebuild(delta_chunk(reasoning=sealed("a"))))
+    assert not has_text(rebuild(delta_chunk(role="assistant", content="")))
+    assert not has_text(rebuild({"choices": [], "usage": {"total_tokens": 1}}))
