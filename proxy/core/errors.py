@@ -6,7 +6,8 @@
     ├── InvalidRequestError            400 invalid_request_error
     │   ├── UnsupportedForE2EEError    400 invalid_request_error  code=e2ee_unsupported
     │   ├── ModelNotFoundError         404 invalid_request_error  code=model_not_found
-    │   └── RequestTooLargeError       413 invalid_request_error  code=request_too_large
+    │   ├── RequestTooLargeError       413 invalid_request_error  code=request_too_large
+    │   └── UnsupportedMediaTypeError  415 invalid_request_error  code=unsupported_content_type
     ├── AuthenticationError            401 authentication_error
     ├── CryptoError                    502 e2ee_error
     │   ├── InvalidPublicKeyError      502 e2ee_error             code=invalid_public_key
@@ -104,6 +105,14 @@ class RequestTooLargeError(InvalidRequestError):
 
     status = 413
     default_code = "request_too_large"
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    """The request body is not declared as ``application/json``."""
+
+    status = 415
+    default_code = "unsupported_content_type"
+    default_message = "send the request body as JSON with the header Content-Type: application/json"
 
 
 class AuthenticationError(ProxyError):
