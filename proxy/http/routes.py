@@ -110,6 +110,12 @@ async def _stream_body(record: RequestRecord, outcome: ChatOutcome) -> AsyncIter
         ):
             record.first_byte()
             yield part
+            # Let the event loop run between writes. When the upstream's bytes are already
+            # buffered, nothing here would suspend, so the server's connection_lost callback
+            # could not run: every later chunk would go to a dead socket (asyncio logs
+            # "socket.send() raised exception." for each) and the whole answer would be
+            # read. One pass of the loop lets the disconnect cancel this body at once.
+            await asyncio.sleep(0)
     except (asyncio.CancelledError, GeneratorExit):
         outcome.stats.error_code = "client_disconnected"
         raise

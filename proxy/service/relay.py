@@ -36,12 +36,19 @@ _DRAIN_LIMIT_S = 2.0
 
 @dataclass(slots=True)
 class StreamStats:
-    """Counters for the request's log line (never any content)."""
+    """Counters for the request's log line (never any content).
+
+    ``chunks`` and ``completed`` describe what was read from the upstream (every chunk parsed;
+    its ``[DONE]`` arrived); ``sent`` and ``delivered`` what went to a streaming client (chunks
+    handed to the server; ``[DONE]`` after a complete answer, no error).
+    """
 
     chunks: int = 0
     usage: dict[str, Any] | None = None
     cost: Any = None
     completed: bool = False
+    sent: int = 0
+    delivered: bool = False
     error_code: str | None = field(default=None)
     completion_id: str | None = None
 
@@ -171,13 +178,15 @@ async def sse_to_client(
     """
     try:
         if first:
-            out = _client_bytes(first, include_usage, stats)
+            out, count = _client_bytes(first, include_usage, stats)
             if out:
                 yield out
+                stats.sent += count
         async for batch in rest:
-            out = _client_bytes(batch, include_usage, stats)
+            out, count = _client_bytes(batch, include_usage, stats)
             if out:
                 yield out
+                stats.sent += count
         if before_done is not None:
             failure = await before_done()
             if failure is not None:
@@ -186,11 +195,17 @@ async def sse_to_client(
         stats.error_code = exc.log_code
         yield encode_json(exc.to_body())
     yield DONE
+    stats.delivered = stats.completed and stats.error_code is None
 
 
-def _client_bytes(batch: Batch, include_usage: bool, stats: StreamStats) -> bytes:
-    parts = [_client_chunk(chunk, include_usage, stats) for chunk in batch]
-    return b"".join(part for part in parts if part is not None)
+def _client_bytes(batch: Batch, include_usage: bool, stats: StreamStats) -> tuple[bytes, int]:
+    """The batch's client bytes and how many chunks they hold."""
+    parts = [
+        part
+        for part in (_client_chunk(chunk, include_usage, stats) for chunk in batch)
+        if part is not None
+    ]
+    return b"".join(parts), len(parts)
 
 
 def _client_chunk(chunk: dict[str, Any], include_usage: bool, stats: StreamStats) -> bytes | None:
