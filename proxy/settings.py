@@ -78,6 +78,9 @@ class UpstreamSettings(_Section):
     retries: int = Field(default=2, ge=0, le=10)
     retry_max_delay_s: float = Field(default=8.0, ge=0)
     retry_max_total_s: float = Field(default=30.0, ge=0)
+    max_read_ahead_bytes: int = Field(default=512 * 1024, ge=1024)
+    max_event_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_json_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     @field_validator("base_url")
     @classmethod

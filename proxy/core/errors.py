@@ -16,8 +16,11 @@
     ├── AttestationError               502 attestation_error      code=<stable check code>
     │   └── QuoteParseError            502 attestation_error      code=quote_parse
     ├── SSEProtocolError               502 upstream_error         code=upstream_bad_stream
+    │                                                             (or upstream_event_too_large)
     └── UpstreamError                  502 upstream_error
         ├── UpstreamStatusError        the upstream's status, mapped type
+        ├── UpstreamTooLargeError      502 upstream_error         code=upstream_json_too_large
+        │                                                         or upstream_read_ahead_exceeded
         ├── UpstreamTimeoutError       504 upstream_error         code=upstream_timeout
         │   └── UpstreamConnectTimeoutError 504                   code=upstream_connect_timeout
         └── UpstreamConnectError       502 upstream_error         code=upstream_unreachable
@@ -232,6 +235,14 @@ class UpstreamStatusError(UpstreamError):
         if error_type is None:
             error_type = "server_error" if self.upstream_status >= 500 else "upstream_error"
         return error_body(self.message, error_type, param=self.param, code=self.code)
+
+
+class UpstreamTooLargeError(UpstreamError):
+    """The upstream sent more than a configured bound allows (a JSON answer, or the stream
+    before its first text); the response was closed at the bound."""
+
+    default_code = "upstream_too_large"
+    default_message = "the upstream's answer exceeds the proxy's size limit"
 
 
 class UpstreamTimeoutError(UpstreamError):

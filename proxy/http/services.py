@@ -118,6 +118,7 @@ def build_services(
             idle_s=up.idle_timeout_s,
         ),
         http_client=http_client,
+        max_json_bytes=up.max_json_bytes,
     )
     metrics = Metrics()
     aliases = settings.models.aliases
@@ -128,7 +129,9 @@ def build_services(
     catalogue = ModelCatalogue(
         upstream.list_models, ttl_s=up.models_cache_ttl_s, on_refresh=allow_model_labels
     )
-    verifiers = ServiceClient(timeout_s=up.connect_timeout_s + 30.0)
+    verifiers = ServiceClient(
+        timeout_s=up.connect_timeout_s + 30.0, max_json_bytes=up.max_json_bytes
+    )
     section = settings.attestation
 
     def count_failed_checks(codes: tuple[str, ...]) -> None:
@@ -180,6 +183,8 @@ def build_services(
             max_total_s=up.retry_max_total_s,
         ),
         on_retry=count_retry,
+        max_read_ahead_bytes=up.max_read_ahead_bytes,
+        max_event_bytes=up.max_event_bytes,
     )
     signatures = SignaturePolicy(
         SignatureVerifier(upstream.get_signature), settings.signatures.mode, metrics

@@ -8,7 +8,9 @@ attested):
 3. encrypt every message with a fresh client key pair and open the upstream stream;
 4. read ahead until the first text field decrypted (or the stream ended), so that a rejected
    or stale key is caught *before* anything reaches the client; in that case the key is dropped,
-   the model re-attested once and the request retried once with fresh encryption;
+   the model re-attested once and the request retried once with fresh encryption. At most
+   ``max_read_ahead_bytes`` upstream bytes are read ahead (``upstream.max_read_ahead_bytes``);
+   more closes the upstream and fails with ``upstream_read_ahead_exceeded``;
 5. relay decrypted chunks (stream) or one aggregated ``chat.completion``.
 
 Models without E2EE are refused unless ``privacy.non_e2ee = "passthrough"``; then they are
@@ -30,9 +32,11 @@ from proxy.core.errors import (
     ModelNotFoundError,
     ProxyError,
     UpstreamStatusError,
+    UpstreamTooLargeError,
 )
 from proxy.core.protocol import ChunkDecryptor, encrypt_request
 from proxy.core.retry import RetryPolicy, RetryReason, retry_delay, retry_reason
+from proxy.core.sse import DEFAULT_MAX_EVENT_BYTES
 from proxy.service.catalog import ModelCatalogue, resolve_alias
 from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache
 from proxy.service.relay import Batch, StreamStats, decrypted_batches, has_text
@@ -42,6 +46,7 @@ _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "functio
 _KEY_REJECTION_MARKERS = ("decrypt", "public key", "model_key", "model key", "e2ee header")
 _MAX_N = 128
 _MAX_MODEL_NAME = 256
+DEFAULT_MAX_READ_AHEAD_BYTES = 512 * 1024
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
@@ -156,6 +161,32 @@ class _StaleKeyError(Exception):
 Attempt = Callable[[int], Awaitable[ChatOutcome]]
 
 
+class _ReadAhead:
+    """Counts the upstream bytes read before the first text; past ``limit`` it raises
+    :class:`UpstreamTooLargeError` (the caller closes the upstream). :meth:`done` lifts the
+    bound once the first text is in."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._read = 0
+        self._active = True
+
+    def done(self) -> None:
+        self._active = False
+
+    async def bounded(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for data in body:
+            if self._active:
+                self._read += len(data)
+                if self._read > self._limit:
+                    raise UpstreamTooLargeError(
+                        f"the upstream sent more than {self._limit} bytes before the first "
+                        "text of its answer (upstream.max_read_ahead_bytes)",
+                        code="upstream_read_ahead_exceeded",
+                    )
+            yield data
+
+
 class ChatService:
     """Runs chat requests against the upstream; shared by all requests of one app."""
 
@@ -170,7 +201,11 @@ class ChatService:
         retry: RetryPolicy | None = None,
         on_retry: Callable[[RetryReason], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_read_ahead_bytes: int = DEFAULT_MAX_READ_AHEAD_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
+        self.max_read_ahead_bytes = max_read_ahead_bytes
+        self.max_event_bytes = max_event_bytes
         self.upstream = upstream
         self.catalogue = catalogue
         self.keys = keys
@@ -256,13 +291,20 @@ class ChatService:
                 raise _StaleKeyError(key.public_key, exc) from exc
             raise
         decryptor = ChunkDecryptor(encrypted.client_keys.private)
-        rest = decrypted_batches(upstream.iter_bytes(), decryptor, stats)
+        read_ahead = _ReadAhead(self.max_read_ahead_bytes)
+        rest = decrypted_batches(
+            read_ahead.bounded(upstream.iter_bytes()),
+            decryptor,
+            stats,
+            max_event_bytes=self.max_event_bytes,
+        )
         first: Batch = []
         try:
             async for batch in rest:
                 first.extend(batch)
                 if any(has_text(chunk) for chunk in batch):
                     break
+            read_ahead.done()
         except DecryptionError as exc:
             await upstream.aclose()
             if not any(has_text(chunk) for chunk in first):
@@ -312,7 +354,9 @@ class ChatService:
             client_stream=client_stream,
             include_usage=include_usage,
             first=[],
-            rest=decrypted_batches(upstream.iter_bytes(), None, stats),
+            rest=decrypted_batches(
+                upstream.iter_bytes(), None, stats, max_event_bytes=self.max_event_bytes
+            ),
             upstream=upstream,
             stats=stats,
             attempts=attempt,

@@ -27,7 +27,7 @@ from typing import Any
 from proxy.core.aggregate import CompletionAggregator
 from proxy.core.errors import ProxyError, SSEProtocolError, UpstreamError
 from proxy.core.protocol import ChunkDecryptor
-from proxy.core.sse import DONE, SSEDecoder, encode_json
+from proxy.core.sse import DEFAULT_MAX_EVENT_BYTES, DONE, SSEDecoder, encode_json
 
 _ENCRYPTED_FIELDS = ("content", "reasoning_content", "reasoning")
 _DRAIN_LIMIT_BYTES = 64 * 1024
@@ -104,15 +104,23 @@ def _parse_event(data: str, decryptor: ChunkDecryptor | None, stats: StreamStats
 
 
 async def decrypted_batches(
-    body: AsyncIterator[bytes], decryptor: ChunkDecryptor | None, stats: StreamStats
+    body: AsyncIterator[bytes],
+    decryptor: ChunkDecryptor | None,
+    stats: StreamStats,
+    *,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> AsyncIterator[Batch]:
     """Parse and decrypt the upstream event stream until ``[DONE]``, one batch per upstream
     read (so the client gets one write per read, not one per chunk).
 
+    One event (and one line) may hold at most ``max_event_bytes`` (``upstream.max_event_bytes``,
+    see :class:`~proxy.core.sse.SSEDecoder`); beyond that the stream fails with
+    ``upstream_event_too_large``.
+
     With ``decryptor=None`` (plaintext passthrough) chunks are only parsed. When a chunk fails,
     the good chunks before it in the same read are yielded first, then the error is raised.
     """
-    decoder = SSEDecoder()
+    decoder = SSEDecoder(max_line_bytes=max_event_bytes, max_event_bytes=max_event_bytes)
     async for data in body:
         batch: Batch = []
         try:
