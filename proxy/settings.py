@@ -121,6 +121,8 @@ class AttestationSettings(_Section):
     software: Literal["require", "off"] = "require"
     allow_dev_image: bool = False
     cache_ttl_s: float = Field(default=1800.0, gt=0)
+    max_fetches_per_minute: int = Field(default=6, ge=1)
+    failure_cache_size: int = Field(default=256, ge=1)
     allowed_tcb_status: list[str] = Field(default_factory=lambda: ["UpToDate", "SWHardeningNeeded"])
     pins: dict[str, PinsSettings] = Field(default_factory=dict)
     warm_up: list[str] = Field(default_factory=list)

@@ -14,7 +14,8 @@
     │   ├── DecryptionError            502 e2ee_error             code=e2ee_decryption_failed
     │   └── PlaintextInStreamError     502 e2ee_error             code=e2ee_plaintext_in_stream
     ├── AttestationError               502 attestation_error      code=<stable check code>
-    │   └── QuoteParseError            502 attestation_error      code=quote_parse
+    │   ├── QuoteParseError            502 attestation_error      code=quote_parse
+    │   └── AttestationRateLimitedError 503 attestation_error     code=attestation_rate_limited
     ├── SSEProtocolError               502 upstream_error         code=upstream_bad_stream
     │                                                             (or upstream_event_too_large)
     └── UpstreamError                  502 upstream_error
@@ -173,6 +174,14 @@ class QuoteParseError(AttestationError):
 
     default_code = "quote_parse"
     default_message = "the TDX quote could not be parsed"
+
+
+class AttestationRateLimitedError(AttestationError):
+    """The model was attested as often as ``attestation.max_fetches_per_minute`` allows."""
+
+    status = 503
+    default_code = "attestation_rate_limited"
+    default_message = "the model was attested too often in the last minute; retry shortly"
 
 
 class SSEProtocolError(ProxyError):

@@ -1,8 +1,8 @@
 """HTTP handlers: translate HTTP to service calls and back, nothing more.
 
 Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models`` (also
-``/models``), ``GET /v1/attestation/{model}``, ``GET /healthz``, ``GET /readyz``,
-``GET /metrics``.
+``/models``), ``GET /v1/attestation/{model}`` (catalogue models and aliases only),
+``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
 
 Without ``server.api_keys`` any ``Authorization`` header a client sends is accepted and ignored
 (Open WebUI always sends one; the guard in :mod:`proxy.http.guard` enforces local keys when
@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from proxy.core.errors import ProxyError
+from proxy.core.errors import ModelNotFoundError, ProxyError
 from proxy.http.body import read_json, request_id
 from proxy.http.disconnect import until_disconnect
 from proxy.http.request_log import RequestRecord
@@ -32,6 +32,7 @@ router = APIRouter()
 
 CLIENT_CLOSED_REQUEST = 499  # the de facto status for "the client hung up first"
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_MAX_SHOWN_MODEL = 64
 
 
 def _services(request: Request) -> Services:
@@ -154,9 +155,17 @@ async def list_models(request: Request) -> JSONResponse:
 
 @router.get("/v1/attestation/{model}")
 async def attestation(model: str, request: Request) -> JSONResponse:
-    """The verification report of the attestation in use for ``model``."""
+    """The verification report of the attestation in use for ``model``: only for a model in
+    the upstream's catalogue (or an alias of one), so a page cannot make the proxy attest
+    arbitrary names upstream (404 ``model_not_found`` otherwise)."""
     services = _services(request)
     target = resolve_alias(model, services.settings.models.aliases)
+    if target not in await services.catalogue.models():
+        raise ModelNotFoundError(
+            f"the model '{model[:_MAX_SHOWN_MODEL]}' is not in the upstream's catalogue; "
+            "GET /v1/models lists the models",
+            param="model",
+        )
     key = await services.keys.get(target)
     now = time.time()
     return JSONResponse(

@@ -21,7 +21,7 @@ from proxy.core.errors import AttestationError, ProxyError
 from proxy.core.retry import RetryPolicy, RetryReason
 from proxy.http.guard import DrainController
 from proxy.observability.audit import AuditLog
-from proxy.observability.logs import get_logger
+from proxy.observability.logs import clip, get_logger
 from proxy.observability.metrics import Metrics
 from proxy.service.catalog import ModelCatalogue
 from proxy.service.chat import ChatService
@@ -164,9 +164,14 @@ def build_services(
             metrics.record_attestation_fetch(model, "verification_failed")
         else:
             metrics.record_attestation_fetch(model, "fetch_error")
-        log.warning("attestation_failed", model=model, code=error.log_code if error else None)
+        log.warning("attestation_failed", model=clip(model), code=error.log_code if error else None)
 
-    keys = AttestedKeyCache(attester.attest, on_result=count_attestation)
+    keys = AttestedKeyCache(
+        attester.attest,
+        on_result=count_attestation,
+        max_fetches_per_minute=section.max_fetches_per_minute,
+        failure_cache_size=section.failure_cache_size,
+    )
 
     def count_retry(reason: RetryReason) -> None:
         metrics.record_retry(reason)
