@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit simulate clean
+.PHONY: run test lint typecheck unit simulate clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,13 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(ARGS)
+
+# requirements.lock: the image's runtime dependencies pinned with their hashes (the Dockerfile
+# installs exactly these), resolved for its Python 3.11 on x86_64 Linux. Run after changing
+# [project] dependencies; pins still allowed are kept, ARGS=--upgrade moves them all forward.
+LOCK_TOOL := uv==0.13.9
+lock: $(STAMP)
+	$(BIN)/pip install --quiet '$(LOCK_TOOL)'
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' \
+		--no-cache --quiet --output-file requirements.lock $(ARGS)
