@@ -3,7 +3,8 @@
 One format for every line on the stream: the proxy's own structlog loggers, and the standard
 library's loggers (uvicorn's ``uvicorn`` / ``uvicorn.error``, ``asyncio``, ...) through a
 :class:`structlog.stdlib.ProcessorFormatter` on the root logger. A standard-library record
-becomes ``{"event": <its message>, "component": <logger name>, "level", "timestamp"}``.
+becomes ``{"event": <its message>, "component": <logger name>, "level", "timestamp"}``
+(``uvicorn.error`` is named ``uvicorn``).
 Levels: ``uvicorn`` at the configured level; every other library at ``warning`` or above (httpx
 would otherwise log each request's URL at ``info``). ``uvicorn.access`` is off: the proxy logs
 its own line per request. Whoever runs a uvicorn server in this process must pass
@@ -63,10 +64,11 @@ class _QuietFilter(logging.Filter):
 
 
 def _component(_: Any, __: str, event_dict: Any) -> Any:
-    """A standard-library record's logger name as ``component``, like the proxy's own lines."""
+    """A standard-library record's logger name as ``component``, like the proxy's own lines
+    (``uvicorn.error``, uvicorn's general logger despite its name, as ``uvicorn``)."""
     record = event_dict.get("_record")
     if record is not None and "component" not in event_dict:
-        event_dict["component"] = record.name
+        event_dict["component"] = "uvicorn" if record.name == "uvicorn.error" else record.name
     return event_dict
 
 
