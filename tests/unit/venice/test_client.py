@@ -164,3 +164,24 @@ async def test_corrupt_gzip_is_an_error() -> None:
     with pytest.raises(UpstreamError) as info:
         await client.list_models()
     assert info.value.code == "upstream_bad_encoding"
+
+
+async def test_a_gzipped_event_stream_is_inflated_in_pieces_of_at_most_64_kib() -> None:
+    events = b"".join(b'data: {"n": %d}\n\n' % i for i in range(200_000))
+    compressed = gzip.compress(events)
+
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for start in range(0, len(compressed), 65536):
+                yield compressed[start : start + 65536]
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+        return httpx.Response(200, headers=headers, stream=Body())
+
+    client = UpstreamClient("https://venice.test/api/v1", None, http_client=_transport(answer))
+    stream = await client.open_chat(b"{}", {})
+    pieces = [piece async for piece in stream.iter_bytes()]
+    await stream.aclose()
+    assert b"".join(pieces) == events
+    assert max(len(piece) for piece in pieces) <= 64 * 1024
