@@ -188,7 +188,12 @@ class _ReadAhead:
 
 
 class ChatService:
-    """Runs chat requests against the upstream; shared by all requests of one app."""
+    """Runs chat requests against the upstream; shared by all requests of one app.
+
+    ``max_read_ahead_bytes`` bounds the upstream bytes read before an answer's first text
+    (``upstream.max_read_ahead_bytes``), ``max_event_bytes`` one server-sent event
+    (``upstream.max_event_bytes``).
+    """
 
     def __init__(
         self,
