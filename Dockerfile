@@ -37,11 +37,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_ROOT_USER_ACTION=ignore
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements.lock pyproject.toml README.md ./
 COPY proxy ./proxy
 
-# The same install the tests run against, minus the dev extra: runtime dependencies only.
-RUN pip install . \
+# Runtime dependencies exactly as pinned, hash-checked, in requirements.lock (`make lock`), so
+# an image built twice gets the same ones; then the proxy itself, resolving nothing more.
+RUN pip install --require-hashes --no-deps -r requirements.lock \
+    && pip install --no-deps . \
+    && pip check \
     && rm -rf /src
 
 COPY config.example.toml /config/config.toml

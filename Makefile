@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit js simulate clean
+.PHONY: run test lint typecheck unit js simulate clean lock
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,3 +55,13 @@ bench: $(STAMP)
 .PHONY: container-test
 container-test: $(STAMP)
 	$(BIN)/python scripts/container_test.py
+
+# requirements.lock: the image's runtime dependencies pinned with their hashes (the Dockerfile
+# installs exactly these), resolved for its Python 3.11 on x86_64 Linux. Run after changing
+# [project] dependencies; pins still allowed are kept, ARGS=--upgrade moves them all forward.
+LOCK_TOOL := uv==0.13.9
+lock: $(STAMP)
+	$(BIN)/pip install --quiet '$(LOCK_TOOL)'
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock' \
+		--no-cache --quiet --output-file requirements.lock $(ARGS)

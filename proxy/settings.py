@@ -78,6 +78,9 @@ class UpstreamSettings(_Section):
     retries: int = Field(default=2, ge=0, le=10)
     retry_max_delay_s: float = Field(default=8.0, ge=0)
     retry_max_total_s: float = Field(default=30.0, ge=0)
+    max_read_ahead_bytes: int = Field(default=512 * 1024, ge=1024)
+    max_event_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_json_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     @field_validator("base_url")
     @classmethod
@@ -118,6 +121,8 @@ class AttestationSettings(_Section):
     software: Literal["require", "off"] = "require"
     allow_dev_image: bool = False
     cache_ttl_s: float = Field(default=1800.0, gt=0)
+    max_fetches_per_minute: int = Field(default=6, ge=1)
+    failure_cache_size: int = Field(default=256, ge=1)
     allowed_tcb_status: list[str] = Field(default_factory=lambda: ["UpToDate", "SWHardeningNeeded"])
     pins: dict[str, PinsSettings] = Field(default_factory=dict)
     warm_up: list[str] = Field(default_factory=list)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -26,7 +27,7 @@ from proxy.http.app import create_app
 from proxy.http.guard import is_loopback
 from proxy.http.loopback import free_socket
 from proxy.http.shutdown import DrainingServer
-from proxy.observability.logs import configure_logging, get_logger
+from proxy.observability.logs import configure_logging, get_logger, quiet_context
 from proxy.settings import DEFAULT_BASE_URL, Settings, SettingsError, load_settings, resolve_api_key
 
 log = get_logger("proxy.cli")
@@ -97,7 +98,7 @@ def _api_key(settings: Settings) -> SecretStr | None:
         raise SystemExit(2) from None
 
 
-async def _serve_demo(settings: Settings) -> None:
+async def _serve_demo(settings: Settings, *, banner: bool) -> None:
     from proxy.simulator import SimulatorState, create_simulator_app
 
     sim_sock = free_socket()
@@ -112,17 +113,32 @@ async def _serve_demo(settings: Settings) -> None:
             ),
         }
     )
+    # log_config=None: uvicorn keeps the proxy's log configuration (proxy.observability.logs).
     sim_server = uvicorn.Server(
-        uvicorn.Config(create_simulator_app(SimulatorState()), log_level="warning", lifespan="on")
+        uvicorn.Config(create_simulator_app(SimulatorState()), log_config=None, lifespan="on")
     )
     app = create_app(demo_settings, api_key=SecretStr("demo-key"), demo=True)
     proxy_server = _server(app, demo_settings)
-    sim_task = asyncio.create_task(sim_server.serve(sockets=[sim_sock]))
-    print(
-        DEMO_BANNER.format(sim_url=sim_url, host=settings.server.host, port=settings.server.port),
-        file=sys.stderr,
+    # The simulator's uvicorn logs through the same loggers as the proxy's: in its own task
+    # context only its warnings pass, so start-up and shutdown lines are the proxy's, once.
+    sim_task = asyncio.create_task(
+        sim_server.serve(sockets=[sim_sock]), context=quiet_context(logging.WARNING)
     )
-    log.warning("demo_mode", upstream=sim_url, dcap="off", nvidia="nonce")
+    if banner:
+        print(
+            DEMO_BANNER.format(
+                sim_url=sim_url, host=settings.server.host, port=settings.server.port
+            ),
+            file=sys.stderr,
+        )
+    log.warning(
+        "demo_mode",
+        upstream=sim_url,
+        dcap="off",
+        nvidia="nonce",
+        detail="DEMO MODE: no VENICE_API_KEY set; answers come from the built-in simulator, "
+        "not Venice; set VENICE_API_KEY to use Venice",
+    )
     try:
         await proxy_server.serve()
     finally:
@@ -137,6 +153,7 @@ def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         host=server.host,
         port=server.port,
         log_level=settings.logging.level,
+        log_config=None,  # keep the proxy's log configuration (proxy.observability.logs)
         access_log=False,
         ssl_certfile=str(server.tls_cert) if server.tls_cert else None,
         ssl_keyfile=str(server.tls_key) if server.tls_key else None,
@@ -161,10 +178,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server["port"] = args.port
         overrides["server"] = server
     settings = _load(args.config, overrides)
-    configure_logging(settings.logging.level, settings.logging.format)
+    as_json = configure_logging(settings.logging.level, settings.logging.format)
     api_key = _api_key(settings)
     if api_key is None and settings.upstream.base_url == DEFAULT_BASE_URL:
-        asyncio.run(_serve_demo(settings))
+        # The banner is for a person at a terminal; JSON logs get the demo_mode line only.
+        asyncio.run(_serve_demo(settings, banner=not as_json))
         return 0
     _warn_about(settings, api_key)
     app = create_app(settings, api_key=api_key)

@@ -7,17 +7,22 @@
     │   ├── UnsupportedForE2EEError    400 invalid_request_error  code=e2ee_unsupported
     │   ├── ModelNotE2EEError          400 invalid_request_error  code=model_not_e2ee
     │   ├── ModelNotFoundError         404 invalid_request_error  code=model_not_found
-    │   └── RequestTooLargeError       413 invalid_request_error  code=request_too_large
+    │   ├── RequestTooLargeError       413 invalid_request_error  code=request_too_large
+    │   └── UnsupportedMediaTypeError  415 invalid_request_error  code=unsupported_content_type
     ├── AuthenticationError            401 authentication_error
     ├── CryptoError                    502 e2ee_error
     │   ├── InvalidPublicKeyError      502 e2ee_error             code=invalid_public_key
     │   ├── DecryptionError            502 e2ee_error             code=e2ee_decryption_failed
     │   └── PlaintextInStreamError     502 e2ee_error             code=e2ee_plaintext_in_stream
     ├── AttestationError               502 attestation_error      code=<stable check code>
-    │   └── QuoteParseError            502 attestation_error      code=quote_parse
+    │   ├── QuoteParseError            502 attestation_error      code=quote_parse
+    │   └── AttestationRateLimitedError 503 attestation_error     code=attestation_rate_limited
     ├── SSEProtocolError               502 upstream_error         code=upstream_bad_stream
+    │                                                             (or upstream_event_too_large)
     └── UpstreamError                  502 upstream_error
         ├── UpstreamStatusError        the upstream's status, mapped type
+        ├── UpstreamTooLargeError      502 upstream_error         code=upstream_json_too_large
+        │                                                         or upstream_read_ahead_exceeded
         ├── UpstreamTimeoutError       504 upstream_error         code=upstream_timeout
         │   └── UpstreamConnectTimeoutError 504                   code=upstream_connect_timeout
         └── UpstreamConnectError       502 upstream_error         code=upstream_unreachable
@@ -113,6 +118,14 @@ class RequestTooLargeError(InvalidRequestError):
     default_code = "request_too_large"
 
 
+class UnsupportedMediaTypeError(InvalidRequestError):
+    """The request body is not declared as ``application/json``."""
+
+    status = 415
+    default_code = "unsupported_content_type"
+    default_message = "send the request body as JSON with the header Content-Type: application/json"
+
+
 class AuthenticationError(ProxyError):
     """A local bearer token is missing or wrong."""
 
@@ -168,6 +181,14 @@ class QuoteParseError(AttestationError):
 
     default_code = "quote_parse"
     default_message = "the TDX quote could not be parsed"
+
+
+class AttestationRateLimitedError(AttestationError):
+    """The model was attested as often as ``attestation.max_fetches_per_minute`` allows."""
+
+    status = 503
+    default_code = "attestation_rate_limited"
+    default_message = "the model was attested too often in the last minute; retry shortly"
 
 
 class SSEProtocolError(ProxyError):
@@ -233,6 +254,14 @@ class UpstreamStatusError(UpstreamError):
         if error_type is None:
             error_type = "server_error" if self.upstream_status >= 500 else "upstream_error"
         return error_body(self.message, error_type, param=self.param, code=self.code)
+
+
+class UpstreamTooLargeError(UpstreamError):
+    """The upstream sent more than a configured bound allows (a JSON answer, or the stream
+    before its first text); the response was closed at the bound."""
+
+    default_code = "upstream_too_large"
+    default_message = "the upstream's answer exceeds the proxy's size limit"
 
 
 class UpstreamTimeoutError(UpstreamError):

@@ -17,8 +17,12 @@ Where this diverges from the spec, on purpose:
 
 - Invalid UTF-8 raises :class:`SSEProtocolError` instead of decoding to U+FFFD: the payload is
   JSON, so garbage means a broken stream, and a relay must not silently alter it.
-- A line longer than ``max_line_bytes`` raises :class:`SSEProtocolError` (bounded memory against
-  an endless line).
+- A line longer than ``max_line_bytes``, or an event whose ``data`` lines add up to more than
+  ``max_event_bytes``, raises :class:`SSEProtocolError` with code ``upstream_event_too_large``
+  (bounded memory against an endless line, and against ``data:`` lines that never end an
+  event). Each data line counts its raw length plus :data:`LINE_OVERHEAD` bytes, what holding
+  one more line costs in memory, so many tiny lines are bounded too. Both limits default to
+  :data:`DEFAULT_MAX_EVENT_BYTES` (4 MiB).
 - At end of input the spec silently discards an unterminated event; :meth:`SSEDecoder.finish`
   discards it too but sets :attr:`SSEDecoder.truncated`, so the caller can fail closed instead of
   passing a cut-off stream off as a complete one.
@@ -39,6 +43,9 @@ from typing import Any
 from proxy.core.errors import SSEProtocolError
 
 DONE: bytes = b"data: [DONE]\n\n"
+DEFAULT_MAX_EVENT_BYTES = 4 * 1024 * 1024
+LINE_OVERHEAD = 64
+"""Bytes each ``data`` line counts towards ``max_event_bytes`` beyond its own length."""
 
 _CR = 0x0D
 _LF = 0x0A
@@ -67,7 +74,9 @@ class SSEDecoder:
         "_data",
         "_dirty",
         "_event",
+        "_event_bytes",
         "_last_id",
+        "_max_event",
         "_max_line",
         "_retry",
         "_scanned",
@@ -76,8 +85,16 @@ class SSEDecoder:
         "_truncated",
     )
 
-    def __init__(self, *, max_line_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        max_line_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
         self._max_line = max_line_bytes
+        self._max_event = max_event_bytes
+        # What the data lines of the event in progress count towards max_event_bytes.
+        self._event_bytes = 0
         self._buf = bytearray()
         # Bytes of _buf already known to hold no line end.
         self._scanned = 0
@@ -131,7 +148,7 @@ class SSEDecoder:
                 line_end = lf
                 next_start = lf + 1
             if line_end - start > self._max_line:
-                raise SSEProtocolError("an event-stream line exceeds the size limit")
+                raise self._too_large("line")
             event = self._line(buf, start, line_end)
             if event is not None:
                 events.append(event)
@@ -143,7 +160,7 @@ class SSEDecoder:
         if start:
             del buf[:start]
         if len(buf) > self._max_line:
-            raise SSEProtocolError("an event-stream line exceeds the size limit")
+            raise self._too_large("line")
         self._scanned = len(buf)
         return events
 
@@ -160,8 +177,23 @@ class SSEDecoder:
         self._reset_event()
         return []
 
+    def _too_large(self, what: str) -> SSEProtocolError:
+        limit = self._max_line if what == "line" else self._max_event
+        return SSEProtocolError(
+            f"an upstream event-stream {what} exceeds the size limit of {limit} bytes",
+            code="upstream_event_too_large",
+        )
+
+    def _add_data(self, value: str, raw_length: int) -> None:
+        self._event_bytes += raw_length + LINE_OVERHEAD
+        if self._event_bytes > self._max_event:
+            raise self._too_large("event")
+        self._dirty = True
+        self._data.append(value)
+
     def _reset_event(self) -> None:
         self._data = []
+        self._event_bytes = 0
         self._event = None
         self._retry = None
         self._dirty = False
@@ -181,8 +213,7 @@ class SSEDecoder:
                     return self._dispatch()
         # Fast path for the one field that matters on the hot path.
         if line.startswith("data:"):
-            self._dirty = True
-            self._data.append(line[6:] if line.startswith(" ", 5) else line[5:])
+            self._add_data(line[6:] if line.startswith(" ", 5) else line[5:], end - start)
             return None
         if line[0] == ":":
             return None
@@ -193,7 +224,7 @@ class SSEDecoder:
             name = line[:colon]
             value = line[colon + 2 :] if line.startswith(" ", colon + 1) else line[colon + 1 :]
         if name == "data":
-            self._data.append(value)
+            self._add_data(value, end - start)
         elif name == "event":
             self._event = value
         elif name == "id":

@@ -1,7 +1,9 @@
 """Reading a client's request: its JSON body (bounded) and its request id.
 
-- Content type: ``application/json`` (parameters allowed) or none; anything else is a 400
-  ``unsupported_content_type``.
+- Content type: ``application/json`` (parameters such as ``charset`` allowed, case-insensitive).
+  Anything else, and a missing ``Content-Type``, is a 415 ``unsupported_content_type`` that says
+  to send ``Content-Type: application/json``. A missing one is refused too: a browser page's
+  ``no-cors`` fetch with a Blob body sends none, and JSON is never implied.
 - Size: at most ``server.max_body_bytes``, checked against ``Content-Length`` first and again
   while reading (413). An empty body is a 400 ``empty_body``.
 - JSON per RFC 8259: ``NaN``/``Infinity`` are refused; nesting deeper than Python's parser can
@@ -20,7 +22,11 @@ from typing import Any
 
 from fastapi import Request
 
-from proxy.core.errors import InvalidRequestError, RequestTooLargeError
+from proxy.core.errors import (
+    InvalidRequestError,
+    RequestTooLargeError,
+    UnsupportedMediaTypeError,
+)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 REQUEST_ID_SCOPE_KEY = "venice_proxy.request_id"
@@ -54,13 +60,26 @@ def request_id(request: Request) -> str:
     return request_id_from(request.headers.get("x-request-id"))
 
 
+_MAX_SHOWN_CONTENT_TYPE = 64
+
+
+def check_json_content_type(value: str | None) -> None:
+    """Raise :class:`UnsupportedMediaTypeError` unless ``value`` is ``application/json``
+    (with optional parameters). The refusal quotes at most 64 characters of what was sent."""
+    media_type = (value or "").split(";")[0].strip()
+    if media_type.lower() == "application/json":
+        return
+    shown = f"'{media_type[:_MAX_SHOWN_CONTENT_TYPE]}'" if media_type else "no Content-Type"
+    raise UnsupportedMediaTypeError(
+        f"unsupported content type ({shown}): send the request body as JSON with the header "
+        "Content-Type: application/json"
+    )
+
+
 async def read_json(request: Request, limit: int) -> Any:
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if content_type.lower() not in ("application/json", ""):
-        raise InvalidRequestError(
-            f"unsupported content type '{content_type[:64]}': send application/json",
-            code="unsupported_content_type",
-        )
+    """The request's JSON body (rules in the module docstring); nothing is read before the
+    content type is checked."""
+    check_json_content_type(request.headers.get("content-type"))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestTooLargeError(f"the request body exceeds {limit} bytes")

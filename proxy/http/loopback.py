@@ -59,8 +59,15 @@ class ThreadedServer:
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://{LOOPBACK}:{self.port}"
         self._start_timeout_s = start_timeout_s
+        # log_config=None: uvicorn logs through the process's configuration (never its own
+        # dictConfig, which would replace the proxy's handlers).
         config = uvicorn.Config(
-            app, log_level=log_level, lifespan=lifespan, access_log=False, backlog=backlog
+            app,
+            log_level=log_level,
+            log_config=None,
+            lifespan=lifespan,
+            access_log=False,
+            backlog=backlog,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(

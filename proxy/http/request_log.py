@@ -3,7 +3,13 @@
 :class:`RequestRecord` collects the facts of one exchange as it goes (model, stream flag,
 attempts, time to first byte, chunks, tokens, cost, attestation age, Venice's ray id, rate-limit
 headroom, our error code) and emits them once in :meth:`RequestRecord.finish`. Upstream-chosen
-error codes are never logged: only our own (:attr:`ProxyError.log_code`).
+error codes are never logged: only our own (:attr:`ProxyError.log_code`). The client-chosen model
+name is cut to :data:`~proxy.observability.logs.MAX_LOGGED_NAME` characters.
+
+``chunks`` and ``completed``: for a stream, the chunks handed to the client and whether
+``[DONE]`` reached it after a complete answer (an aborted stream is ``completed: false`` with
+the chunks it got); for a single JSON answer, the chunks it was built from and whether it was
+answered with 200.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from proxy.core.errors import ProxyError
 from proxy.http.body import client_request_id, fresh_request_id, request_id
 from proxy.http.errors import proxy_error_response
 from proxy.http.services import Services
-from proxy.observability.logs import get_logger
+from proxy.observability.logs import clip, get_logger
 from proxy.observability.metrics import DecryptionKind
 from proxy.service.chat import ChatOutcome
 from proxy.venice.headers import UpstreamHeaders
@@ -88,8 +94,14 @@ class RequestRecord:
         code = error_code or (stats.error_code if stats else None)
         if code in _DECRYPTION_CODES:
             self.services.metrics.record_decryption_failure(_DECRYPTION_CODES[code])
-        if stats is not None:
-            self.services.metrics.record_chunks(stats.chunks)
+        chunks, completed = 0, False
+        if outcome is not None and stats is not None:
+            if outcome.client_stream:
+                chunks, completed = stats.sent, stats.delivered
+            else:
+                chunks = stats.chunks
+                completed = stats.completed and status == 200 and code is None
+            self.services.metrics.record_chunks(chunks)
         usage = stats.usage if stats else None
         key = outcome.key if outcome else None
         upstream = self.upstream
@@ -97,14 +109,14 @@ class RequestRecord:
             "chat_request",
             request_id=self.request_id,
             client_request_id=self.client_request_id,
-            model=self.model,
+            model=clip(self.model),
             stream=self.stream,
             e2ee=outcome.e2ee if outcome else None,
             status=status,
             upstream_status=outcome.upstream.status_code if outcome else None,
             attempts=outcome.attempts if outcome else 0,
-            chunks=stats.chunks if stats else 0,
-            completed=stats.completed if stats else False,
+            chunks=chunks,
+            completed=completed,
             stopped=stats.stopped if stats else False,
             prompt_tokens=usage.get("prompt_tokens") if usage else None,
             completion_tokens=usage.get("completion_tokens") if usage else None,

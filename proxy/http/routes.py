@@ -1,9 +1,9 @@
 """HTTP handlers: translate HTTP to service calls and back, nothing more.
 
 Endpoints: ``POST /v1/chat/completions`` (also ``/chat/completions``), ``GET /v1/models`` (also
-``/models``), ``GET /v1/models/{model}`` (aliases included), ``GET /v1/attestation/{model}``,
-``GET``/``HEAD /healthz``, ``GET``/``HEAD /readyz``, ``GET /metrics``. ``POST /v1/responses`` is
-in :mod:`proxy.http.responses_route`.
+``/models``), ``GET /v1/models/{model}`` (aliases included), ``GET /v1/attestation/{model}``
+(catalogue models and aliases only), ``GET``/``HEAD /healthz``, ``GET``/``HEAD /readyz``,
+``GET /metrics``. ``POST /v1/responses`` is in :mod:`proxy.http.responses_route`.
 
 Without ``server.api_keys`` any ``Authorization`` header a client sends is accepted and ignored
 (Open WebUI always sends one; the guard in :mod:`proxy.http.guard` enforces local keys when
@@ -33,6 +33,7 @@ router = APIRouter()
 
 CLIENT_CLOSED_REQUEST = 499  # the de facto status for "the client hung up first"
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_MAX_SHOWN_MODEL = 64
 
 
 def _services(request: Request) -> Services:
@@ -111,6 +112,12 @@ async def _stream_body(record: RequestRecord, outcome: ChatOutcome) -> AsyncIter
         ):
             record.first_byte()
             yield part
+            # Let the event loop run between writes. When the upstream's bytes are already
+            # buffered, nothing here would suspend, so the server's connection_lost callback
+            # could not run: every later chunk would go to a dead socket (asyncio logs
+            # "socket.send() raised exception." for each) and the whole answer would be
+            # read. One pass of the loop lets the disconnect cancel this body at once.
+            await asyncio.sleep(0)
     except (asyncio.CancelledError, GeneratorExit):
         outcome.stats.error_code = "client_disconnected"
         raise
@@ -171,9 +178,17 @@ async def retrieve_model(model: str, request: Request) -> JSONResponse:
 
 @router.get("/v1/attestation/{model}")
 async def attestation(model: str, request: Request) -> JSONResponse:
-    """The verification report of the attestation in use for ``model``."""
+    """The verification report of the attestation in use for ``model``: only for a model in
+    the upstream's catalogue (or an alias of one), so a page cannot make the proxy attest
+    arbitrary names upstream (404 ``model_not_found`` otherwise)."""
     services = _services(request)
     target = resolve_alias(model, services.settings.models.aliases)
+    if target not in await services.catalogue.models():
+        raise ModelNotFoundError(
+            f"the model '{model[:_MAX_SHOWN_MODEL]}' is not in the upstream's catalogue; "
+            "GET /v1/models lists the models",
+            param="model",
+        )
     key = await services.keys.get(target)
     now = time.time()
     return JSONResponse(

@@ -22,7 +22,7 @@ from proxy.core.errors import AttestationError, ProxyError
 from proxy.core.retry import RetryPolicy, RetryReason
 from proxy.http.guard import DrainController
 from proxy.observability.audit import AuditLog
-from proxy.observability.logs import get_logger
+from proxy.observability.logs import clip, get_logger
 from proxy.observability.metrics import Metrics
 from proxy.service.catalog import ModelCatalogue
 from proxy.service.chat import ChatService
@@ -119,6 +119,7 @@ def build_services(
             idle_s=up.idle_timeout_s,
         ),
         http_client=http_client,
+        max_json_bytes=up.max_json_bytes,
     )
     metrics = Metrics()
     aliases = settings.models.aliases
@@ -129,7 +130,9 @@ def build_services(
     catalogue = ModelCatalogue(
         upstream.list_models, ttl_s=up.models_cache_ttl_s, on_refresh=allow_model_labels
     )
-    verifiers = ServiceClient(timeout_s=up.connect_timeout_s + 30.0)
+    verifiers = ServiceClient(
+        timeout_s=up.connect_timeout_s + 30.0, max_json_bytes=up.max_json_bytes
+    )
     section = settings.attestation
 
     def count_failed_checks(codes: tuple[str, ...]) -> None:
@@ -162,9 +165,14 @@ def build_services(
             metrics.record_attestation_fetch(model, "verification_failed")
         else:
             metrics.record_attestation_fetch(model, "fetch_error")
-        log.warning("attestation_failed", model=model, code=error.log_code if error else None)
+        log.warning("attestation_failed", model=clip(model), code=error.log_code if error else None)
 
-    keys = AttestedKeyCache(attester.attest, on_result=count_attestation)
+    keys = AttestedKeyCache(
+        attester.attest,
+        on_result=count_attestation,
+        max_fetches_per_minute=section.max_fetches_per_minute,
+        failure_cache_size=section.failure_cache_size,
+    )
 
     def count_retry(reason: RetryReason) -> None:
         metrics.record_retry(reason)
@@ -184,6 +192,8 @@ def build_services(
             max_total_s=up.retry_max_total_s,
         ),
         on_retry=count_retry,
+        max_read_ahead_bytes=up.max_read_ahead_bytes,
+        max_event_bytes=up.max_event_bytes,
     )
     signatures = SignaturePolicy(
         SignatureVerifier(upstream.get_signature), settings.signatures.mode, metrics

@@ -1,5 +1,19 @@
 """Structured logging: JSON lines when not a TTY, console otherwise.
 
+One format for every line on the stream: the proxy's own structlog loggers, and the standard
+library's loggers (uvicorn's ``uvicorn`` / ``uvicorn.error``, ``asyncio``, ...) through a
+:class:`structlog.stdlib.ProcessorFormatter` on the root logger. A standard-library record
+becomes ``{"event": <its message>, "component": <logger name>, "level", "timestamp"}``
+(``uvicorn.error`` is named ``uvicorn``).
+Levels: ``uvicorn`` at the configured level; every other library at ``warning`` or above (httpx
+would otherwise log each request's URL at ``info``). ``uvicorn.access`` is off: the proxy logs
+its own line per request. Whoever runs a uvicorn server in this process must pass
+``log_config=None`` so uvicorn leaves this configuration alone.
+
+:func:`quiet_context` gives a task a context whose standard-library records below a level are
+dropped (the offline demo's in-process simulator, whose start-up lines would otherwise repeat
+the proxy's).
+
 What may be logged: ids, model names, statuses, counts, durations, signing addresses (public),
 check codes. What is never logged: prompt or completion text, API keys, key material. The
 request path logs one canonical line per request (:func:`request_logger`); nothing logs message
@@ -8,9 +22,10 @@ bodies, so there is no redaction layer to get wrong.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -22,12 +37,55 @@ _LEVELS = {
 }
 
 
+MAX_LOGGED_NAME = 64
+"""Client-chosen names (a model id) are cut to this many characters in a log line."""
+
+_QUIET_BELOW: contextvars.ContextVar[int] = contextvars.ContextVar("quiet_below", default=0)
+
+
+def clip(text: str | None, limit: int = MAX_LOGGED_NAME) -> str | None:
+    """``text`` cut to ``limit`` characters (``...`` marks a cut) for a log line."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + "..."
+
+
+def quiet_context(level: int = logging.WARNING) -> contextvars.Context:
+    """A copy of the current context in which standard-library records below ``level`` are
+    dropped; run a task in it with ``asyncio.create_task(coro, context=...)``."""
+    context = contextvars.copy_context()
+    context.run(_QUIET_BELOW.set, level)
+    return context
+
+
+class _QuietFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= _QUIET_BELOW.get()
+
+
+def _component(_: Any, __: str, event_dict: Any) -> Any:
+    """A standard-library record's logger name as ``component``, like the proxy's own lines
+    (``uvicorn.error``, uvicorn's general logger despite its name, as ``uvicorn``)."""
+    record = event_dict.get("_record")
+    if record is not None and "component" not in event_dict:
+        event_dict["component"] = "uvicorn" if record.name == "uvicorn.error" else record.name
+    return event_dict
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler this module installs (recognised and replaced on reconfiguration)."""
+
+
 def configure_logging(
     level: Literal["debug", "info", "warning", "error"] = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
     stream: TextIO | None = None,
-) -> None:
-    """Configure structlog once, at start-up."""
+) -> bool:
+    """Configure structlog and the standard library's root logger once, at start-up.
+
+    Returns True when lines are JSON (``fmt="json"``, or ``"auto"`` and ``stream`` is not a
+    TTY).
+    """
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: structlog.types.Processor = (
@@ -35,20 +93,40 @@ def configure_logging(
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    handler = _Handler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[_component, *shared],
+        )
+    )
+    handler.addFilter(_QuietFilter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi"):
+        library = logging.getLogger(name)
+        # Undo a dictConfig uvicorn may have applied: its lines go through the root handler.
+        library.handlers.clear()
+        library.propagate = True
+    logging.getLogger("uvicorn").setLevel(_LEVELS[level])
     # uvicorn's own access log would duplicate our request line; its error log stays.
     logging.getLogger("uvicorn.access").disabled = True
+    return use_json
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

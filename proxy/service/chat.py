@@ -10,7 +10,9 @@ attested):
 3. encrypt every message with a fresh client key pair and open the upstream stream;
 4. read ahead until the first text field decrypted (or the stream ended), so that a rejected
    or stale key is caught *before* anything reaches the client; in that case the key is dropped,
-   the model re-attested once and the request retried once with fresh encryption;
+   the model re-attested once and the request retried once with fresh encryption. At most
+   ``max_read_ahead_bytes`` upstream bytes are read ahead (``upstream.max_read_ahead_bytes``);
+   more closes the upstream and fails with ``upstream_read_ahead_exceeded``;
 5. relay rebuilt, decrypted chunks (stream) or one aggregated ``chat.completion``, cut at the
    client's stop sequences.
 
@@ -36,6 +38,7 @@ from proxy.core.errors import (
     ModelNotFoundError,
     ProxyError,
     UpstreamStatusError,
+    UpstreamTooLargeError,
 )
 from proxy.core.request import (
     ChatRequest,
@@ -46,6 +49,7 @@ from proxy.core.request import (
 )
 from proxy.core.response import ChunkDecryptor, ChunkRebuilder, has_text
 from proxy.core.retry import RetryPolicy, RetryReason, retry_delay, retry_reason
+from proxy.core.sse import DEFAULT_MAX_EVENT_BYTES
 from proxy.core.stop import ChoiceStops
 from proxy.service.catalog import E2EE_PREFIX, ModelCatalogue, resolve_alias
 from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache
@@ -111,8 +115,42 @@ class _StaleKeyError(Exception):
 Attempt = Callable[[int], Awaitable[ChatOutcome]]
 
 
+DEFAULT_MAX_READ_AHEAD_BYTES = 512 * 1024
+
+
+class _ReadAhead:
+    """Counts the upstream bytes read before the first text; past ``limit`` it raises
+    :class:`UpstreamTooLargeError` (the caller closes the upstream). :meth:`done` lifts the
+    bound once the first text is in."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._read = 0
+        self._active = True
+
+    def done(self) -> None:
+        self._active = False
+
+    async def bounded(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for data in body:
+            if self._active:
+                self._read += len(data)
+                if self._read > self._limit:
+                    raise UpstreamTooLargeError(
+                        f"the upstream sent more than {self._limit} bytes before the first "
+                        "text of its answer (upstream.max_read_ahead_bytes)",
+                        code="upstream_read_ahead_exceeded",
+                    )
+            yield data
+
+
 class ChatService:
-    """Runs chat requests against the upstream; shared by all requests of one app."""
+    """Runs chat requests against the upstream; shared by all requests of one app.
+
+    ``max_read_ahead_bytes`` bounds the upstream bytes read before an answer's first text
+    (``upstream.max_read_ahead_bytes``), ``max_event_bytes`` one server-sent event
+    (``upstream.max_event_bytes``).
+    """
 
     def __init__(
         self,
@@ -128,7 +166,11 @@ class ChatService:
         retry: RetryPolicy | None = None,
         on_retry: Callable[[RetryReason], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_read_ahead_bytes: int = DEFAULT_MAX_READ_AHEAD_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
+        self.max_read_ahead_bytes = max_read_ahead_bytes
+        self.max_event_bytes = max_event_bytes
         self.upstream = upstream
         self.catalogue = catalogue
         self.keys = keys
@@ -230,15 +272,21 @@ class ChatService:
                 raise _StaleKeyError(key.public_key, exc) from exc
             raise
         decryptor = ChunkDecryptor(encrypted.client_keys.private)
-        rest = self._relayed(
-            decrypted_batches(upstream.iter_bytes(), decryptor, stats), request, stats
+        read_ahead = _ReadAhead(self.max_read_ahead_bytes)
+        batches = decrypted_batches(
+            read_ahead.bounded(upstream.iter_bytes()),
+            decryptor,
+            stats,
+            max_event_bytes=self.max_event_bytes,
         )
+        rest = self._relayed(batches, request, stats)
         first: Batch = []
         try:
             async for batch in rest:
                 first.extend(batch)
                 if any(has_text(chunk) for chunk in batch):
                     break
+            read_ahead.done()
         except DecryptionError as exc:
             await upstream.aclose()
             if not any(has_text(chunk) for chunk in first):
@@ -272,7 +320,9 @@ class ChatService:
         body = plaintext_body(request, upstream_model=model)
         upstream = await self.upstream.open_chat(_dumps(body), dict(extra))
         stats = StreamStats()
-        batches = decrypted_batches(upstream.iter_bytes(), ChunkRebuilder(), stats)
+        batches = decrypted_batches(
+            upstream.iter_bytes(), ChunkRebuilder(), stats, max_event_bytes=self.max_event_bytes
+        )
         return ChatOutcome(
             model=model,
             e2ee=False,

@@ -14,7 +14,15 @@
   - many concurrent requests for a cold model share one fetch (single flight), and a waiter that
     goes away does not cancel it for the others;
   - a failed attestation is remembered for ``failure_backoff_s`` so a burst of requests does not
-    hammer the upstream (Venice allows about 10 attestations a minute);
+    hammer the upstream (Venice allows about 10 attestations a minute); at most
+    ``failure_cache_size`` failures are remembered (least recently used dropped first), so
+    failing names cannot grow memory without bound;
+  - at most ``max_fetches_per_minute`` attestations of one model start in any 60 s; past that a
+    request gets the model's last failure if one is remembered, else
+    :class:`~proxy.core.errors.AttestationRateLimitedError` (503, code
+    ``attestation_rate_limited``, with the seconds to wait), and a due background refresh is
+    skipped (the old key serves until its expiry). The per-model history is bounded by
+    ``failure_cache_size`` too;
   - :meth:`AttestedKeyCache.invalidate` drops a key the upstream rejected.
 """
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +43,14 @@ from proxy.attestation import (
     parse_attestation,
     verify_evidence,
 )
-from proxy.core.errors import AttestationError, ProxyError
+from proxy.core.errors import AttestationError, AttestationRateLimitedError, ProxyError
 from proxy.observability.audit import AuditLog, audit_record
 
 NONCE_BYTES = 32
 REFRESH_FRACTION = 0.8
+RATE_WINDOW_S = 60.0
+DEFAULT_MAX_FETCHES_PER_MINUTE = 6
+DEFAULT_FAILURE_CACHE_SIZE = 256
 
 AttestationFetcher = Callable[[str, str], Awaitable[Any]]
 CollateralSource = Callable[[bytes], Awaitable[Mapping[str, Any]]]
@@ -146,6 +158,8 @@ class AttestedKeyCache:
         attest: Callable[[str], Awaitable[AttestedKey]],
         *,
         failure_backoff_s: float = 5.0,
+        max_fetches_per_minute: int = DEFAULT_MAX_FETCHES_PER_MINUTE,
+        failure_cache_size: int = DEFAULT_FAILURE_CACHE_SIZE,
         clock: Callable[[], float] = time.time,
         on_result: Callable[[str, AttestedKey | None, ProxyError | None], None] | None = None,
     ) -> None:
@@ -153,8 +167,12 @@ class AttestedKeyCache:
         self._on_result = on_result
         self._clock = clock
         self._failure_backoff_s = failure_backoff_s
+        self._max_fetches = max(1, max_fetches_per_minute)
+        self._history_size = max(1, failure_cache_size)
         self._keys: dict[str, AttestedKey] = {}
-        self._failures: dict[str, tuple[float, ProxyError]] = {}
+        # Both least recently used first, at most failure_cache_size entries each.
+        self._failures: OrderedDict[str, tuple[float, ProxyError]] = OrderedDict()
+        self._fetch_times: OrderedDict[str, deque[float]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[AttestedKey]] = {}
         self.fetches = 0
         self.refresh_failures = 0
@@ -175,17 +193,59 @@ class AttestedKeyCache:
         now = self._clock()
         key = self._keys.get(model)
         if key is not None and key.expires_at > now:
-            if key.refresh_at <= now and model not in self._inflight:
+            if key.refresh_at <= now and model not in self._inflight and self._may_fetch(model):
                 self._start(model)
             return key
-        failure = self._failures.get(model)
-        if failure is not None and failure[0] > now and model not in self._inflight:
-            raise failure[1]
-        task = self._inflight.get(model) or self._start(model)
+        task = self._inflight.get(model)
+        if task is None:
+            failure = self._failures.get(model)
+            if failure is not None:
+                self._failures.move_to_end(model)
+                if failure[0] > now:
+                    raise failure[1]
+            wait_s = self._rate_limited_for(model, now)
+            if wait_s is not None:
+                if failure is not None:
+                    raise failure[1]
+                raise AttestationRateLimitedError(
+                    f"the model was attested {self._max_fetches} times in the last minute "
+                    f"(attestation.max_fetches_per_minute); retry in {wait_s:.0f} s"
+                )
+            task = self._start(model)
         # shield: one caller's disconnect must not cancel the fetch the others wait on.
         return await asyncio.shield(task)
 
+    def _rate_limited_for(self, model: str, now: float) -> float | None:
+        """Seconds until ``model`` may be fetched again, or None if it may be now."""
+        times = self._fetch_times.get(model)
+        if times is None:
+            return None
+        while times and times[0] <= now - RATE_WINDOW_S:
+            times.popleft()
+        if len(times) < self._max_fetches:
+            return None
+        return max(1.0, times[0] + RATE_WINDOW_S - now)
+
+    def _may_fetch(self, model: str) -> bool:
+        return self._rate_limited_for(model, self._clock()) is None
+
+    def _record_fetch(self, model: str) -> None:
+        times = self._fetch_times.get(model)
+        if times is None:
+            times = self._fetch_times[model] = deque()
+        self._fetch_times.move_to_end(model)
+        times.append(self._clock())
+        while len(self._fetch_times) > self._history_size:
+            self._fetch_times.popitem(last=False)
+
+    def _remember_failure(self, model: str, error: ProxyError) -> None:
+        self._failures[model] = (self._clock() + self._failure_backoff_s, error)
+        self._failures.move_to_end(model)
+        while len(self._failures) > self._history_size:
+            self._failures.popitem(last=False)
+
     def _start(self, model: str) -> asyncio.Task[AttestedKey]:
+        self._record_fetch(model)
         task = asyncio.create_task(self._refresh(model), name=f"attest:{model}")
         task.add_done_callback(_retrieve_exception)
         self._inflight[model] = task
@@ -198,7 +258,7 @@ class AttestedKeyCache:
         except ProxyError as exc:
             # The old key (if any) stays until its own expiry; peek() ignores it after that.
             self.refresh_failures += 1
-            self._failures[model] = (self._clock() + self._failure_backoff_s, exc)
+            self._remember_failure(model, exc)
             if self._on_result is not None:
                 self._on_result(model, None, exc)
             raise

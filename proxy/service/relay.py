@@ -32,7 +32,7 @@ from typing import Any
 from proxy.core.aggregate import CompletionAggregator
 from proxy.core.errors import ProxyError, SSEProtocolError, UpstreamError
 from proxy.core.response import ChunkRebuilder
-from proxy.core.sse import DONE, SSEDecoder, encode_json
+from proxy.core.sse import DEFAULT_MAX_EVENT_BYTES, DONE, SSEDecoder, encode_json
 from proxy.core.stop import ChoiceStops
 
 _DRAIN_LIMIT_BYTES = 64 * 1024
@@ -41,13 +41,20 @@ _DRAIN_LIMIT_S = 2.0
 
 @dataclass(slots=True)
 class StreamStats:
-    """Counters for the request's log line (never any content)."""
+    """Counters for the request's log line (never any content).
+
+    ``chunks`` and ``completed`` describe what was read from the upstream (every chunk parsed;
+    its ``[DONE]`` arrived); ``sent`` and ``delivered`` what went to a streaming client (chunks
+    handed to the server; ``[DONE]`` after a complete answer, no error).
+    """
 
     chunks: int = 0
     usage: dict[str, Any] | None = None
     cost: Any = None
     completed: bool = False
     stopped: bool = False  # cut at a stop sequence by the proxy
+    sent: int = 0
+    delivered: bool = False
     error_code: str | None = field(default=None)
     completion_id: str | None = None
 
@@ -88,15 +95,21 @@ def _parse_event(data: str, rebuilder: ChunkRebuilder, stats: StreamStats) -> di
 
 
 async def decrypted_batches(
-    body: AsyncIterator[bytes], rebuilder: ChunkRebuilder, stats: StreamStats
+    body: AsyncIterator[bytes],
+    rebuilder: ChunkRebuilder,
+    stats: StreamStats,
+    *,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> AsyncGenerator[Batch, None]:
     """Parse, decrypt and rebuild the upstream event stream until ``[DONE]``, one batch per
     upstream read (so the client gets one write per read, not one per chunk).
 
-    When a chunk fails, the good chunks before it in the same read are yielded first, then the
-    error is raised.
+    One event (and one line) may hold at most ``max_event_bytes`` (``upstream.max_event_bytes``,
+    see :class:`~proxy.core.sse.SSEDecoder`); beyond that the stream fails with
+    ``upstream_event_too_large``. When a chunk fails, the good chunks before it in the same read
+    are yielded first, then the error is raised.
     """
-    decoder = SSEDecoder()
+    decoder = SSEDecoder(max_line_bytes=max_event_bytes, max_event_bytes=max_event_bytes)
     async for data in body:
         batch: Batch = []
         try:
@@ -191,13 +204,15 @@ async def sse_to_client(
     """
     try:
         if first:
-            out = _client_bytes(first, include_usage, stats)
+            out, count = _client_bytes(first, include_usage, stats)
             if out:
                 yield out
+                stats.sent += count
         async for batch in rest:
-            out = _client_bytes(batch, include_usage, stats)
+            out, count = _client_bytes(batch, include_usage, stats)
             if out:
                 yield out
+                stats.sent += count
         if before_done is not None:
             failure = await before_done()
             if failure is not None:
@@ -206,11 +221,17 @@ async def sse_to_client(
         stats.error_code = exc.log_code
         yield encode_json(exc.to_body())
     yield DONE
+    stats.delivered = stats.completed and stats.error_code is None
 
 
-def _client_bytes(batch: Batch, include_usage: bool, stats: StreamStats) -> bytes:
-    parts = [_client_chunk(chunk, include_usage, stats) for chunk in batch]
-    return b"".join(part for part in parts if part is not None)
+def _client_bytes(batch: Batch, include_usage: bool, stats: StreamStats) -> tuple[bytes, int]:
+    """The batch's client bytes and how many chunks they hold."""
+    parts = [
+        part
+        for part in (_client_chunk(chunk, include_usage, stats) for chunk in batch)
+        if part is not None
+    ]
+    return b"".join(parts), len(parts)
 
 
 def _client_chunk(chunk: dict[str, Any], include_usage: bool, stats: StreamStats) -> bytes | None:

@@ -8,6 +8,15 @@ wait for the response headers and the first body bytes (prefill can be slow); ``
 bounds every later gap between body chunks. There is deliberately no total cap: a long generation
 that keeps producing tokens is never cut.
 
+Sizes: a JSON answer (attestation, models, signature, NRAS) is read incrementally and may hold
+at most ``max_json_bytes`` decoded bytes (``upstream.max_json_bytes``; a larger declared
+``Content-Length`` is refused before reading); past that the response is closed and
+:class:`UpstreamTooLargeError` (code ``upstream_json_too_large``) raised at once. Error bodies are
+read up to 64 KiB. Compressed bodies: the client asks for ``gzip`` only and inflates every body
+itself in pieces of at most 64 KiB, so a small compressed chunk never becomes a large buffer at
+once (a gzip bomb is cut at the same bounds); any other ``Content-Encoding`` is an
+``upstream_bad_encoding`` error.
+
 Error bodies: Venice answers ``{"error": "text", "details": ...}`` and, for errors relayed from the
 TEE backend, ``{"error": {"message": ..., "type": ..., "code": ...}}``. Both are reduced to a short
 message (truncated) for the client; they describe the request, never its (encrypted) content.
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -31,10 +41,14 @@ from proxy.core.errors import (
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeoutError,
+    UpstreamTooLargeError,
 )
 
 _MAX_ERROR_MESSAGE = 500
 _MAX_ERROR_BODY = 64 * 1024
+_PIECE_BYTES = 64 * 1024
+DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024
+ACCEPT_ENCODING = "gzip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +112,51 @@ def status_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstre
     )
 
 
+def _inflater(response: httpx.Response) -> Any:
+    """A zlib decompressor for the response's ``Content-Encoding`` (None for identity)."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    raise UpstreamError(
+        f"the upstream answered with content encoding '{encoding[:40]}', which was not asked for",
+        code="upstream_bad_encoding",
+    )
+
+
+async def _decoded(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body, decompressed, in pieces of at most 64 KiB (raw pieces as httpcore reads them,
+    at most 64 KiB too). Transport failures are raised as httpx errors."""
+    if response.is_stream_consumed:
+        # A response built with its whole (already decoded) content: in-memory transports.
+        content = response.content
+        for start in range(0, len(content), _PIECE_BYTES):
+            yield content[start : start + _PIECE_BYTES]
+        return
+    inflater = _inflater(response)
+    async for raw in response.aiter_raw():
+        if inflater is None:
+            if raw:
+                yield raw
+            continue
+        data = raw
+        while data:
+            try:
+                piece = inflater.decompress(data, _PIECE_BYTES)
+            except zlib.error as exc:
+                raise UpstreamError(
+                    "the upstream's compressed body is corrupt", code="upstream_bad_encoding"
+                ) from exc
+            if piece:
+                yield piece
+            data = inflater.unconsumed_tail
+    if inflater is not None:
+        tail = inflater.flush()
+        if tail:
+            yield tail
+
+
 class UpstreamStream:
     """An open streaming response. Use as an async context manager; always closed on exit."""
 
@@ -125,7 +184,7 @@ class UpstreamStream:
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         """The body as it arrives; the first chunk within the first-byte limit, later ones
         within the idle limit."""
-        iterator = self._response.aiter_bytes()
+        iterator = _decoded(self._response)
         limit = self._timeouts.first_byte_s
         while True:
             try:
@@ -168,8 +227,10 @@ class UpstreamClient:
         *,
         timeouts: UpstreamTimeouts | None = None,
         http_client: httpx.AsyncClient | None = None,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.max_json_bytes = max_json_bytes
         self._api_key = api_key
         self.timeouts = timeouts or UpstreamTimeouts()
         self._owns_client = http_client is None
@@ -187,7 +248,7 @@ class UpstreamClient:
         return bool(self._api_key)
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {"accept": "application/json"}
+        headers = {"accept": "application/json", "accept-encoding": ACCEPT_ENCODING}
         if self._api_key:
             headers["authorization"] = f"Bearer {self._api_key}"
         if extra:
@@ -203,7 +264,9 @@ class UpstreamClient:
         request = self._http.build_request(
             "GET", self.base_url + path, params=dict(params), headers=self._headers()
         )
-        return await _send_for_json(self._http, request, self.timeouts.first_byte_s, path)
+        return await _send_for_json(
+            self._http, request, self.timeouts.first_byte_s, path, self.max_json_bytes
+        )
 
     async def get_attestation(self, model: str, nonce_hex: str) -> Any:
         """``GET /tee/attestation?model=&nonce=`` as parsed JSON."""
@@ -263,15 +326,40 @@ class UpstreamClient:
 
 
 async def _read_bounded(response: httpx.Response) -> bytes:
+    """Up to 64 KiB of an error body (what could be read of it; never an error)."""
     data = bytearray()
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in _decoded(response):
             data += chunk
             if len(data) >= _MAX_ERROR_BODY:
                 break
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ProxyError):
         pass
-    return bytes(data)
+    return bytes(data[:_MAX_ERROR_BODY])
+
+
+async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The whole body if it holds at most ``limit`` decoded bytes, else
+    :class:`UpstreamTooLargeError` as soon as it is known (declared length or bytes read)."""
+
+    def too_large() -> UpstreamTooLargeError:
+        return UpstreamTooLargeError(
+            f"the answer to {what} exceeds {limit} bytes (upstream.max_json_bytes)",
+            code="upstream_json_too_large",
+        )
+
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit and "content-encoding" not in response.headers:
+        raise too_large()
+    # Pieces joined once at the end: no reallocation copies while reading.
+    pieces: list[bytes] = []
+    size = 0
+    async for chunk in _decoded(response):
+        pieces.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise too_large()
+    return b"".join(pieces)
 
 
 class ServiceClient:
@@ -279,10 +367,15 @@ class ServiceClient:
     Venice API key; failures map to the same error tree as the upstream's."""
 
     def __init__(
-        self, *, timeout_s: float = 30.0, http_client: httpx.AsyncClient | None = None
+        self,
+        *,
+        timeout_s: float = 30.0,
+        http_client: httpx.AsyncClient | None = None,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     ) -> None:
         self._owns_client = http_client is None
         self._timeout_s = timeout_s
+        self._max_json_bytes = max_json_bytes
         self._http = http_client or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s), follow_redirects=False
         )
@@ -295,26 +388,37 @@ class ServiceClient:
     async def request_json(self, method: str, url: str, body: Any = None) -> Any:
         """``method url`` with an optional JSON body; the JSON answer."""
         request = self._http.build_request(
-            method, url, json=body, headers={"accept": "application/json"}
+            method,
+            url,
+            json=body,
+            headers={"accept": "application/json", "accept-encoding": ACCEPT_ENCODING},
         )
-        return await _send_for_json(self._http, request, self._timeout_s, url)
+        return await _send_for_json(self._http, request, self._timeout_s, url, self._max_json_bytes)
 
 
 async def _send_for_json(
-    http: httpx.AsyncClient, request: httpx.Request, timeout_s: float, what: str
+    http: httpx.AsyncClient, request: httpx.Request, timeout_s: float, what: str, limit: int
 ) -> Any:
-    """Send ``request`` and parse its JSON answer; every failure in our error tree."""
+    """Send ``request`` and parse its JSON answer (at most ``limit`` bytes, read within
+    ``timeout_s`` like the headers); the response is always closed; every failure in our error
+    tree."""
     try:
         async with asyncio.timeout(timeout_s):
-            response = await http.send(request)
+            response = await http.send(request, stream=True)
+            try:
+                if response.status_code >= 400:
+                    raise status_error(
+                        response.status_code, await _read_bounded(response), response.headers
+                    )
+                body = await _read_capped(response, limit, what)
+            finally:
+                await response.aclose()
     except TimeoutError as exc:
         raise UpstreamTimeoutError(f"{what} did not answer in time") from exc
     except httpx.HTTPError as exc:
         raise _translate(exc) from exc
-    if response.status_code >= 400:
-        raise status_error(response.status_code, response.content, response.headers)
     try:
-        return response.json()
+        return json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise UpstreamError(
             f"the answer to {what} is not valid JSON", code="upstream_bad_json"

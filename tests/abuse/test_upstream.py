@@ -180,11 +180,19 @@ FAULTS: dict[str, Fault] = {
         Behaviour("garbage", payload=b"data: [1, 2, 3]\n\n"), 502, "upstream_bad_stream", True
     ),
     "endless_line_first": Fault(
-        Behaviour("endless_line", text_chunks=0), 502, "upstream_bad_stream", False
+        Behaviour("endless_line", text_chunks=0), 502, "upstream_read_ahead_exceeded", False
     ),
-    "endless_line_mid_stream": Fault(Behaviour("endless_line"), 502, "upstream_bad_stream", True),
+    "endless_line_mid_stream": Fault(
+        Behaviour("endless_line"), 502, "upstream_event_too_large", True
+    ),
     "oversized_event_mid_stream": Fault(
-        Behaviour("big_event", size=3 * MiB), 502, "upstream_bad_stream", True
+        Behaviour("big_event", size=3 * MiB), 502, "upstream_event_too_large", True
+    ),
+    "only_comments_before_the_first_text": Fault(
+        Behaviour("garbage", text_chunks=0, payload=b": keep-alive\n\n" * 60_000),
+        502,
+        "upstream_read_ahead_exceeded",
+        False,
     ),
     "no_done_mid_stream": Fault(Behaviour("no_done"), 502, "upstream_stream_truncated", True),
     "no_done_nothing_said": Fault(

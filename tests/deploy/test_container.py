@@ -91,11 +91,15 @@ def test_dockerfile_base_is_slim_python_311() -> None:
 
 
 def test_dockerfile_install_matches_the_tested_install() -> None:
-    """``pip install .``: the project as the tests import it, without the dev extra."""
+    """The locked runtime dependencies (hash-checked), then ``pip install --no-deps .``: the
+    project as the tests import it, without the dev extra."""
     runs = [i.args for i in dockerfile() if i.keyword == "RUN" and "pip install" in i.args]
     assert len(runs) == 1
-    first_command = runs[0].split("&&")[0]
-    assert shlex.split(first_command) == ["pip", "install", "."]
+    commands = [shlex.split(command) for command in runs[0].split("&&")]
+    assert commands[0] == [
+        "pip", "install", "--require-hashes", "--no-deps", "-r", "requirements.lock"
+    ]  # fmt: skip
+    assert commands[1] == ["pip", "install", "--no-deps", "."]
     # The project builds from what is copied in: pyproject, its readme and the package.
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     copied = " ".join(i.args for i in dockerfile() if i.keyword == "COPY")
@@ -221,7 +225,13 @@ def test_dockerignore_keeps_the_context_small_and_complete() -> None:
         assert _ignored(path, patterns), path
     for path in (".mypy_cache/x", ".pytest_cache/x", ".ruff_cache/x", "secrets/venice_api_key"):
         assert _ignored(path, patterns), path
-    for path in ("pyproject.toml", "README.md", "config.example.toml", "proxy/app.py"):
+    for path in (
+        "requirements.lock",
+        "pyproject.toml",
+        "README.md",
+        "config.example.toml",
+        "proxy/app.py",
+    ):
         assert not _ignored(path, patterns), path
     for path in ("proxy/simulator/app.py", "proxy/attestation/checks.py"):
         assert not _ignored(path, patterns), path

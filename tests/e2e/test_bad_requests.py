@@ -105,10 +105,35 @@ def test_bad_bodies(
     assert httpx.get(proxy.url + "/healthz").status_code == 200
 
 
-def test_wrong_content_type(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
-    error = _assert_envelope(_post(proxy, _user(CANARY), "text/plain"), 400)
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""],
+)
+def test_wrong_content_type(
+    proxy: ThreadedServer, sim_state: SimulatorState, content_type: str
+) -> None:
+    error = _assert_envelope(_post(proxy, _user(CANARY), content_type), 415)
     assert error["code"] == "unsupported_content_type"
+    assert "Content-Type: application/json" in error["message"]
     assert sim_state.chat_requests == 0
+
+
+def test_missing_content_type(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+    # What a page's no-cors fetch with a Blob body sends: no Content-Type at all.
+    response = httpx.post(proxy.url + "/v1/chat/completions", content=_user(CANARY))
+    assert "content-type" not in response.request.headers
+    error = _assert_envelope(response, 415)
+    assert error["code"] == "unsupported_content_type"
+    assert "no Content-Type" in error["message"]
+    assert sim_state.chat_requests == 0
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/json ;x=1"]
+)
+def test_json_content_types_are_accepted(proxy: ThreadedServer, content_type: str) -> None:
+    response = _post(proxy, _user("hi"), content_type)
+    assert response.status_code == 200, response.text
 
 
 def test_oversized_body(make_proxy: Any, sim_state: SimulatorState) -> None:

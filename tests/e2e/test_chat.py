@@ -372,6 +372,24 @@ def test_attestation_endpoint_reports_checks(proxy: ThreadedServer) -> None:
     assert codes["dcap"]["enforced"] is False
 
 
+def test_attestation_endpoint_only_attests_catalogue_models(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    server = make_proxy(models={"aliases": {"my-alias": E2EE_MODEL, "dangling": "e2ee-nope"}})
+    fetches = sim_state.attestation_fetches
+    for name in ("e2ee-made-up-name", "x" * 300, "dangling", "e2ee-nope"):
+        response = httpx.get(server.url + f"/v1/attestation/{name}")
+        assert response.status_code == 404, response.text
+        error = response.json()["error"]
+        assert error["code"] == "model_not_found"
+        assert len(error["message"]) < 200
+    assert sim_state.attestation_fetches == fetches  # nothing was attested upstream
+    aliased = httpx.get(server.url + "/v1/attestation/my-alias")
+    assert aliased.status_code == 200, aliased.text
+    assert aliased.json()["model"] == E2EE_MODEL
+    assert sim_state.attestation_fetches == fetches + 1
+
+
 # --- faults -------------------------------------------------------------------------------
 
 

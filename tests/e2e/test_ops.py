@@ -235,9 +235,7 @@ def test_readyz_waits_for_warm_up_models(
     assert any(E2EE_MODEL in reason for reason in response.json()["reasons"])
 
 
-def test_request_log_line(proxy: ThreadedServer, log_lines: Callable[[], list[str]]) -> None:
-    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
-    list(client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True))
+def _chat_records(log_lines: Callable[[], list[str]]) -> list[dict[str, Any]]:
     records = []
     for line in log_lines():
         try:
@@ -246,14 +244,39 @@ def test_request_log_line(proxy: ThreadedServer, log_lines: Callable[[], list[st
             continue
         if record.get("event") == "chat_request":
             records.append(record)
-    record = records[-1]
+    return records
+
+
+def test_request_log_line(proxy: ThreadedServer, log_lines: Callable[[], list[str]]) -> None:
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+    received = list(
+        client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)
+    )
+    record = _chat_records(log_lines)[-1]
     assert record["status"] == 200
     assert record["upstream_status"] == 200
     assert record["stream"] is True
     assert record["completed"] is True
+    assert record["chunks"] == len(received)
     assert record["venice_request_id"]
     assert record["ttfb_ms"] is not None
     assert record["attestation_age_s"] is not None
     assert record["request_id"].startswith("req_")
     assert record["completion_tokens"] > 0
     assert isinstance(record["cost_usd"], float)
+
+
+def test_request_log_line_of_a_stream_that_failed_midway(
+    proxy: ThreadedServer, sim_state: SimulatorState, log_lines: Callable[[], list[str]]
+) -> None:
+    sim_state.faults = Faults(midstream_error=True)
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+    received: list[Any] = []
+    stream = client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)
+    with pytest.raises(openai.APIError):
+        received.extend(stream)
+    assert received
+    record = _chat_records(log_lines)[-1]
+    assert record["completed"] is False
+    assert record["chunks"] == len(received)
+    assert record["error"]

@@ -129,8 +129,9 @@ def test_a_local_stop_cancels_the_generation(
         assert finishes == {0: "stop"}
         assert all(chunk.usage is None for chunk in chunks)  # no usage after a local stop
         # The proxy hung up: the simulator's generation was cancelled, not run to the end.
+        # (streams_completed is not asserted: an earlier test's stream on the shared simulator
+        # may still finish during this one on a loaded machine.)
         assert wait_for(lambda: sim_state.streams_cancelled == 1 and sim_state.streams_open == 0)
-        assert sim_state.streams_completed == 0
     finally:
         sim_state.token_delay_s = 0.0
 

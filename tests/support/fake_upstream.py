@@ -68,6 +68,8 @@ Kind = Literal[
     "bad_status_line",  # ``payload`` instead of an HTTP status line
     "flood",  # an endless fast stream of big sealed chunks, written with back-pressure
     "script",  # good prefix, then ``events`` (SEAL: strings sealed), then a clean end
+    "role_flood",  # role-only chunks (no text ever), ``size`` bytes or until the peer goes
+    "data_lines",  # good prefix, then ``data:`` lines that never end an event, likewise
 ]
 
 SEAL = "SEAL:"  # in a scripted event, a string starting with this is sent sealed
@@ -223,6 +225,9 @@ class FakeUpstream:
         # Raw 200 JSON bodies served instead of the simulator's, by path suffix
         # (e.g. "/tee/attestation"): hostile metadata.
         self.overrides: dict[str, bytes] = {}
+        # Endless 200 JSON answers by path suffix: a chunked body of this many bytes, generated
+        # as it is written (the fake never holds it), until the peer hangs up.
+        self.huge_json: dict[str, int] = {}
         self.requests: list[Received] = []
         self.chat_requests = 0
         self.open_chat_connections = 0
@@ -259,6 +264,7 @@ class FakeUpstream:
         self.behaviour = behaviour or Behaviour()
         self.cycle = ()
         self.overrides = {}
+        self.huge_json = {}
         self._release.clear()
         self.requests.clear()
         self.chat_requests = 0
@@ -365,6 +371,20 @@ class FakeUpstream:
         body: bytes,
     ) -> None:
         path = target.split("?")[0]
+        for suffix, size in self.huge_json.items():
+            if path.endswith(suffix):
+                head = _head(
+                    "200 OK", {"content-type": "application/json", "transfer-encoding": "chunked"}
+                )
+                await self._send(writer, head + _chunk(b'{"pad": "'))
+                block = _chunk(b"a" * 65536)
+                try:
+                    while self.bytes_sent < size:
+                        await self._send(writer, block)
+                    await self._send(writer, _chunk(b'"}') + _LAST_CHUNK)
+                except ConnectionError:
+                    pass
+                return
         for suffix, content in self.overrides.items():
             if path.endswith(suffix):
                 writer.write(_fixed_head("200 OK", "application/json", len(content)) + content)
@@ -446,6 +466,10 @@ class FakeUpstream:
             await send(_sse_head(content_type))
             await self._until_peer_closes(reader)
             return
+        if kind == "role_flood":
+            await send(_sse_head(content_type))
+            await self._endless(writer, reader, _chunk(stream.role() * 400), plan.size)
+            return
         await send(_sse_head(content_type) + _chunk(stream.prefix(plan.text_chunks)))
         if plan.hold:
             await self._held()
@@ -471,6 +495,10 @@ class FakeUpstream:
             body = b"".join(stream.scripted(event) for event in plan.events)
             scripted = _chunk(body) if body else b""  # an empty chunk would end the body
             await send(scripted + _chunk(stream.end(plan.text_chunks)) + _LAST_CHUNK)
+        elif kind == "data_lines":
+            line = b'data: {"pad": "' + b"b" * 100 + b'"}\n'
+            await self._endless(writer, reader, _chunk(line * 600), plan.size)
+            return
         await self._until_peer_closes(reader)
 
     def _fixed_body(self, kind: Kind, stream: SealedStream) -> bytes:
@@ -506,6 +534,25 @@ class FakeUpstream:
             await self._send(writer, _chunk(b"data: "))
             while not closed.done():
                 await self._send(writer, block)
+        except ConnectionError:
+            pass
+        await closed
+
+    async def _endless(
+        self,
+        writer: asyncio.StreamWriter,
+        reader: asyncio.StreamReader,
+        block: bytes,
+        total: int,
+    ) -> None:
+        """Write ``block`` again and again (``total`` bytes at most; 0: no limit) until the
+        peer hangs up; then a clean end of the body."""
+        closed = asyncio.ensure_future(self._until_peer_closes(reader))
+        try:
+            while not closed.done() and (total <= 0 or self.bytes_sent < total):
+                await self._send(writer, block)
+            if not closed.done():
+                await self._send(writer, _LAST_CHUNK)
         except ConnectionError:
             pass
         await closed

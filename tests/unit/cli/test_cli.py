@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from proxy.http.loopback import ThreadedServer, free_socket
@@ -131,7 +132,55 @@ def test_demo_mode_without_a_key(demo_proxy: tuple[str, subprocess.Popen[str]]) 
     process.terminate()
     _, stderr = process.communicate(timeout=15)
     assert "DEMO MODE" in stderr
-    assert "curl" in stderr
+    assert CANARY not in stderr
+
+
+def test_serve_logs_are_json_lines_once_and_an_aborted_stream_is_logged_as_such(
+    demo_proxy: tuple[str, subprocess.Popen[str]],
+) -> None:
+    """stderr is not a TTY here: every line is JSON (uvicorn's too), start-up and shutdown
+    lines come once (the demo's simulator is a second uvicorn server in the same process), and
+    a Python client that stops reading after two chunks gives no "socket.send() raised
+    exception." line and a request line with ``completed: false``."""
+    url, process = demo_proxy
+    client = openai.OpenAI(base_url=url + "/v1", api_key="local", max_retries=0)
+    stream = client.chat.completions.create(
+        model=E2EE_MODEL,
+        # about 10,000 chunks: far more than can be written before the client hangs up
+        messages=[{"role": "user", "content": f"{CANARY} " + "tell me a long story " * 2000}],
+        stream=True,
+    )
+    for index, _ in enumerate(stream):
+        if index == 2:
+            break
+    stream.close()
+    client.close()
+    long_model = "m" * 200
+    refused = httpx.post(
+        url + "/v1/chat/completions",
+        json={"model": long_model, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert refused.status_code == 404
+    process.terminate()
+    _, stderr = process.communicate(timeout=15)
+    lines = stderr.splitlines()
+    records = [json.loads(line) for line in lines]  # every line is a JSON object
+    assert all(isinstance(record, dict) for record in records), lines
+    assert not [line for line in lines if "socket.send" in line]
+    events = [record["event"] for record in records]
+    for event in events:
+        if event.startswith(("Started server process", "Application startup", "Uvicorn running")):
+            assert events.count(event) == 1, events
+    assert sum(event.startswith("Started server process") for event in events) == 1
+    assert all("level" in record and "timestamp" in record for record in records)
+    chats = [record for record in records if record["event"] == "chat_request"]
+    assert len(chats) == 2, chats
+    aborted, long_name = chats
+    assert aborted["completed"] is False
+    assert aborted["error"] == "client_disconnected"
+    assert aborted["completion_tokens"] is None  # the proxy stopped before the usage chunk
+    assert 3 <= aborted["chunks"] < 5000  # what was written, not the whole answer
+    assert long_name["model"] == "m" * 64 + "..."
     assert CANARY not in stderr
 
 

@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.core.errors import SSEProtocolError
-from proxy.core.sse import DONE, SSEDecoder, SSEEvent, encode_data, encode_json
+from proxy.core.sse import (
+    DONE,
+    LINE_OVERHEAD,
+    SSEDecoder,
+    SSEEvent,
+    encode_data,
+    encode_json,
+)
 
 # A realistic upstream stream: CRLF and LF mixed, a comment, a multi-byte character, a usage
 # chunk and the terminator.
@@ -183,6 +190,49 @@ def test_line_at_limit_is_accepted_and_over_limit_rejected() -> None:
     assert SSEDecoder(max_line_bytes=64).feed(line + b"\n\n") == [SSEEvent(data="a" * 58)]
     with pytest.raises(SSEProtocolError):
         SSEDecoder(max_line_bytes=63).feed(line + b"\n\n")
+
+
+def test_data_lines_that_never_end_an_event_are_bounded() -> None:
+    decoder = SSEDecoder(max_event_bytes=64 * 1024)
+    line = b"data: " + b"x" * 100 + b"\n"
+    fed = 0
+
+    def feed_until_refused() -> None:
+        nonlocal fed
+        while fed < 1024 * 1024:
+            decoder.feed(line * 10)
+            fed += len(line) * 10
+
+    with pytest.raises(SSEProtocolError) as info:
+        feed_until_refused()
+    assert info.value.code == "upstream_event_too_large"
+    assert "65536 bytes" in info.value.message
+    assert fed < 64 * 1024  # cut at the bound, not at the end of the input
+
+
+def test_tiny_data_lines_count_their_overhead() -> None:
+    # "data:ab" is 7 bytes on the wire but a whole string object in memory.
+    budget = 100 * (7 + LINE_OVERHEAD)
+    decoder = SSEDecoder(max_event_bytes=budget)
+    assert decoder.feed(b"data:ab\n" * 100) == []
+    with pytest.raises(SSEProtocolError):
+        decoder.feed(b"data:ab\n")
+
+
+def test_the_event_budget_is_per_event() -> None:
+    line = b"data: " + b"y" * 40 + b"\n"
+    decoder = SSEDecoder(max_event_bytes=10 * (len(line) - 1 + LINE_OVERHEAD))
+    for _ in range(100):
+        events = decoder.feed(line * 10 + b"\n")
+        assert events == [SSEEvent(data="\n".join(["y" * 40] * 10))]
+    # comments and other fields cost nothing: they are not kept
+    assert decoder.feed(b": ping\n" * 10_000 + b"event: x\n" * 10_000) == []
+
+
+def test_an_oversized_line_has_the_same_code() -> None:
+    with pytest.raises(SSEProtocolError) as info:
+        SSEDecoder(max_line_bytes=64).feed(b"data: " + b"a" * 100)
+    assert info.value.code == "upstream_event_too_large"
 
 
 def test_many_small_feeds_of_a_long_line_are_fine() -> None:

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from proxy.attestation import AttestationReport
-from proxy.core.errors import AttestationError, UpstreamConnectError
+from proxy.core.errors import AttestationError, AttestationRateLimitedError, UpstreamConnectError
 from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache
 
 TTL = 100.0
@@ -172,3 +172,69 @@ async def test_expired_key_is_never_served(clock: Clock, attester: FakeAttester)
     fresh = await cache.get("m")
     assert fresh is not key
     assert replace(fresh, model="m").expires_at > clock.now
+
+
+async def test_remembered_failures_are_bounded_least_recently_used_first(
+    clock: Clock, attester: FakeAttester
+) -> None:
+    cache = AttestedKeyCache(attester, clock=clock, failure_cache_size=100)
+    attester.fail = AttestationError("no such model", code="attestation_fetch_failed")
+    for index in range(1500):
+        with pytest.raises(AttestationError):
+            await cache.get(f"made-up-{index}")
+    assert len(cache._failures) == 100
+    assert len(cache._fetch_times) == 100
+    assert "made-up-1499" in cache._failures
+    assert "made-up-0" not in cache._failures
+    # a remembered failure that is used again becomes the most recent
+    with pytest.raises(AttestationError):
+        await cache.get("made-up-1400")
+    assert list(cache._failures)[-1] == "made-up-1400"
+
+
+async def test_fetches_per_model_are_rate_limited(clock: Clock, attester: FakeAttester) -> None:
+    cache = AttestedKeyCache(attester, clock=clock, failure_backoff_s=0, max_fetches_per_minute=3)
+    for _ in range(3):
+        key = await cache.get("m")
+        cache.invalidate_key(key.public_key)  # e.g. the upstream rejected it
+        clock.now += 1
+    with pytest.raises(AttestationRateLimitedError) as info:
+        await cache.get("m")
+    assert info.value.http_status == 503
+    assert "attestation.max_fetches_per_minute" in info.value.message
+    assert attester.calls == 3
+    assert (await cache.get("other")).model == "other"  # per model
+    clock.now += 58  # the first fetch is now more than a minute old
+    assert (await cache.get("m")).model == "m"
+    assert attester.calls == 5
+
+
+async def test_a_rate_limited_model_answers_with_its_last_failure(
+    clock: Clock, attester: FakeAttester
+) -> None:
+    cache = AttestedKeyCache(attester, clock=clock, failure_backoff_s=1, max_fetches_per_minute=2)
+    attester.fail = UpstreamConnectError()
+    for _ in range(2):
+        with pytest.raises(UpstreamConnectError):
+            await cache.get("m")
+        clock.now += 2  # past the backoff
+    with pytest.raises(UpstreamConnectError):
+        await cache.get("m")
+    assert attester.calls == 2
+
+
+async def test_a_rate_limited_refresh_waits_and_the_old_key_serves(
+    clock: Clock, attester: FakeAttester
+) -> None:
+    cache = AttestedKeyCache(attester, clock=clock, failure_backoff_s=0, max_fetches_per_minute=1)
+    first = await cache.get("m")
+    clock.now += TTL * 0.8  # due for refresh
+    attester.fail = UpstreamConnectError()
+    assert await cache.get("m") is first  # the background refresh starts and fails
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert attester.calls == 2
+    clock.now += 1
+    assert await cache.get("m") is first  # still valid; the refresh waits for the limit
+    await asyncio.sleep(0)
+    assert attester.calls == 2

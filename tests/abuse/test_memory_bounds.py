@@ -1,0 +1,190 @@
+"""Bounded memory against a hostile upstream: each flood is cut at its bound, at once.
+
+Each case lets :class:`~tests.support.fake_upstream.FakeUpstream` send far more than the proxy's
+bound (generated as it is written, so the test process never holds it) and checks that the
+client gets a clear OpenAI error within seconds (not at the idle timeout, which is 30 s here),
+that the upstream was hung up on long before it finished, and that the process's resident memory
+(client, proxy and fake share it) grew by less than 20 MiB at its peak, sampled every 2 ms while
+the request ran:
+
+- role-only chunks before the first text: ``upstream.max_read_ahead_bytes`` (512 KiB);
+- ``data:`` lines that never end an event: ``upstream.max_event_bytes`` (4 MiB);
+- a 128 MiB JSON answer for the attestation, the model list and a signature:
+  ``upstream.max_json_bytes`` (4 MiB).
+
+Before the bounds: 120 MB of role-only chunks raised the proxy's RSS from 77 to 202 MB, endless
+data lines by 120 MB, a 128 MiB attestation by 300 MB, each hanging until the idle timeout.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import CANARY, E2EE_MODEL
+from tests.support.fake_upstream import Behaviour, ProxyHarness, proxy_harness
+
+MiB = 1 << 20
+RSS_GROWTH_LIMIT = 20 * MiB
+FLOOD = 150 * MiB
+HUGE_JSON = 128 * MiB
+CUT_WITHIN_S = 10.0  # the idle timeout is 30 s: an answer before this was cut at the bound
+TIMEOUTS = {"first_byte_timeout_s": 30, "idle_timeout_s": 30}
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """The peak growth of this process's resident memory during the block (2 ms samples)."""
+
+    def __init__(self) -> None:
+        self.growth = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.growth = max(self.growth, _rss() - self._before)
+
+    def __enter__(self) -> PeakRss:
+        gc.collect()
+        self._before = _rss()
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.growth = max(self.growth, _rss() - self._before)
+
+
+def _check(case: str, rss: PeakRss, sent: int, total: int, elapsed: float) -> None:
+    """The bound held: cut quickly, long before the upstream finished, memory flat. The numbers
+    are printed for ``pytest -s``."""
+    print(
+        f"\n{case}: RSS +{rss.growth / MiB:.1f} MiB at peak; the upstream got to send "
+        f"{sent / MiB:.1f} of {total / MiB:.0f} MiB; answered in {elapsed:.2f} s"
+    )
+    assert elapsed < CUT_WITHIN_S
+    assert sent < total // 4, "the proxy kept reading after its bound"
+    assert rss.growth < RSS_GROWTH_LIMIT, f"RSS grew by {rss.growth / MiB:.1f} MiB"
+
+
+def _body(*, stream: bool) -> dict[str, Any]:
+    return {
+        "model": E2EE_MODEL,
+        "messages": [{"role": "user", "content": f"{CANARY} hello"}],
+        "stream": stream,
+    }
+
+
+def _error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == code, error
+    return error
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[ProxyHarness]:
+    with proxy_harness(upstream={**TIMEOUTS, "models_cache_ttl_s": 600}) as harness:
+        warm = httpx.post(harness.chat_url, json=_body(stream=False), timeout=30)
+        assert warm.status_code == 200, warm.text
+        yield harness
+
+
+@pytest.fixture
+def clean(harness: ProxyHarness, log_lines: Callable[[], list[str]]) -> Iterator[ProxyHarness]:
+    harness.fake.reset()
+    yield harness
+    harness.assert_clean("\n".join(log_lines()))
+
+
+def test_role_only_chunks_before_the_first_text(clean: ProxyHarness) -> None:
+    fake = clean.fake
+    fake.reset(Behaviour("role_flood", size=FLOOD))
+    started = time.monotonic()
+    with PeakRss() as rss:
+        response = httpx.post(clean.chat_url, json=_body(stream=True), timeout=60)
+    elapsed = time.monotonic() - started
+    error = _error(response, 502, "upstream_read_ahead_exceeded")
+    assert "upstream.max_read_ahead_bytes" in error["message"]
+    assert fake.settled()
+    _check("role-only chunks", rss, fake.bytes_sent, FLOOD, elapsed)
+
+
+def test_data_lines_that_never_end_an_event(clean: ProxyHarness) -> None:
+    fake = clean.fake
+    fake.reset(Behaviour("data_lines", text_chunks=2, size=FLOOD))
+    started = time.monotonic()
+    with PeakRss() as rss:
+        response = httpx.post(clean.chat_url, json=_body(stream=True), timeout=60)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200  # the first text had gone out: the error is in-band
+    body = response.text
+    assert body.endswith("data: [DONE]\n\n")
+    assert '"code":"upstream_event_too_large"' in body
+    assert fake.settled()
+    _check("endless data: lines", rss, fake.bytes_sent, FLOOD, elapsed)
+
+
+def _huge_json_case(
+    path: str, request: Callable[[ProxyHarness], httpx.Response], **sections: dict[str, Any]
+) -> tuple[httpx.Response, PeakRss, float, int]:
+    with proxy_harness(upstream={**TIMEOUTS}, **sections) as harness:
+        harness.fake.huge_json[path] = HUGE_JSON
+        started = time.monotonic()
+        with PeakRss() as rss:
+            response = request(harness)
+        elapsed = time.monotonic() - started
+        sent = harness.fake.bytes_sent
+        harness.settle()
+    return response, rss, elapsed, sent
+
+
+def _chat(harness: ProxyHarness) -> httpx.Response:
+    return httpx.post(harness.chat_url, json=_body(stream=False), timeout=60)
+
+
+def _models(harness: ProxyHarness) -> httpx.Response:
+    return httpx.get(harness.server.url + "/v1/models", timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("path", "request_", "sections"),
+    [
+        ("/tee/attestation", _chat, {}),
+        ("/models", _models, {}),
+        ("/tee/signature", _chat, {"signatures": {"mode": "strict"}}),
+    ],
+    ids=["attestation", "models", "signature"],
+)
+def test_a_huge_json_answer_is_cut_at_its_bound(
+    path: str,
+    request_: Callable[[ProxyHarness], httpx.Response],
+    sections: dict[str, dict[str, Any]],
+) -> None:
+    response, rss, elapsed, sent = _huge_json_case(path, request_, **sections)
+    if path == "/tee/signature":
+        # strict mode: the signature could not be fetched, so the answer is withheld
+        _error(response, 502, "signature_fetch_failed")
+    else:
+        error = _error(response, 502, "upstream_json_too_large")
+        assert "upstream.max_json_bytes" in error["message"]
+    _check(f"128 MiB JSON at {path}", rss, sent, HUGE_JSON, elapsed)
