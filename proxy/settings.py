@@ -106,8 +106,28 @@ class PinsSettings(_Section):
         return self
 
 
+def _hex_list(values: list[str], digits: int, what: str) -> list[str]:
+    normalized: list[str] = []
+    for value in values:
+        text = value.strip().lower().removeprefix("0x")
+        if len(text) != digits or any(c not in "0123456789abcdef" for c in text):
+            raise ValueError(f"{what} values must be {digits} hex digits")
+        normalized.append(text)
+    return normalized
+
+
 class AttestationSettings(_Section):
-    """``[attestation]``: what a model's TEE must prove before a prompt is encrypted to it."""
+    """``[attestation]``: what a model's TEE must prove before a prompt is encrypted to it.
+
+    Trust levels (``gateway_models``, ``trust_levels``, ``state_dir``): an ``aci/1`` report
+    attests only Venice's gateway, not the host that runs the model; such models are refused
+    unless ``gateway_models = "allow"`` (or ``trust_levels`` names ``gateway`` for the model).
+    The level each model was attested at is remembered in ``state_dir`` (default for ``serve``:
+    ``$XDG_STATE_HOME/venice-e2ee-proxy``; unset in library use: remembered in memory only) and a
+    model once ``enclave`` that answers as ``gateway`` is refused until accepted with
+    ``venice-e2ee-proxy trust accept MODEL``. ``extra_mrseam``/``extra_mrtd`` extend the shipped
+    measurement policy; ``gateway_kms_roots``/``gateway_app_ids`` replace its gateway anchors.
+    """
 
     dcap: Literal["require", "off"] = "require"
     pccs_url: str = INTEL_PCS_URL
@@ -121,6 +141,29 @@ class AttestationSettings(_Section):
     allowed_tcb_status: list[str] = Field(default_factory=lambda: ["UpToDate", "SWHardeningNeeded"])
     pins: dict[str, PinsSettings] = Field(default_factory=dict)
     warm_up: list[str] = Field(default_factory=list)
+    gateway_models: Literal["refuse", "allow"] = "refuse"
+    trust_levels: dict[str, Literal["enclave", "gateway"]] = Field(default_factory=dict)
+    state_dir: Path | None = None
+    allow_unpinned_images: bool = False
+    extra_mrseam: list[str] = Field(default_factory=list)
+    extra_mrtd: list[str] = Field(default_factory=list)
+    gateway_kms_roots: list[str] = Field(default_factory=list)
+    gateway_app_ids: list[str] = Field(default_factory=list)
+
+    @field_validator("extra_mrseam", "extra_mrtd")
+    @classmethod
+    def _measurements(cls, value: list[str]) -> list[str]:
+        return _hex_list(value, 96, "measurement")
+
+    @field_validator("gateway_kms_roots")
+    @classmethod
+    def _kms_roots(cls, value: list[str]) -> list[str]:
+        return _hex_list(value, 66, "compressed secp256k1 KMS root")
+
+    @field_validator("gateway_app_ids")
+    @classmethod
+    def _app_ids(cls, value: list[str]) -> list[str]:
+        return _hex_list(value, 40, "app id")
 
     @field_validator("allowed_tcb_status")
     @classmethod

@@ -12,13 +12,20 @@ informational.
 ``verify --json``::
 
     {"model", "nonce", "shape", "signing_address", "signing_public_key", "tcb_status",
-     "advisory_ids", "tee_provider", "upstream_model", "passed", "failures": [code, ...],
-     "checks": [{"code", "ok", "enforced", "detail", "tier"}, ...]}
+     "advisory_ids", "tee_provider", "upstream_model", "trust_level": "enclave" | "gateway",
+     "attested": str, "not_attested": [str, ...], "facts": {...}, "passed",
+     "failures": [code, ...], "checks": [{"code", "ok", "enforced", "detail", "tier"}, ...]}
+
+``facts`` holds what the checks saw, for people: the classification reasons, the measurements
+and whether each is known, the compose's images, the gateway's custody facts, the compose
+manager's deployments. Tiers, in report order: response, binding, quote, gpu, software,
+measurements, custody (aci gateway key custody), trust.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from proxy.core.errors import AttestationError
@@ -28,6 +35,9 @@ TIER_BINDING: Final = "binding"
 TIER_QUOTE: Final = "quote"
 TIER_GPU: Final = "gpu"
 TIER_SOFTWARE: Final = "software"
+TIER_MEASUREMENTS: Final = "measurements"
+TIER_CUSTODY: Final = "custody"
+TIER_TRUST: Final = "trust"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,10 @@ class AttestationReport:
     advisory_ids: tuple[str, ...] = ()
     tee_provider: str | None = None
     upstream_model: str | None = None
+    trust_level: str | None = None
+    attested: str = ""
+    not_attested: tuple[str, ...] = ()
+    facts: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def passed(self) -> bool:
@@ -100,6 +114,10 @@ class AttestationReport:
             "advisory_ids": list(self.advisory_ids),
             "tee_provider": self.tee_provider,
             "upstream_model": self.upstream_model,
+            "trust_level": self.trust_level,
+            "attested": self.attested,
+            "not_attested": list(self.not_attested),
+            "facts": dict(self.facts),
             "passed": self.passed,
             "failures": [check.code for check in self.failures],
             "checks": [check.to_dict() for check in self.checks],

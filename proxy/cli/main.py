@@ -36,7 +36,8 @@ DEMO_BANNER = """
   DEMO MODE: no VENICE_API_KEY set.
   The proxy is running against the BUILT-IN SIMULATOR at {sim_url},
   not Venice. Answers are synthetic; DCAP quote verification and NVIDIA
-  NRAS are OFF (the simulator cannot produce Intel- or NVIDIA-signed evidence).
+  NRAS are OFF (the simulator cannot produce Intel- or NVIDIA-signed evidence),
+  and the simulator's made-up TDX module and firmware are allowed.
   Set VENICE_API_KEY to use Venice's real E2EE models.
 
   Try it:
@@ -98,7 +99,7 @@ def _api_key(settings: Settings) -> SecretStr | None:
 
 
 async def _serve_demo(settings: Settings) -> None:
-    from proxy.simulator import SimulatorState, create_simulator_app
+    from proxy.simulator import SIMULATED_MEASUREMENTS, SimulatorState, create_simulator_app
 
     sim_sock = free_socket()
     sim_url = f"http://127.0.0.1:{sim_sock.getsockname()[1]}/api/v1"
@@ -108,7 +109,12 @@ async def _serve_demo(settings: Settings) -> None:
             # The simulator's quote cannot carry Intel's signature and its GPU evidence is
             # not NVIDIA's: DCAP and NRAS are off, every other check stays on.
             "attestation": settings.attestation.model_copy(
-                update={"dcap": "off", "nvidia": "nonce"}
+                update={
+                    "dcap": "off",
+                    "nvidia": "nonce",
+                    "extra_mrseam": [SIMULATED_MEASUREMENTS["mrseam"]],
+                    "extra_mrtd": [SIMULATED_MEASUREMENTS["mrtd"]],
+                }
             ),
         }
     )

@@ -84,6 +84,13 @@ def attestation_policy(settings: Settings) -> AttestationPolicy:
             model: MeasurementPins(**{name: tuple(values) for name, values in pins})
             for model, pins in section.pins.items()
         },
+        gateway_models=section.gateway_models,
+        trust_levels=dict(section.trust_levels),
+        allow_unpinned_images=section.allow_unpinned_images,
+        extra_mrseam=frozenset(section.extra_mrseam),
+        extra_mrtd=frozenset(section.extra_mrtd),
+        gateway_kms_roots=frozenset(section.gateway_kms_roots),
+        gateway_app_ids=frozenset(section.gateway_app_ids),
     )
 
 
