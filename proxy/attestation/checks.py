@@ -105,6 +105,7 @@ from proxy.attestation.software import (
     MEASUREMENTS_PINNED,
     OS_IMAGE_NOT_DEV,
     bound_compose_hash,
+    measured_claim,
     software_checks,
 )
 from proxy.attestation.trust import (
@@ -284,7 +285,9 @@ def verify_evidence(
     )
     facts: dict[str, Any] = {
         "classification": list(classification.reasons),
-        "measurements": _measurement_facts(tdx, compose_hash),
+        "measurements": _measurement_facts(
+            tdx, compose_hash, measured_claim(evidence, tdx, "os-image-hash")
+        ),
         "compose": compose.to_dict() if compose is not None else None,
         "compose_bound": bound,
         "compose_manager": (
@@ -325,7 +328,9 @@ def _compose(evidence: Evidence, software: list[CheckResult]) -> tuple[ComposeFa
     return parse_compose(text), binding.ok is True
 
 
-def _measurement_facts(quote: TdxQuote | None, compose_hash: str | None) -> dict[str, Any]:
+def _measurement_facts(
+    quote: TdxQuote | None, compose_hash: str | None, os_image_hash: bytes | None
+) -> dict[str, Any]:
     if quote is None:
         return {}
     report = quote.report
@@ -337,6 +342,7 @@ def _measurement_facts(quote: TdxQuote | None, compose_hash: str | None) -> dict
         "rtmr2": report.rtmr2.hex(),
         "rtmr3": report.rtmr3.hex(),
         "compose_hash": compose_hash,
+        "os_image_hash": os_image_hash.hex() if os_image_hash is not None else None,
     }
     known = {
         name: known_status(values[name], name)
@@ -545,7 +551,8 @@ def _dcap(
         detail = "DCAP is off: the quote signature was not verified"
         return _result(DCAP, TIER_QUOTE, None, detail, enforced=False), None
     if collateral is None:
-        return _result(DCAP, TIER_QUOTE, False, "no collateral"), None
+        detail = "not checked: no DCAP collateral, so the quote's Intel signature was not verified"
+        return _result(DCAP, TIER_QUOTE, None, detail), None
     if quote is None:
         return _skipped(DCAP, TIER_QUOTE, QUOTE_PARSE), None
     try:

@@ -124,15 +124,19 @@ class AttestationReport:
         }
 
     def raise_for_failure(self) -> None:
-        """Raise :class:`AttestationError` (code = the first failed check) unless it passed."""
+        """Raise :class:`AttestationError` unless it passed: code = the first failed check, the
+        message names every failed check and the first one's detail (what failed, the value
+        seen and, for a policy refusal, the setting or command that changes it)."""
         if self.passed:
             return
         failures = self.failures
         if not failures:
             raise AttestationError("the attestation report has no checks", code="no_checks")
         codes = ", ".join(check.code for check in failures)
+        first = failures[0]
         raise AttestationError(
-            f"attestation of {self.model} failed checks: {codes}", code=failures[0].code
+            f"attestation of {self.model} failed checks: {codes} ({first.code}: {first.detail})",
+            code=first.code,
         )
 
 

@@ -91,6 +91,7 @@ def _add_guards(app: FastAPI, settings: Settings, services: Services) -> None:
                 "x-request-id",
                 "x-venice-proxy-e2ee",
                 "x-venice-proxy-signing-address",
+                "x-venice-proxy-trust",
             ],
         )
     app.add_middleware(DrainMiddleware, controller=services.drain)
