@@ -28,6 +28,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
+	./scripts/ensure_chromium.sh
 	$(BIN)/pytest -q $(ARGS)
 
 test: lint typecheck unit

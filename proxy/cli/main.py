@@ -6,7 +6,7 @@ uvicorn. ``serve`` without a Venice API key (and with the default upstream) runs
 demo: the built-in simulator starts on a free loopback port and the proxy uses it as upstream,
 with DCAP off because the simulator's quote cannot carry Intel's signature. It says so loudly.
 
-Every setting that weakens what an attestation proves (:mod:`proxy.cli.weakenings`) is logged
+Every setting that weakens what an attestation proves (:func:`proxy.settings.weakenings`) is logged
 as a warning when ``serve`` starts. ``serve`` keeps the trust levels it saw in
 ``attestation.state_dir`` (default ``$XDG_STATE_HOME/venice-e2ee-proxy``); when that directory
 is not writable it says so and remembers them in memory only. ``trust accept MODEL`` accepts a
@@ -29,7 +29,6 @@ import uvicorn
 from pydantic import SecretStr
 
 from proxy.attestation import AttestationPolicy, AttestationReport
-from proxy.cli.weakenings import weakenings
 from proxy.core.errors import ProxyError
 from proxy.http.app import create_app
 from proxy.http.guard import is_loopback
@@ -37,7 +36,14 @@ from proxy.http.loopback import free_socket
 from proxy.http.shutdown import DrainingServer
 from proxy.observability.logs import configure_logging, get_logger
 from proxy.service.trust_state import TrustState, default_state_dir, writable_problem
-from proxy.settings import DEFAULT_BASE_URL, Settings, SettingsError, load_settings, resolve_api_key
+from proxy.settings import (
+    DEFAULT_BASE_URL,
+    Settings,
+    SettingsError,
+    load_settings,
+    resolve_api_key,
+    weakenings,
+)
 
 log = get_logger("proxy.cli")
 

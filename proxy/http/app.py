@@ -28,6 +28,7 @@ from proxy.http.guard import (
 from proxy.http.metrics_middleware import RequestMetricsMiddleware
 from proxy.http.routes import router
 from proxy.http.services import Services, build_services, warm_up
+from proxy.http.status_page import router as status_router
 from proxy.settings import Settings
 
 if TYPE_CHECKING:
@@ -62,8 +63,11 @@ def create_app(
     )
     app.state.services = services
     app.include_router(router)
+    app.include_router(status_router)
     services.metrics.set_routes(
-        route.path for route in router.routes if isinstance(route, APIRoute)
+        route.path
+        for route in [*router.routes, *status_router.routes]
+        if isinstance(route, APIRoute)
     )
     install_error_handlers(app)
     _add_guards(app, settings, services)

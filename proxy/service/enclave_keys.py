@@ -197,6 +197,15 @@ class AttestedKeyCache:
         """Models with a cached key (valid or not)."""
         return list(self._keys)
 
+    def last_failure(self, model: str) -> ProxyError | None:
+        """The error of ``model``'s most recent failed attestation, until one succeeds."""
+        failure = self._failures.get(model)
+        return failure[1] if failure is not None else None
+
+    def failed_models(self) -> list[str]:
+        """Models whose most recent attestation failed."""
+        return list(self._failures)
+
     async def get(self, model: str) -> AttestedKey:
         """A valid verified key, fetching (once for all concurrent callers) on a miss."""
         now = self._clock()
