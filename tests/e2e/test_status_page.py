@@ -13,6 +13,7 @@ over HTTP the usual way. Chromium (Debian's ``chromium``, installed by ``make te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ from proxy.attestation import AttestationPolicy
 from proxy.core.errors import ProxyError
 from proxy.http.app import create_app
 from proxy.http.loopback import ThreadedServer
+from proxy.http.services import Services
 from proxy.http.status_page import CSP
 from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache, Attester
 from proxy.service.trust_state import TrustState
@@ -66,7 +68,7 @@ def chromium() -> str:
 
 def run_chromium(url: str, *extra: str) -> str:
     with tempfile.TemporaryDirectory() as profile:
-        result = subprocess.run(  # noqa: S603 - a fixed argument list
+        result = subprocess.run(
             [
                 chromium(),
                 "--headless",
@@ -97,7 +99,8 @@ class Replay:
         self.current: Fixture | None = None
 
     async def fetch(self, model: str, nonce_hex: str) -> Mapping[str, Any]:
-        assert self.current is not None and self.current.model == model
+        assert self.current is not None
+        assert self.current.model == model
         return body_of(self.current)
 
     async def collateral(self, quote: bytes) -> Mapping[str, Any]:
@@ -117,7 +120,7 @@ class Replay:
 def status_proxy(sim_server: ThreadedServer) -> Iterator[ThreadedServer]:
     settings = proxy_settings(sim_server.url)
     app = create_app(settings, api_key=SecretStr(SIM_API_KEY))
-    services = app.state.services
+    services: Services = app.state.services
     replay = Replay()
     replayed = Attester(
         replay.fetch,
@@ -144,10 +147,8 @@ def status_proxy(sim_server: ThreadedServer) -> Iterator[ThreadedServer]:
 
     async def prime() -> None:
         for model in CAPTURES:
-            try:
+            with contextlib.suppress(ProxyError):  # the refused capture shows as FAILED
                 await keys.get(model)
-            except ProxyError:
-                pass  # the refused capture shows as FAILED
 
     asyncio.run(prime())
     app.state.services = replace(services, keys=keys)
@@ -175,9 +176,11 @@ def test_the_status_page_renders_each_models_trust_and_verdict(
     assert 'data-verdict="failed"' in dom
     assert "compose_images_pinned" in dom  # the refusal names what failed
     assert f'id="model-{E2EE_MODEL}" data-trust="enclave" data-verdict="passed"' in dom
-    assert "GATEWAY TRUST" in dom and "ENCLAVE TRUST" in dom
+    assert "GATEWAY TRUST" in dom
+    assert "ENCLAVE TRUST" in dom
     assert "the inference host" in dom  # what is not attested on a gateway model
-    assert "custody_kms_root" in dom and "keyset_digest" in dom
+    assert "custody_kms_root" in dom
+    assert "keyset_digest" in dom
     assert "What this proxy cannot vouch for" in dom
     assert "WEAKENED: attestation.dcap = off" in dom  # the simulator's settings say so
 
