@@ -118,7 +118,7 @@ class TrustState:
             return {model: dict(entry) for model, entry in self._memory.items()}
         try:
             text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return {}
         except OSError as exc:
             raise TrustStateError(f"cannot read {self.path}: {exc.strerror}") from None
