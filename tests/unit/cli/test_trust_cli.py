@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from proxy.cli.main import main
+from proxy.observability.logs import configure_logging
 from proxy.settings import load_settings, weakenings
+from tests.conftest import _LOG_BUFFER
 from tests.support.fixtures import FIXTURES_DIR
 
 FIXTURES = FIXTURES_DIR / "attestations"
@@ -21,10 +24,13 @@ ACI_COLLATERAL = str(FIXTURES / "collateral_live_evidence.json")
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     for name in ("VENICE_PROXY_CONFIG", "VENICE_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    yield
+    # main() configured logging to this test's captured stdout: give it back to the suite.
+    configure_logging("debug", "json", stream=_LOG_BUFFER)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
