@@ -53,12 +53,17 @@ COPY config.example.toml /config/config.toml
 # Debian-based image, this base included.
 RUN groupadd --system --gid 10001 venice-proxy \
     && useradd --system --uid 10001 --gid venice-proxy --no-create-home \
-        --home-dir /nonexistent --shell /usr/sbin/nologin venice-proxy
+        --home-dir /nonexistent --shell /usr/sbin/nologin venice-proxy \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/venice-e2ee-proxy
 
 WORKDIR /
 USER 10001:10001
 
-ENV VENICE_PROXY_CONFIG=/config/config.toml
+# Remembered trust levels (no silent enclave -> gateway downgrade across restarts) live in
+# attestation.state_dir. The root filesystem is read-only: mount a volume here (compose and the
+# Kubernetes manifests do); without one the proxy says so at start-up and remembers in memory.
+ENV VENICE_PROXY_CONFIG=/config/config.toml \
+    VENICE_PROXY_ATTESTATION__STATE_DIR=/var/lib/venice-e2ee-proxy
 
 EXPOSE 8000
 

@@ -32,6 +32,7 @@ js:
 	scripts/ensure_js.sh
 
 unit: $(STAMP) js
+	./scripts/ensure_chromium.sh
 	$(BIN)/pytest -q $(ARGS)
 
 test: lint typecheck kubernetes-check unit

@@ -109,8 +109,28 @@ class PinsSettings(_Section):
         return self
 
 
+def _hex_list(values: list[str], digits: int, what: str) -> list[str]:
+    normalized: list[str] = []
+    for value in values:
+        text = value.strip().lower().removeprefix("0x")
+        if len(text) != digits or any(c not in "0123456789abcdef" for c in text):
+            raise ValueError(f"{what} values must be {digits} hex digits")
+        normalized.append(text)
+    return normalized
+
+
 class AttestationSettings(_Section):
-    """``[attestation]``: what a model's TEE must prove before a prompt is encrypted to it."""
+    """``[attestation]``: what a model's TEE must prove before a prompt is encrypted to it.
+
+    Trust levels (``gateway_models``, ``trust_levels``, ``state_dir``): an ``aci/1`` report
+    attests only Venice's gateway, not the host that runs the model; such models are refused
+    unless ``gateway_models = "allow"`` (or ``trust_levels`` names ``gateway`` for the model).
+    The level each model was attested at is remembered in ``state_dir`` (default for ``serve``:
+    ``$XDG_STATE_HOME/venice-e2ee-proxy``; unset in library use: remembered in memory only) and a
+    model once ``enclave`` that answers as ``gateway`` is refused until accepted with
+    ``venice-e2ee-proxy trust accept MODEL``. ``extra_mrseam``/``extra_mrtd`` extend the shipped
+    measurement policy; ``gateway_kms_roots``/``gateway_app_ids`` replace its gateway anchors.
+    """
 
     dcap: Literal["require", "off"] = "require"
     pccs_url: str = INTEL_PCS_URL
@@ -126,6 +146,29 @@ class AttestationSettings(_Section):
     allowed_tcb_status: list[str] = Field(default_factory=lambda: ["UpToDate", "SWHardeningNeeded"])
     pins: dict[str, PinsSettings] = Field(default_factory=dict)
     warm_up: list[str] = Field(default_factory=list)
+    gateway_models: Literal["refuse", "allow"] = "refuse"
+    trust_levels: dict[str, Literal["enclave", "gateway"]] = Field(default_factory=dict)
+    state_dir: Path | None = None
+    allow_unpinned_images: bool = False
+    extra_mrseam: list[str] = Field(default_factory=list)
+    extra_mrtd: list[str] = Field(default_factory=list)
+    gateway_kms_roots: list[str] = Field(default_factory=list)
+    gateway_app_ids: list[str] = Field(default_factory=list)
+
+    @field_validator("extra_mrseam", "extra_mrtd")
+    @classmethod
+    def _measurements(cls, value: list[str]) -> list[str]:
+        return _hex_list(value, 96, "measurement")
+
+    @field_validator("gateway_kms_roots")
+    @classmethod
+    def _kms_roots(cls, value: list[str]) -> list[str]:
+        return _hex_list(value, 66, "compressed secp256k1 KMS root")
+
+    @field_validator("gateway_app_ids")
+    @classmethod
+    def _app_ids(cls, value: list[str]) -> list[str]:
+        return _hex_list(value, 40, "app id")
 
     @field_validator("allowed_tcb_status")
     @classmethod
@@ -306,3 +349,86 @@ def resolve_api_key(
     if not text:
         raise SettingsError(f"upstream.api_key_file: {key_file} is empty")
     return SecretStr(text)
+
+
+def weakenings(settings: Settings, *, state_persisted: bool = True) -> list[tuple[str, str]]:
+    """Every setting that weakens what an attestation proves: ``(log event, what it means)``.
+
+    Pure: ``serve`` logs each as a warning at start-up, ``verify`` prints them and the status
+    page shows them, so a weaker trust level never passes silently.
+    """
+    from proxy.attestation import DEFAULT_ALLOWED_TCB_STATUS
+
+    section = settings.attestation
+    found: list[tuple[str, str]] = []
+
+    def add(event: str, detail: str) -> None:
+        found.append((event, "WEAKENED: " + detail))
+
+    if section.dcap == "off":
+        add(
+            "dcap_off",
+            "attestation.dcap = off: TDX quote signatures are NOT verified, so any machine "
+            "can pose as an enclave",
+        )
+    if section.nvidia == "nonce":
+        add("nras_off", "attestation.nvidia = nonce: GPU evidence is NOT verified by NVIDIA NRAS")
+    elif section.nvidia == "off":
+        add("nvidia_off", "attestation.nvidia = off: GPU evidence is NOT checked at all")
+    if section.software == "off":
+        add(
+            "software_off",
+            "attestation.software = off: event-log replay, compose binding, dev-image and "
+            "pinned-image checks only inform",
+        )
+    if section.allow_dev_image:
+        add(
+            "dev_images_allowed",
+            "attestation.allow_dev_image = true: dstack dev images (operator login possible) "
+            "are accepted",
+        )
+    if section.allow_unpinned_images:
+        add(
+            "unpinned_images_allowed",
+            "attestation.allow_unpinned_images = true: a compose whose images are not pinned "
+            "by digest is accepted",
+        )
+    extra = sorted(set(section.allowed_tcb_status) - DEFAULT_ALLOWED_TCB_STATUS)
+    if extra:
+        add(
+            "tcb_status_weakened",
+            f"attestation.allowed_tcb_status accepts {', '.join(extra)}: platforms with known "
+            "unpatched TCB issues are accepted",
+        )
+    if section.gateway_models == "allow":
+        add(
+            "gateway_models_allowed",
+            'attestation.gateway_models = "allow": models whose attestation covers only '
+            "Venice's gateway (not the host that reads the prompt) are used",
+        )
+    gateway_models = sorted(m for m, level in section.trust_levels.items() if level == "gateway")
+    if gateway_models:
+        add(
+            "gateway_trust_accepted",
+            f"attestation.trust_levels accepts gateway trust for {', '.join(gateway_models)}",
+        )
+    if section.extra_mrseam or section.extra_mrtd:
+        add(
+            "measurement_policy_extended",
+            f"attestation.extra_mrseam/extra_mrtd accept {len(section.extra_mrseam)} TDX "
+            f"module and {len(section.extra_mrtd)} firmware values beyond the shipped policy",
+        )
+    if section.gateway_kms_roots or section.gateway_app_ids:
+        add(
+            "gateway_anchors_replaced",
+            "attestation.gateway_kms_roots/gateway_app_ids replace the shipped gateway anchors",
+        )
+    if not state_persisted:
+        add(
+            "trust_state_in_memory",
+            "trust levels are remembered in memory only (attestation.state_dir is not "
+            "writable): a downgrade from enclave to gateway across restarts is not caught",
+        )
+    if settings.signatures.mode == "off":
+        add("signatures_off", "signatures.mode = off: answers' enclave signatures are not checked")
+    return found

@@ -19,7 +19,12 @@ from proxy.http.app import create_app
 from proxy.http.loopback import ThreadedServer
 from proxy.observability.logs import configure_logging
 from proxy.settings import Settings, load_settings
-from proxy.simulator import Faults, SimulatorState, create_simulator_app
+from proxy.simulator import (
+    SIMULATED_MEASUREMENTS,
+    Faults,
+    SimulatorState,
+    create_simulator_app,
+)
 
 CANARY = "CANARY-7f3a9c-secret-prompt"
 PLAIN_MODEL = "simulated-plain"
@@ -65,7 +70,12 @@ def proxy_settings(sim_url: str, **sections: dict[str, Any]) -> Settings:
     synthetic)."""
     overrides: dict[str, Any] = {
         "upstream": {"base_url": sim_url + "/api/v1", "models_cache_ttl_s": 0, "retries": 0},
-        "attestation": {"dcap": "off", "nvidia": "nonce"},
+        "attestation": {
+            "dcap": "off",
+            "nvidia": "nonce",
+            "extra_mrseam": [SIMULATED_MEASUREMENTS["mrseam"]],
+            "extra_mrtd": [SIMULATED_MEASUREMENTS["mrtd"]],
+        },
     }
     for name, values in sections.items():
         overrides[name] = {**overrides.get(name, {}), **values}

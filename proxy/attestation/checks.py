@@ -34,7 +34,24 @@ compose_hash_binding     software   the quote binds sha256(app_compose) = compos
 os_image_not_dev         software   vm_config names no dstack dev image
 measurements_pinned      software   pinned measurements for this model match (informational
                                     without pins: the detail lists the values seen)
+compose_manager_quote    quote      NEAR's second quote (:mod:`.manager`) verifies with its own
+                                    REPORTDATA rule; informational when absent
+compose_images_pinned    software   every image of the measured compose is digest-pinned
+model_binding            software   the measured compose names the served model (:mod:`.compose`)
+mrseam_allowed           measure.   MRSEAM is a known Intel TDX module (:mod:`.measurements`)
+mrtd_allowed             measure.   MRTD is a known dstack firmware
+measurements_known       measure.   RTMR0-2 and compose hash known or unknown (informational)
+keyset_digest ..         custody    the aci gateway's key custody chain (:mod:`.custody`):
+  keyset_expiry                     keyset_digest, keyset_membership, keyset_endorsement,
+                                    custody_app_key, custody_kms_root, gateway_app_id,
+                                    keyset_expiry (advisory); not applicable to enclave reports
+trust_level              trust      enclave, or gateway when allowed (:mod:`.trust`)
+trust_not_downgraded     trust      not gateway where enclave was expected or remembered
 =======================  =========  ==========================================================
+
+GPU evidence on a ``gateway`` report proves only that real GPUs answered somewhere: when the
+gateway relays none, ``gpu_nonce`` (and ``gpu_nras``) are reported as not evaluated and not
+enforced instead of failing; when it relays some, they are checked like an enclave's.
 
 Why both address checks: ``signing_address_match`` ties the advertised address to the key and
 ``report_data_address`` ties the key to the hardware-signed REPORTDATA; only the second one is
@@ -53,10 +70,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from proxy.attestation.compose import (
+    COMPOSE_CHECK_CODES,
+    ComposeFacts,
+    app_compose_of,
+    compose_images_check,
+    model_binding_check,
+    parse_compose,
+)
+from proxy.attestation.custody import CUSTODY_CHECK_CODES, custody_checks
 from proxy.attestation.dcap import DcapResult, verify_quote_dcap
 from proxy.attestation.evidence import Evidence
+from proxy.attestation.manager import COMPOSE_MANAGER_QUOTE, compose_manager_check
+from proxy.attestation.measurements import (
+    MEASUREMENT_CHECK_CODES,
+    known_status,
+    measurement_checks,
+    shipped_policy,
+)
 from proxy.attestation.nras import NrasEvidence, verify_nras_response
-from proxy.attestation.policy import AttestationPolicy
+from proxy.attestation.policy import AttestationPolicy, TrustLevel
 from proxy.attestation.quote import TEE_TYPE_TDX, TdxQuote, parse_tdx_quote
 from proxy.attestation.report import (
     TIER_BINDING,
@@ -71,7 +104,17 @@ from proxy.attestation.software import (
     EVENT_LOG_REPLAY,
     MEASUREMENTS_PINNED,
     OS_IMAGE_NOT_DEV,
+    bound_compose_hash,
+    measured_claim,
     software_checks,
+)
+from proxy.attestation.trust import (
+    ATTESTED,
+    NOT_ATTESTED,
+    TRUST_CHECK_CODES,
+    Classification,
+    classify,
+    trust_checks,
 )
 from proxy.core.crypto import ADDRESS_BYTES, address_of
 from proxy.core.errors import AttestationError, QuoteParseError
@@ -106,10 +149,15 @@ CHECK_CODES: Final = (
     GPU_NONCE,
     GPU_NRAS,
     DCAP,
+    COMPOSE_MANAGER_QUOTE,
     EVENT_LOG_REPLAY,
     COMPOSE_HASH_BINDING,
     OS_IMAGE_NOT_DEV,
     MEASUREMENTS_PINNED,
+    *COMPOSE_CHECK_CODES,
+    *MEASUREMENT_CHECK_CODES,
+    *CUSTODY_CHECK_CODES,
+    *TRUST_CHECK_CODES,
 )
 
 NRAS_NOT_FETCHED: Final = "not evaluated: the NRAS answer was not fetched"
@@ -144,10 +192,17 @@ def verify_evidence(
     now: int,
     collateral: Mapping[str, Any] | None = None,
     nras: NrasEvidence | None = None,
+    remembered_trust: TrustLevel | None = None,
+    remembered_source: str = "the trust state file",
 ) -> AttestationReport:
-    """Run every check and return the report. Never raises for a failed check."""
+    """Run every check and return the report. Never raises for a failed check.
+
+    ``remembered_trust`` is the trust level the caller remembers for ``expected_model`` (its
+    state file), for ``trust_not_downgraded``.
+    """
     nonce_hex = nonce.hex()
     key = evidence.signing_public_key
+    classification = classify(evidence)
     results: list[CheckResult] = [
         _verified_flag(evidence),
         _model_match(evidence, expected_model),
@@ -158,11 +213,94 @@ def verify_evidence(
     quote, parse_result = _parse(evidence)
     results += [parse_result, _tee_type(quote), _debug(quote)]
     results += _report_data(quote, key, nonce)
-    results += _gpu(evidence, nonce, policy, now, nras)
+    results += _gpu(evidence, nonce, policy, now, nras, classification)
     dcap_result, verified = _dcap(evidence, quote, policy, now, collateral)
     results.append(dcap_result)
     tdx, quote_failure = _tdx(quote)
-    results += software_checks(evidence, tdx, quote_failure, policy, expected_model)
+    manager_result, manager = compose_manager_check(
+        evidence.raw,
+        tdx,
+        quote_failure,
+        nonce=nonce,
+        policy=policy,
+        now=now,
+        collateral=collateral,
+        enforced=policy.software_enforced,
+    )
+    if dcap_result.failed and manager_result.failed:
+        # Same collateral, same platform: the main quote's DCAP failure decides the verdict.
+        manager_result = _result(
+            COMPOSE_MANAGER_QUOTE,
+            TIER_QUOTE,
+            False,
+            f"not evaluated: dcap failed ({manager_result.detail})",
+            enforced=False,
+        )
+    results.append(manager_result)
+    software = software_checks(evidence, tdx, quote_failure, policy, expected_model)
+    results += software
+    compose, bound = _compose(evidence, software)
+    results.append(
+        compose_images_check(
+            compose,
+            bound,
+            enforced=policy.software_enforced,
+            allow_unpinned=policy.allow_unpinned_images,
+        )
+    )
+    results.append(
+        model_binding_check(
+            compose,
+            bound,
+            claimed=evidence.upstream_model_name,
+            requested=expected_model,
+            deployed=manager.deployed if manager is not None else (),
+        )
+    )
+    compose_hash = bound_compose_hash(tdx)
+    results += measurement_checks(
+        tdx.report if tdx is not None else None,
+        quote_failure,
+        compose_hash,
+        extra_mrseam=policy.extra_mrseam,
+        extra_mrtd=policy.extra_mrtd,
+    )
+    shipped = shipped_policy()
+    custody, gateway = custody_checks(
+        evidence,
+        tdx,
+        quote_failure,
+        now=now,
+        kms_roots=policy.gateway_kms_roots or frozenset(shipped.kms_roots),
+        app_ids=policy.gateway_app_ids or frozenset(shipped.app_ids),
+        replay_enforced=policy.software_enforced,
+    )
+    results += custody
+    results += trust_checks(
+        classification,
+        model=expected_model,
+        policy=policy,
+        remembered=remembered_trust,
+        remembered_source=remembered_source,
+    )
+    facts: dict[str, Any] = {
+        "classification": list(classification.reasons),
+        "measurements": _measurement_facts(
+            tdx, compose_hash, measured_claim(evidence, tdx, "os-image-hash")
+        ),
+        "compose": compose.to_dict() if compose is not None else None,
+        "compose_bound": bound,
+        "compose_manager": (
+            {
+                "deployed": list(manager.deployed),
+                "actions_authenticated": manager.actions_authenticated,
+            }
+            if manager is not None
+            else None
+        ),
+        "gateway": gateway.to_dict() if gateway is not None else None,
+    }
+    level = classification.level
     return AttestationReport(
         model=expected_model,
         nonce=nonce_hex,
@@ -174,7 +312,43 @@ def verify_evidence(
         advisory_ids=verified.advisory_ids if verified is not None else (),
         tee_provider=evidence.tee_provider,
         upstream_model=evidence.upstream_model_name,
+        trust_level=level,
+        attested=ATTESTED[level],
+        not_attested=NOT_ATTESTED[level],
+        facts=facts,
     )
+
+
+def _compose(evidence: Evidence, software: list[CheckResult]) -> tuple[ComposeFacts | None, bool]:
+    """The compose manifest's facts, and whether the quote binds that manifest."""
+    text = app_compose_of(evidence.info)
+    if text is None:
+        return None, False
+    binding = next(check for check in software if check.code == COMPOSE_HASH_BINDING)
+    return parse_compose(text), binding.ok is True
+
+
+def _measurement_facts(
+    quote: TdxQuote | None, compose_hash: str | None, os_image_hash: bytes | None
+) -> dict[str, Any]:
+    if quote is None:
+        return {}
+    report = quote.report
+    values = {
+        "mrseam": report.mr_seam.hex(),
+        "mrtd": report.mr_td.hex(),
+        "rtmr0": report.rtmr0.hex(),
+        "rtmr1": report.rtmr1.hex(),
+        "rtmr2": report.rtmr2.hex(),
+        "rtmr3": report.rtmr3.hex(),
+        "compose_hash": compose_hash,
+        "os_image_hash": os_image_hash.hex() if os_image_hash is not None else None,
+    }
+    known = {
+        name: known_status(values[name], name)
+        for name in ("rtmr0", "rtmr1", "rtmr2", "compose_hash")
+    }
+    return {**values, "known": known}
 
 
 def _lower_address(address: str) -> str:
@@ -190,7 +364,10 @@ def _verified_flag(evidence: Evidence) -> CheckResult:
 
 def _model_match(evidence: Evidence, expected: str) -> CheckResult:
     ok = evidence.model == expected
-    detail = f"response model {_shown(evidence.model)}, requested {expected!r}"
+    detail = (
+        f"response model {_shown(evidence.model)}, requested {expected!r} (Venice's "
+        "unauthenticated label; model_binding says whether anything measured names the model)"
+    )
     return _result(MODEL_MATCH, TIER_RESPONSE, ok, detail)
 
 
@@ -297,9 +474,19 @@ def _gpu(
     policy: AttestationPolicy,
     now: int,
     nras: NrasEvidence | None,
+    classification: Classification,
 ) -> list[CheckResult]:
     if policy.nvidia == "off":
         return [_result(GPU_NONCE, TIER_GPU, None, "NVIDIA checks are off", enforced=False)]
+    if classification.level == "gateway" and evidence.nvidia_payload is None:
+        detail = (
+            "not evaluated: the gateway relayed no GPU evidence (and relayed evidence would "
+            "not be bound to the attested CPU: the inference host is not attested either way)"
+        )
+        results = [_result(GPU_NONCE, TIER_GPU, None, detail, enforced=False)]
+        if policy.nvidia == "nras":
+            results.append(_result(GPU_NRAS, TIER_GPU, None, detail, enforced=False))
+        return results
     results = [_gpu_nonce(evidence.nvidia_payload, nonce.hex())]
     if policy.nvidia == "nras":
         results.append(_gpu_nras(evidence.nvidia_payload, nonce, now, nras))
@@ -364,7 +551,8 @@ def _dcap(
         detail = "DCAP is off: the quote signature was not verified"
         return _result(DCAP, TIER_QUOTE, None, detail, enforced=False), None
     if collateral is None:
-        return _result(DCAP, TIER_QUOTE, False, "no collateral"), None
+        detail = "not checked: no DCAP collateral, so the quote's Intel signature was not verified"
+        return _result(DCAP, TIER_QUOTE, None, detail), None
     if quote is None:
         return _skipped(DCAP, TIER_QUOTE, QUOTE_PARSE), None
     try:

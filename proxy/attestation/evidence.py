@@ -22,7 +22,9 @@ so must ``signing_public_key`` and ``signing_key``; a disagreement is a garbled 
 Garbled or missing essentials raise :class:`AttestationError` with a stable code:
 ``attestation_shape_unknown``, ``signing_address_missing``, ``signing_key_invalid`` (not a
 string), ``signing_key_conflict``, ``quote_missing``, ``quote_encoding``, ``quote_conflict``,
-``nonce_conflict``, ``nvidia_payload_invalid``, ``event_log_invalid``, ``info_invalid``.
+``nonce_conflict``, ``nvidia_payload_invalid``, ``event_log_invalid``, ``info_invalid``,
+``signing_algo_unsupported`` (an ``ed25519`` report: only secp256k1 keys can be encrypted to).
+An unknown shape's message names the top-level keys it saw and the shapes it knows.
 
 Deliberately NOT done here: any verification. A key that is present but not a curve point is
 kept as text (``signing_public_key`` is then None) so the ``signing_key_valid`` check can report
@@ -73,6 +75,7 @@ def parse_attestation(body: Mapping[str, Any]) -> Evidence:
             "the attestation is not a JSON object", code="attestation_shape_unknown"
         )
     shape = _shape(body)
+    _supported_algo(body)
     aci = _aci_parts(body) if shape == "aci" else {}
     evidence_part: Mapping[str, Any] = _mapping(aci.get("evidence"))
     quote = _quote(body, evidence_part)
@@ -113,9 +116,29 @@ def _shape(body: Mapping[str, Any]) -> Shape:
     if "intel_quote" in body:
         return "near"
     hint = " (a capture wrapper: unwrap it first)" if "_client_nonce" in body else ""
+    keys = ", ".join(sorted(str(key)[:40] for key in body)[:20]) or "none"
     raise AttestationError(
-        f"the attestation matches no known report shape{hint}", code="attestation_shape_unknown"
+        f"the attestation matches no known report shape{hint}; top-level keys: {keys}; "
+        f"known shapes: {KNOWN_SHAPES}",
+        code="attestation_shape_unknown",
     )
+
+
+KNOWN_SHAPES = (
+    "near (model_name, signing_key or compose_manager_attestation), "
+    "phala_legacy (quote, vm_config or a string event_log), "
+    "aci (api_version aci/… or attestation.evidence)"
+)
+
+
+def _supported_algo(body: Mapping[str, Any]) -> None:
+    algo = body.get("signing_algo")
+    if isinstance(algo, str) and algo.strip().lower() in ("ed25519", "eddsa"):
+        raise AttestationError(
+            f"the attestation's signing_algo is {algo[:20]!r}: ed25519 is not supported (E2EE "
+            "needs the secp256k1 key of an ecdsa report; ask for signing_algo=ecdsa)",
+            code="signing_algo_unsupported",
+        )
 
 
 def _aci_parts(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -282,6 +305,10 @@ def _info(body: Mapping[str, Any], evidence_part: Mapping[str, Any]) -> dict[str
         if not isinstance(tcb_info, Mapping):
             raise AttestationError("info.tcb_info is not a JSON object", code="info_invalid")
         info["tcb_info"] = dict(tcb_info)
+    for name in ("app_compose", "compose_hash", "os_image_hash"):
+        # An aci gateway that publishes its manifest puts it in attestation.evidence.
+        if name not in info and isinstance(evidence_part.get(name), str):
+            info[name] = evidence_part[name]
     vm_config = body.get("vm_config", evidence_part.get("vm_config"))
     if "vm_config" not in info and vm_config is not None:
         info["vm_config"] = vm_config

@@ -7,9 +7,13 @@ Wire format (``POST /v3/attest/gpu`` answer; docs/protocol.md#nras)::
 Each token is a compact JWS: ``b64url(header) "." b64url(payload) "." b64url(r || s)`` with
 header ``{"kid", "alg": "ES384"}`` and r, s 48-byte big-endian integers on P-384 (converted to
 DER for ``cryptography``). The JWKS (``/.well-known/jwks.json``) is ``{"keys": [{"kty": "EC",
-"crv": "P-384", "kid", "x", "y", "x5c": [leaf, intermediate]}]}``; the key is built from x/y,
-and when ``x5c`` is present its leaf certificate must carry that same key and be valid at
-``now``.
+"crv": "P-384", "kid", "x", "y", "x5c": [leaf, intermediate]}]}``. Every key must come with an
+``x5c`` chain that reaches NVIDIA's attestation PKI: each certificate valid at ``now`` and
+signed by the next (each issuer a CA), and the chain ending in a pinned anchor (a certificate of
+the chain equal to one, or the last one directly issued by one). The anchors ship as package
+data (``data/nvidia_nras_anchors.pem``: NVIDIA's "NVIDIA Attestation Service GPU Intermediate
+004", issued by "NVIDIA Attestation Service CA 001"; see ``data/README.md`` for why the root
+itself is not pinned). The leaf must carry the same key as ``x``/``y`` when both are given.
 
 Claims required of every token: ``iss`` is the NRAS issuer, ``exp`` is present and not passed,
 ``nbf``/``iat`` not in the future (``leeway_s`` either way), ``eat_nonce`` equals our nonce
@@ -22,8 +26,8 @@ VBIOS reference measurements fetched, signed, validated and matched).
 
 Failures raise :class:`AttestationError` with one of the :data:`NRAS_CODES`.
 
-Deliberately NOT checked: the x5c chain up to NVIDIA's root (the JWKS's authenticity comes from
-fetching it over TLS from NVIDIA; no root is pinned here), revocation of the GPU certificates
+Deliberately NOT checked: revocation of the NRAS signing certificates (NVIDIA's OCSP and CRL
+endpoints would be I/O; the leaves live two days), revocation of the GPU certificates
 beyond what NRAS itself reports, the ``x-nvidia-attestation-warning`` text, and the ``ueid``
 device ids. No I/O here: the caller posts the evidence and fetches the JWKS.
 """
@@ -34,13 +38,15 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from typing import Any, Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -64,6 +70,8 @@ NRAS_NONCE_MISMATCH: Final = "nras_nonce_mismatch"
 NRAS_OVERALL_RESULT_FALSE: Final = "nras_overall_result_false"
 NRAS_SUBMODS_MISMATCH: Final = "nras_submods_mismatch"
 NRAS_GPU_FAILED: Final = "nras_gpu_failed"
+NRAS_CHAIN_UNTRUSTED: Final = "nras_chain_untrusted"
+ANCHORS_FILE: Final = "nvidia_nras_anchors.pem"
 
 NRAS_CODES: Final = (
     NRAS_RESPONSE_INVALID,
@@ -80,6 +88,7 @@ NRAS_CODES: Final = (
     NRAS_OVERALL_RESULT_FALSE,
     NRAS_SUBMODS_MISMATCH,
     NRAS_GPU_FAILED,
+    NRAS_CHAIN_UNTRUSTED,
 )
 
 GPU_TRUE_CLAIMS: Final = (
@@ -146,6 +155,72 @@ def _fail(code: str, message: str) -> AttestationError:
     return AttestationError(f"NRAS: {message}", code=code)
 
 
+@cache
+def pinned_anchors() -> tuple[x509.Certificate, ...]:
+    """NVIDIA's NRAS trust anchors shipped with the package."""
+    pem = resources.files("proxy.attestation.data").joinpath(ANCHORS_FILE).read_bytes()
+    return tuple(x509.load_pem_x509_certificates(pem))
+
+
+def _valid_at(cert: x509.Certificate, now: int, leeway_s: int) -> bool:
+    not_before = int(cert.not_valid_before_utc.timestamp())
+    not_after = int(cert.not_valid_after_utc.timestamp())
+    return not_before - leeway_s <= now <= not_after + leeway_s
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def check_chain(
+    chain: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    now: int,
+    leeway_s: int,
+    kid: str = "",
+) -> None:
+    """Raise unless ``chain`` (leaf first) is valid at ``now`` and reaches one of ``anchors``."""
+    name = f"key {kid[:100]!r}: " if kid else ""
+    for position, cert in enumerate(chain):
+        if not _valid_at(cert, now, leeway_s):
+            code = NRAS_KEY_NOT_VALID if position == 0 else NRAS_CHAIN_UNTRUSTED
+            raise _fail(code, f"{name}certificate {position} of x5c is not valid at {now}")
+    pinned = {anchor.public_bytes(serialization.Encoding.DER) for anchor in anchors}
+    for position, cert in enumerate(chain):
+        if cert.public_bytes(serialization.Encoding.DER) in pinned:
+            return
+        if position + 1 < len(chain):
+            issuer = chain[position + 1]
+            if not _is_ca(issuer) or not _issued_by(cert, issuer):
+                raise _fail(
+                    NRAS_CHAIN_UNTRUSTED,
+                    f"{name}certificate {position} of x5c is not issued by certificate "
+                    f"{position + 1}",
+                )
+    last = chain[-1]
+    if any(
+        _is_ca(anchor) and _valid_at(anchor, now, leeway_s) and _issued_by(last, anchor)
+        for anchor in anchors
+    ):
+        return
+    raise _fail(
+        NRAS_CHAIN_UNTRUSTED,
+        f"{name}the x5c chain (ending at {last.issuer.rfc4514_string()[:120]!r}) does not "
+        "reach NVIDIA's pinned attestation anchor",
+    )
+
+
 def b64url_decode(text: str) -> bytes:
     """Unpadded base64url, strictly (no other characters, no padding)."""
     if not _B64URL_ALPHABET.issuperset(text) or len(text) % 4 == 1:
@@ -164,7 +239,11 @@ def _json_part(text: str, name: str, what: str) -> Mapping[str, Any]:
 
 
 def _public_key(
-    jwks: Mapping[str, Any], kid: str, now: int, leeway_s: int
+    jwks: Mapping[str, Any],
+    kid: str,
+    now: int,
+    leeway_s: int,
+    anchors: Sequence[x509.Certificate],
 ) -> ec.EllipticCurvePublicKey:
     keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
     if not isinstance(keys, list):
@@ -178,9 +257,12 @@ def _public_key(
     if jwk.get("kty") != "EC" or jwk.get("crv") != "P-384":
         raise _fail(NRAS_JWKS_INVALID, f"JWKS key {kid[:100]!r} is not an EC P-384 key")
     from_xy = _key_from_xy(jwk, kid)
-    from_cert = _key_from_x5c(jwk, kid, now, leeway_s)
-    if from_xy is None and from_cert is None:
-        raise _fail(NRAS_JWKS_INVALID, f"JWKS key {kid[:100]!r} has neither x/y nor x5c")
+    from_cert = _key_from_x5c(jwk, kid, now, leeway_s, anchors)
+    if from_cert is None:
+        raise _fail(
+            NRAS_CHAIN_UNTRUSTED,
+            f"JWKS key {kid[:100]!r} has no x5c chain to NVIDIA's attestation anchor",
+        )
     if from_xy is not None and from_cert is not None and from_xy != from_cert:
         raise _fail(NRAS_JWKS_INVALID, f"JWKS key {kid[:100]!r}: x/y differ from its x5c leaf")
     key = from_xy if from_xy is not None else from_cert
@@ -207,24 +289,36 @@ def _key_from_xy(jwk: Mapping[str, Any], kid: str) -> ec.EllipticCurvePublicKey 
 
 
 def _key_from_x5c(
-    jwk: Mapping[str, Any], kid: str, now: int, leeway_s: int
+    jwk: Mapping[str, Any],
+    kid: str,
+    now: int,
+    leeway_s: int,
+    anchors: Sequence[x509.Certificate],
 ) -> ec.EllipticCurvePublicKey | None:
     chain = jwk.get("x5c")
     if chain is None:
         return None
     try:
-        if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
+        if not isinstance(chain, list) or not chain or len(chain) > 8:
             raise ValueError("x5c is not a list of base64 certificates")
-        leaf = x509.load_der_x509_certificate(base64.b64decode(chain[0], validate=True))
+        certs = [
+            x509.load_der_x509_certificate(base64.b64decode(text, validate=True))
+            for text in chain
+            if isinstance(text, str)
+        ]
+        if len(certs) != len(chain):
+            raise ValueError("x5c holds a non-string")
     except (ValueError, binascii.Error) as exc:
         raise _fail(NRAS_JWKS_INVALID, f"JWKS key {kid[:100]!r}: bad x5c") from exc
-    not_before = int(leaf.not_valid_before_utc.timestamp())
-    not_after = int(leaf.not_valid_after_utc.timestamp())
-    if not not_before - leeway_s <= now <= not_after + leeway_s:
+    leaf = certs[0]
+    if not _valid_at(leaf, now, leeway_s):
+        not_before = int(leaf.not_valid_before_utc.timestamp())
+        not_after = int(leaf.not_valid_after_utc.timestamp())
         raise _fail(
             NRAS_KEY_NOT_VALID,
             f"the certificate of key {kid[:100]!r} is valid {not_before}..{not_after}, now {now}",
         )
+    check_chain(certs, anchors, now, leeway_s, kid)
     key = leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise _fail(NRAS_JWKS_INVALID, f"JWKS key {kid[:100]!r}: the x5c leaf is not P-384")
@@ -235,7 +329,13 @@ _KeyCache = dict[str, ec.EllipticCurvePublicKey]
 
 
 def _verified_token(
-    name: str, text: Any, jwks: Mapping[str, Any], now: int, leeway_s: int, keys: _KeyCache
+    name: str,
+    text: Any,
+    jwks: Mapping[str, Any],
+    now: int,
+    leeway_s: int,
+    keys: _KeyCache,
+    anchors: Sequence[x509.Certificate],
 ) -> _Token:
     if not isinstance(text, str) or text.count(".") != 2:
         raise _fail(NRAS_JWT_MALFORMED, f"{name} is not a compact JWS")
@@ -259,7 +359,7 @@ def _verified_token(
     # All tokens of one answer usually share a kid: build (and check) its key once.
     key = keys.get(kid)
     if key is None:
-        key = keys[kid] = _public_key(jwks, kid, now, leeway_s)
+        key = keys[kid] = _public_key(jwks, kid, now, leeway_s, anchors)
     signed = f"{header_text}.{payload_text}".encode("ascii")
     try:
         key.verify(encode_dss_signature(r, s), signed, ec.ECDSA(hashes.SHA384()))
@@ -380,12 +480,18 @@ def verify_nras_response(
     now: int,
     issuer: str = NRAS_ISSUER,
     leeway_s: int = DEFAULT_LEEWAY_S,
+    anchors: Sequence[x509.Certificate] | None = None,
 ) -> NrasResult:
-    """Verify an NRAS v3 answer for ``nonce`` at unix time ``now``; raise on any failure."""
+    """Verify an NRAS v3 answer for ``nonce`` at unix time ``now``; raise on any failure.
+
+    ``anchors``: the certificates the signing keys' x5c chains must reach (default: NVIDIA's,
+    shipped as package data).
+    """
+    trusted = pinned_anchors() if anchors is None else tuple(anchors)
     nonce_hex = nonce.hex()
     overall_text, gpu_texts = _split_response(response)
     keys: _KeyCache = {}
-    overall = _verified_token("overall token", overall_text, jwks, now, leeway_s, keys)
+    overall = _verified_token("overall token", overall_text, jwks, now, leeway_s, keys, trusted)
     exp = _check_common(overall, nonce_hex, now, issuer, leeway_s)
     if overall.claims.get("x-nvidia-overall-att-result") is not True:
         raise _fail(NRAS_OVERALL_RESULT_FALSE, "x-nvidia-overall-att-result is not true")
@@ -393,7 +499,7 @@ def verify_nras_response(
     for name, value in gpu_texts.items():
         if not isinstance(name, str) or not name or len(name) > 64:
             raise _fail(NRAS_RESPONSE_INVALID, "a GPU name is not a short string")
-        token = _verified_token(name, _gpu_text(value), jwks, now, leeway_s, keys)
+        token = _verified_token(name, _gpu_text(value), jwks, now, leeway_s, keys, trusted)
         exp = min(exp, _check_common(token, nonce_hex, now, issuer, leeway_s))
         gpu_tokens.append(token)
     _check_submods(overall, gpu_tokens)

@@ -11,6 +11,13 @@ compose hash, no vm_config) fails closed; with ``"off"`` they are computed but i
 ``allow_dev_image`` keeps ``os_image_not_dev`` informational only: several real Venice ``-p``
 backends run dstack **dev** images, whose guests accept operator logins.
 
+``gateway_models`` (``"refuse"``, default, or ``"allow"``) decides whether a report that
+attests only a gateway (:mod:`.trust`) may be used; ``trust_levels`` pins a model's expected
+level from the config (``"gateway"`` also accepts gateway trust for that one model).
+``allow_unpinned_images`` keeps ``compose_images_pinned`` informational. ``extra_mrseam`` and
+``extra_mrtd`` extend the shipped measurement policy (:mod:`.measurements`);
+``gateway_kms_roots`` and ``gateway_app_ids``, when not empty, replace its gateway anchors.
+
 ``pins`` maps a model id (the id the client asks for, e.g. ``e2ee-glm-5-1``) to
 :class:`MeasurementPins`: allowed lowercase-hex values per measurement. An empty tuple leaves
 that measurement unpinned. Pins are validated when built: wrong length or non-hex raises
@@ -29,6 +36,9 @@ from typing import Final, Literal
 DcapMode = Literal["require", "off"]
 NvidiaMode = Literal["off", "nonce", "nras"]
 SoftwareMode = Literal["require", "off"]
+GatewayMode = Literal["refuse", "allow"]
+TrustLevel = Literal["enclave", "gateway"]
+TRUST_LEVELS: Final = ("enclave", "gateway")
 
 TCB_STATUS_REVOKED = "Revoked"
 KNOWN_TCB_STATUSES = frozenset(
@@ -103,6 +113,13 @@ class AttestationPolicy:
     software: SoftwareMode = "require"
     allow_dev_image: bool = False
     pins: Mapping[str, MeasurementPins] = field(default_factory=dict, hash=False)
+    gateway_models: GatewayMode = "refuse"
+    trust_levels: Mapping[str, TrustLevel] = field(default_factory=dict, hash=False)
+    allow_unpinned_images: bool = False
+    extra_mrseam: frozenset[str] = frozenset()
+    extra_mrtd: frozenset[str] = frozenset()
+    gateway_kms_roots: frozenset[str] = frozenset()
+    gateway_app_ids: frozenset[str] = frozenset()
 
     def tcb_status_allowed(self, status: str) -> bool:
         """True when a DCAP TCB status is acceptable under this policy."""

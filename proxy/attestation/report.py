@@ -12,13 +12,20 @@ informational.
 ``verify --json``::
 
     {"model", "nonce", "shape", "signing_address", "signing_public_key", "tcb_status",
-     "advisory_ids", "tee_provider", "upstream_model", "passed", "failures": [code, ...],
-     "checks": [{"code", "ok", "enforced", "detail", "tier"}, ...]}
+     "advisory_ids", "tee_provider", "upstream_model", "trust_level": "enclave" | "gateway",
+     "attested": str, "not_attested": [str, ...], "facts": {...}, "passed",
+     "failures": [code, ...], "checks": [{"code", "ok", "enforced", "detail", "tier"}, ...]}
+
+``facts`` holds what the checks saw, for people: the classification reasons, the measurements
+and whether each is known, the compose's images, the gateway's custody facts, the compose
+manager's deployments. Tiers, in report order: response, binding, quote, gpu, software,
+measurements, custody (aci gateway key custody), trust.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from proxy.core.errors import AttestationError
@@ -28,6 +35,9 @@ TIER_BINDING: Final = "binding"
 TIER_QUOTE: Final = "quote"
 TIER_GPU: Final = "gpu"
 TIER_SOFTWARE: Final = "software"
+TIER_MEASUREMENTS: Final = "measurements"
+TIER_CUSTODY: Final = "custody"
+TIER_TRUST: Final = "trust"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,10 @@ class AttestationReport:
     advisory_ids: tuple[str, ...] = ()
     tee_provider: str | None = None
     upstream_model: str | None = None
+    trust_level: str | None = None
+    attested: str = ""
+    not_attested: tuple[str, ...] = ()
+    facts: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def passed(self) -> bool:
@@ -100,21 +114,29 @@ class AttestationReport:
             "advisory_ids": list(self.advisory_ids),
             "tee_provider": self.tee_provider,
             "upstream_model": self.upstream_model,
+            "trust_level": self.trust_level,
+            "attested": self.attested,
+            "not_attested": list(self.not_attested),
+            "facts": dict(self.facts),
             "passed": self.passed,
             "failures": [check.code for check in self.failures],
             "checks": [check.to_dict() for check in self.checks],
         }
 
     def raise_for_failure(self) -> None:
-        """Raise :class:`AttestationError` (code = the first failed check) unless it passed."""
+        """Raise :class:`AttestationError` unless it passed: code = the first failed check, the
+        message names every failed check and the first one's detail (what failed, the value
+        seen and, for a policy refusal, the setting or command that changes it)."""
         if self.passed:
             return
         failures = self.failures
         if not failures:
             raise AttestationError("the attestation report has no checks", code="no_checks")
         codes = ", ".join(check.code for check in failures)
+        first = failures[0]
         raise AttestationError(
-            f"attestation of {self.model} failed checks: {codes}", code=failures[0].code
+            f"attestation of {self.model} failed checks: {codes} ({first.code}: {first.detail})",
+            code=first.code,
         )
 
 

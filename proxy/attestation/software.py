@@ -188,6 +188,27 @@ def _config_id_hash(mr_config_id: bytes) -> tuple[str | None, str]:
     return mr_config_id[1 : 1 + _COMPOSE_HASH_BYTES].hex(), ""
 
 
+def measured_claim(evidence: Evidence, quote: TdxQuote | None, name: str) -> bytes | None:
+    """A runtime claim (``os-image-hash``, ``app-id``, ...) from a log that replays, else None."""
+    if quote is None:
+        return None
+    tcb = (evidence.info or {}).get("tcb_info")
+    result, events = _event_log_replay(
+        evidence, tcb if isinstance(tcb, Mapping) else {}, quote, "", True
+    )
+    if result.ok is not True or events is None:
+        return None
+    try:
+        return runtime_claim(events, name)
+    except EventLogError:
+        return None
+
+
+def bound_compose_hash(quote: TdxQuote | None) -> str | None:
+    """The compose hash ``mr_config_id`` binds (dstack layout), else None."""
+    return _config_id_hash(quote.report.mr_config_id)[0] if quote is not None else None
+
+
 def _stated(mapping: Mapping[str, Any], key: str) -> str | None:
     value = mapping.get(key)
     return value.strip().lower().removeprefix("0x") if isinstance(value, str) and value else None

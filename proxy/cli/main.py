@@ -1,9 +1,17 @@
-"""Command line: ``venice-e2ee-proxy {serve,simulate,verify,models}`` (also ``python -m proxy``).
+"""Command line: ``venice-e2ee-proxy {serve,simulate,verify,pins,trust,models}`` (also
+``python -m proxy``).
 
 The edge of the program: parse arguments, build the settings once, configure logging, run
 uvicorn. ``serve`` without a Venice API key (and with the default upstream) runs an offline
 demo: the built-in simulator starts on a free loopback port and the proxy uses it as upstream,
 with DCAP off because the simulator's quote cannot carry Intel's signature. It says so loudly.
+
+Every setting that weakens what an attestation proves (:func:`proxy.settings.weakenings`) is logged
+as a warning when ``serve`` starts. ``serve`` keeps the trust levels it saw in
+``attestation.state_dir`` (default ``$XDG_STATE_HOME/venice-e2ee-proxy``); when that directory
+is not writable it says so and remembers them in memory only. ``trust accept MODEL`` accepts a
+model that went from ``enclave`` to ``gateway``; ``pins MODEL`` prints a model's measurements in
+the ``[attestation.pins]`` format.
 """
 
 from __future__ import annotations
@@ -21,14 +29,22 @@ from typing import Any
 import uvicorn
 from pydantic import SecretStr
 
-from proxy.attestation import AttestationReport
+from proxy.attestation import AttestationPolicy, AttestationReport
 from proxy.core.errors import ProxyError
 from proxy.http.app import create_app
 from proxy.http.guard import is_loopback
 from proxy.http.loopback import free_socket
 from proxy.http.shutdown import DrainingServer
 from proxy.observability.logs import configure_logging, get_logger, quiet_context
-from proxy.settings import DEFAULT_BASE_URL, Settings, SettingsError, load_settings, resolve_api_key
+from proxy.service.trust_state import TrustState, default_state_dir, writable_problem
+from proxy.settings import (
+    DEFAULT_BASE_URL,
+    Settings,
+    SettingsError,
+    load_settings,
+    resolve_api_key,
+    weakenings,
+)
 
 log = get_logger("proxy.cli")
 
@@ -37,7 +53,8 @@ DEMO_BANNER = """
   DEMO MODE: no VENICE_API_KEY set.
   The proxy is running against the BUILT-IN SIMULATOR at {sim_url},
   not Venice. Answers are synthetic; DCAP quote verification and NVIDIA
-  NRAS are OFF (the simulator cannot produce Intel- or NVIDIA-signed evidence).
+  NRAS are OFF (the simulator cannot produce Intel- or NVIDIA-signed evidence),
+  and the simulator's made-up TDX module and firmware are allowed.
   Set VENICE_API_KEY to use Venice's real E2EE models.
 
   Try it:
@@ -75,6 +92,34 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--nras-response", type=Path, help="saved NRAS answer (offline)")
     verify.add_argument("--nras-jwks", type=Path, help="saved NRAS JWKS (offline)")
     verify.add_argument("--at", type=int, help="verify as of this unix time (offline)")
+    verify.add_argument(
+        "--no-dcap",
+        action="store_true",
+        help="offline: knowingly skip DCAP (else no --collateral is a failure)",
+    )
+    verify.add_argument(
+        "--no-nras",
+        action="store_true",
+        help="offline: knowingly skip NRAS (else no --nras-response is a failure)",
+    )
+    verify.add_argument(
+        "--allow-gateway",
+        action="store_true",
+        help='accept gateway trust for this check (as attestation.gateway_models = "allow")',
+    )
+
+    pins = commands.add_parser("pins", help="print a model's measurements as [attestation.pins]")
+    pins.add_argument("model", help="model id")
+    pins.add_argument("--config", type=Path, default=None)
+    pins.add_argument("--offline", action="store_true", help="read a saved attestation")
+    pins.add_argument("--attestation", type=Path, help="saved attestation (offline)")
+    pins.add_argument("--nonce", help="the 64-hex nonce it was fetched with (offline)")
+
+    trust = commands.add_parser("trust", help="show or accept the remembered trust levels")
+    trust.add_argument("action", choices=["show", "accept"])
+    trust.add_argument("model", nargs="?", help="model id (accept)")
+    trust.add_argument("--level", choices=["gateway", "enclave"], default="gateway")
+    trust.add_argument("--config", type=Path, default=None)
 
     models = commands.add_parser("models", help="list the upstream's models")
     models.add_argument("--config", type=Path, default=None)
@@ -99,7 +144,7 @@ def _api_key(settings: Settings) -> SecretStr | None:
 
 
 async def _serve_demo(settings: Settings, *, banner: bool) -> None:
-    from proxy.simulator import SimulatorState, create_simulator_app
+    from proxy.simulator import SIMULATED_MEASUREMENTS, SimulatorState, create_simulator_app
 
     sim_sock = free_socket()
     sim_url = f"http://127.0.0.1:{sim_sock.getsockname()[1]}/api/v1"
@@ -109,7 +154,12 @@ async def _serve_demo(settings: Settings, *, banner: bool) -> None:
             # The simulator's quote cannot carry Intel's signature and its GPU evidence is
             # not NVIDIA's: DCAP and NRAS are off, every other check stays on.
             "attestation": settings.attestation.model_copy(
-                update={"dcap": "off", "nvidia": "nonce"}
+                update={
+                    "dcap": "off",
+                    "nvidia": "nonce",
+                    "extra_mrseam": [SIMULATED_MEASUREMENTS["mrseam"]],
+                    "extra_mrtd": [SIMULATED_MEASUREMENTS["mrtd"]],
+                }
             ),
         }
     )
@@ -139,6 +189,8 @@ async def _serve_demo(settings: Settings, *, banner: bool) -> None:
         detail="DEMO MODE: no VENICE_API_KEY set; answers come from the built-in simulator, "
         "not Venice; set VENICE_API_KEY to use Venice",
     )
+    for event, detail in weakenings(demo_settings):
+        log.warning(event, detail=detail)
     try:
         await proxy_server.serve()
     finally:
@@ -179,18 +231,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["server"] = server
     settings = _load(args.config, overrides)
     as_json = configure_logging(settings.logging.level, settings.logging.format)
+    settings, persisted = _with_state_dir(settings)
     api_key = _api_key(settings)
     if api_key is None and settings.upstream.base_url == DEFAULT_BASE_URL:
         # The banner is for a person at a terminal; JSON logs get the demo_mode line only.
         asyncio.run(_serve_demo(settings, banner=not as_json))
         return 0
-    _warn_about(settings, api_key)
+    _warn_about(settings, api_key, state_persisted=persisted)
     app = create_app(settings, api_key=api_key)
     _server(app, settings).run()
     return 0
 
 
-def _warn_about(settings: Settings, api_key: SecretStr | None) -> None:
+def _state_dir(settings: Settings) -> Path:
+    return settings.attestation.state_dir or default_state_dir()
+
+
+def _with_state_dir(settings: Settings) -> tuple[Settings, bool]:
+    """Settings whose ``attestation.state_dir`` is set and writable (else None: memory only),
+    and whether the trust levels will persist."""
+    directory = _state_dir(settings)
+    problem = writable_problem(directory)
+    if problem is not None:
+        log.error(
+            "trust_state_not_persisted",
+            state_dir=str(directory),
+            detail=f"{problem}; set attestation.state_dir to a writable directory",
+        )
+    value = None if problem is not None else directory
+    attestation = settings.attestation.model_copy(update={"state_dir": value})
+    return settings.model_copy(update={"attestation": attestation}), problem is None
+
+
+def _warn_about(
+    settings: Settings, api_key: SecretStr | None, *, state_persisted: bool = True
+) -> None:
     """Log what an operator should know about a risky but valid configuration."""
     if api_key is None:
         log.warning("no_api_key", upstream=settings.upstream.base_url)
@@ -201,10 +276,8 @@ def _warn_about(settings: Settings, api_key: SecretStr | None) -> None:
             detail="listening beyond loopback with no server.api_keys: anyone who can reach "
             "this port can use the Venice key",
         )
-    if settings.attestation.dcap == "off":
-        log.warning("dcap_off", detail="TDX quote signatures are NOT verified")
-    if settings.attestation.nvidia != "nras":
-        log.warning("nras_off", detail="GPU evidence is NOT verified by NVIDIA NRAS")
+    for event, detail in weakenings(settings, state_persisted=state_persisted):
+        log.warning(event, detail=detail)
     if settings.privacy.non_e2ee == "passthrough":
         log.warning(
             "plaintext_passthrough",
@@ -225,10 +298,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _verify(settings: Settings, api_key: SecretStr | None, model: str) -> AttestationReport:
+async def _verify(
+    settings: Settings,
+    api_key: SecretStr | None,
+    model: str,
+    policy: AttestationPolicy | None = None,
+) -> AttestationReport:
     from proxy.http.services import build_services
 
     services = build_services(settings, api_key=api_key)
+    if policy is not None:
+        services.attester.policy = policy
     try:
         return await services.attester.report(model)
     finally:
@@ -236,21 +316,37 @@ async def _verify(settings: Settings, api_key: SecretStr | None, model: str) -> 
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """``verify``: run every check on a fresh (or saved) attestation and print the report."""
-    from proxy.cli.verify import VerifyInputError, print_error, print_report, verify_offline
+    """``verify``: run every check on a fresh (or saved) attestation and print the report.
+
+    Offline, DCAP and NRAS are never skipped silently: without ``--collateral`` the ``dcap``
+    check fails as not checked unless ``--no-dcap`` is given, and without ``--nras-response``
+    ``gpu_nras`` fails unless ``--no-nras`` is given; a skip is printed as such.
+    """
+    from proxy.cli.verify import (
+        INPUT_ERROR_CODES,
+        VerifyInputError,
+        print_error,
+        print_report,
+        verify_offline,
+    )
     from proxy.http.services import attestation_policy
 
     settings = _load(args.config)
     configure_logging("warning", settings.logging.format)
+    skipped: list[str] = []
     try:
+        policy = attestation_policy(settings)
+        if args.allow_gateway:
+            policy = replace(policy, gateway_models="allow")
         if args.offline:
             if args.attestation is None:
                 raise VerifyInputError("--offline needs --attestation FILE")
-            policy = attestation_policy(settings)
-            if args.collateral is None:
+            if args.no_dcap:
                 policy = replace(policy, dcap="off")
-            if args.nras_response is None and policy.nvidia == "nras":
+                skipped.append("DCAP (--no-dcap): the quote's Intel signature was NOT verified")
+            if args.no_nras and policy.nvidia == "nras":
                 policy = replace(policy, nvidia="nonce")
+                skipped.append("NRAS (--no-nras): the GPU evidence was NOT verified by NVIDIA")
             report = verify_offline(
                 args.attestation,
                 policy,
@@ -260,18 +356,91 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 nras_jwks=args.nras_jwks,
                 at=args.at,
                 model=args.model,
+                trust_state=TrustState(settings.attestation.state_dir),
             )
         else:
             if args.model is None:
                 raise VerifyInputError("verify needs a MODEL (or --offline)")
-            report = asyncio.run(_verify(settings, _api_key(settings), args.model))
+            report = asyncio.run(
+                _verify(_with_default_state(settings), _api_key(settings), args.model, policy)
+            )
     except VerifyInputError as exc:
         print_error(exc, as_json=args.json)
         return 2
     except ProxyError as exc:
         print_error(exc, as_json=args.json)
+        return 2 if exc.code in INPUT_ERROR_CODES else 1
+    weakened = [detail for _, detail in weakenings(settings) if "state_dir" not in detail]
+    return print_report(report, as_json=args.json, skipped=skipped, weakened=weakened)
+
+
+def _with_default_state(settings: Settings) -> Settings:
+    """Read (never write) the trust levels ``serve`` remembers."""
+    attestation = settings.attestation.model_copy(update={"state_dir": _state_dir(settings)})
+    return settings.model_copy(update={"attestation": attestation})
+
+
+def cmd_pins(args: argparse.Namespace) -> int:
+    """``pins MODEL``: a model's current measurements in the ``[attestation.pins]`` format."""
+    from proxy.cli.verify import VerifyInputError, print_error, render_pins, verify_offline
+    from proxy.http.services import attestation_policy
+
+    settings = _load(args.config)
+    configure_logging("warning", settings.logging.format)
+    try:
+        if args.offline:
+            if args.attestation is None:
+                raise VerifyInputError("--offline needs --attestation FILE")
+            report = verify_offline(
+                args.attestation,
+                replace(attestation_policy(settings), dcap="off", nvidia="off"),
+                nonce_hex=args.nonce,
+                model=args.model,
+            )
+        else:
+            report = asyncio.run(
+                _verify(_with_default_state(settings), _api_key(settings), args.model)
+            )
+    except (VerifyInputError, ProxyError) as exc:
+        print_error(exc, as_json=False)
+        return 2 if isinstance(exc, VerifyInputError) else 1
+    print(render_pins(report, offline=args.offline))
+    return 0 if report.passed or args.offline else 1
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    """``trust show`` lists the remembered trust levels; ``trust accept MODEL`` records one."""
+    settings = _load(args.config)
+    state = TrustState(_state_dir(settings))
+    try:
+        if args.action == "accept":
+            if not args.model:
+                print("venice-e2ee-proxy: trust accept needs a MODEL", file=sys.stderr)
+                return 2
+            configured = settings.attestation.trust_levels.get(args.model)
+            if configured is not None and configured != args.level:
+                print(
+                    f"venice-e2ee-proxy: attestation.trust_levels in the config pins "
+                    f"{args.model} to {configured}; change it there",
+                    file=sys.stderr,
+                )
+                return 2
+            state.accept(args.model, args.level)
+            print(f"{args.model}: {args.level} trust accepted (recorded in {state.where})")
+            if args.level == "gateway" and settings.attestation.gateway_models != "allow":
+                print(
+                    f'note: gateway trust is used only with attestation.gateway_models = "allow" '
+                    f'or attestation.trust_levels."{args.model}" = "gateway"'
+                )
+            return 0
+        for model, entry in sorted(state.models().items()):
+            accepted = " (accepted by the user)" if entry.get("accepted_at") else ""
+            print(f"{model:45} {entry.get('level')}{accepted}")
+        print(f"# {state.where}")
+    except ProxyError as exc:
+        print(f"venice-e2ee-proxy: {exc.message}", file=sys.stderr)
         return 1
-    return print_report(report, as_json=args.json)
+    return 0
 
 
 async def _models(settings: Settings, api_key: SecretStr | None) -> list[dict[str, Any]]:
@@ -323,6 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": cmd_serve,
         "simulate": cmd_simulate,
         "verify": cmd_verify,
+        "pins": cmd_pins,
+        "trust": cmd_trust,
         "models": cmd_models,
     }
     return handlers[args.command](args)

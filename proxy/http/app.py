@@ -30,6 +30,7 @@ from proxy.http.request_id import RequestIdMiddleware
 from proxy.http.responses_route import router as responses_router
 from proxy.http.routes import router
 from proxy.http.services import Services, build_services, keep_warm
+from proxy.http.status_page import router as status_router
 from proxy.settings import Settings
 
 if TYPE_CHECKING:
@@ -65,9 +66,10 @@ def create_app(
     app.state.services = services
     app.include_router(router)
     app.include_router(responses_router)
+    app.include_router(status_router)
     services.metrics.set_routes(
         route.path
-        for routes in (router.routes, responses_router.routes)
+        for routes in (router.routes, responses_router.routes, status_router.routes)
         for route in routes
         if isinstance(route, APIRoute)
     )

@@ -47,6 +47,7 @@ EXPOSE_HEADERS = (
     "x-venice-proxy-e2ee",
     "x-venice-proxy-signing-address",
     "x-venice-proxy-tcb-status",
+    "x-venice-proxy-trust",
     "retry-after",
 )
 PREFLIGHT_MAX_AGE_S = 600

@@ -122,6 +122,7 @@ class RequestRecord:
             completion_tokens=usage.get("completion_tokens") if usage else None,
             cost_usd=_cost_usd(stats.cost) if stats else None,
             signing_address=key.signing_address if key else None,
+            trust_level=key.report.trust_level if key else None,
             attestation_age_s=round(key.age_s(time.time()), 1) if key else None,
             venice_request_id=upstream.cf_ray if upstream else None,
             ratelimit_remaining_requests=upstream.ratelimit_remaining_requests

@@ -24,7 +24,7 @@ from proxy.core.errors import ModelNotFoundError, ProxyError
 from proxy.http.body import read_json
 from proxy.http.disconnect import until_disconnect
 from proxy.http.request_log import RequestRecord
-from proxy.http.services import Services
+from proxy.http.services import Services, model_trust
 from proxy.service.catalog import resolve_alias
 from proxy.service.chat import ChatOutcome
 from proxy.service.relay import aggregate, sse_to_client
@@ -64,6 +64,9 @@ async def chat_completions(request: Request) -> Response:
     record.attach(outcome)
 
     headers = dict(outcome.headers)
+    if outcome.key is not None and outcome.key.report.trust_level:
+        # What the encryption ends at: the model's own host (enclave) or only a gateway.
+        headers["x-venice-proxy-trust"] = outcome.key.report.trust_level
     signatures = services.signatures
     mode = signatures.mode_for(outcome)
     if outcome.client_stream:
@@ -141,6 +144,9 @@ async def _model_items(services: Services) -> list[dict[str, Any]]:
         info = models.get(target)
         if info is not None and (info.supports_e2ee or passthrough(info.id)):
             data.append({**info.raw, "id": alias, "venice_model": target})
+    trust = model_trust(services)
+    for item in data:
+        item["trust_level"] = trust.get(str(item.get("venice_model") or item.get("id")))
     if services.demo:
         for item in data:
             item["owned_by"] = "venice-e2ee-proxy simulator (demo, not Venice)"
@@ -194,6 +200,7 @@ async def attestation(model: str, request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "model": target,
+            "trust_level": key.report.trust_level,
             "signing_address": key.signing_address,
             "verified_at": int(key.verified_at),
             "expires_at": int(key.expires_at),

@@ -10,6 +10,7 @@ clients: :mod:`proxy.http.app` puts a :class:`Services` on ``app.state`` and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from proxy.service.dcap_collateral import CollateralCache, file_fetcher, pccs_fe
 from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache, Attester, CollateralSource
 from proxy.service.nras_client import NrasSource
 from proxy.service.signatures import SignaturePolicy, SignatureVerifier
+from proxy.service.trust_state import TrustState
 from proxy.settings import Settings
 from proxy.venice.client import ServiceClient, UpstreamClient, UpstreamTimeouts
 
@@ -85,6 +87,13 @@ def attestation_policy(settings: Settings) -> AttestationPolicy:
             model: MeasurementPins(**{name: tuple(values) for name, values in pins})
             for model, pins in section.pins.items()
         },
+        gateway_models=section.gateway_models,
+        trust_levels=dict(section.trust_levels),
+        allow_unpinned_images=section.allow_unpinned_images,
+        extra_mrseam=frozenset(section.extra_mrseam),
+        extra_mrtd=frozenset(section.extra_mrtd),
+        gateway_kms_roots=frozenset(section.gateway_kms_roots),
+        gateway_app_ids=frozenset(section.gateway_app_ids),
     )
 
 
@@ -149,6 +158,7 @@ def build_services(
         else None,
         audit=AuditLog(settings.logging.audit_log) if settings.logging.audit_log else None,
         on_failed_checks=count_failed_checks,
+        trust_state=TrustState(section.state_dir),
     )
 
     def count_attestation(model: str, key: AttestedKey | None, error: ProxyError | None) -> None:
@@ -159,6 +169,7 @@ def build_services(
                 model=model,
                 signing_address=key.signing_address,
                 tcb_status=key.report.tcb_status,
+                trust_level=key.report.trust_level,
             )
             return
         if isinstance(error, AttestationError):
@@ -211,6 +222,21 @@ def build_services(
         DrainController(),
         demo,
     )
+
+
+def model_trust(services: Services) -> dict[str, str | None]:
+    """Each model's trust level: from its current key, else as remembered (may be stale)."""
+    levels: dict[str, str | None] = {}
+    state = services.attester.trust_state
+    if state is not None:
+        # An unreadable state file fails attestations; listing the models still works.
+        with contextlib.suppress(ProxyError):
+            levels.update({model: entry.get("level") for model, entry in state.models().items()})
+    for model in services.keys.models():
+        key = services.keys.peek(model)
+        if key is not None:
+            levels[model] = key.report.trust_level
+    return levels
 
 
 WARM_RETRY_MIN_S = 5.0

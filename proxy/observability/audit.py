@@ -5,7 +5,8 @@ Each accepted attestation is written once, when it is accepted::
     {"time": "2026-11-23T16:00:00Z", "model": "e2ee-glm-5-1", "signing_address": "0x...",
      "quote_sha256": "...", "measurements": {"mr_td": ..., "mr_config_id": ..., "rtmr0": ...,
      ..., "rtmr3": ...}, "tcb_status": "UpToDate", "advisory_ids": [...],
-     "tee_provider": "near-ai", "nonce": "...", "checks": {"<code>": true|false|null, ...}}
+     "tee_provider": "near-ai", "trust_level": "enclave" | "gateway", "nonce": "...",
+     "checks": {"<code>": true|false|null, ...}}
 
 Everything in it is public attestation data: no prompt, completion, API key or private key.
 The file is opened in append mode for each record (no handle kept; log rotation is safe), and
@@ -41,6 +42,7 @@ def audit_record(report: AttestationReport, quote: bytes, verified_at: float) ->
         "tcb_status": report.tcb_status,
         "advisory_ids": list(report.advisory_ids),
         "tee_provider": report.tee_provider,
+        "trust_level": report.trust_level,
         "nonce": report.nonce,
         "checks": {check.code: check.ok for check in report.checks},
     }

@@ -4,7 +4,10 @@
   the policy needs (DCAP collateral, the NVIDIA NRAS verdict), verifies everything as a pure
   function of (evidence, nonce, policy, now) and returns the key only if every enforced check
   passed; otherwise an :class:`~proxy.core.errors.AttestationError` naming the failed checks. An
-  accepted attestation is written once to the audit log, when one is configured.
+  accepted attestation is written once to the audit log, when one is configured. The trust level
+  remembered for the model (:mod:`proxy.service.trust_state`) goes into the checks, and the
+  level of every accepted attestation is remembered; a state file that cannot be written is
+  logged loudly and the level kept in memory, one that cannot be read fails the attestation.
 - :class:`AttestedKeyCache` keeps one verified key per model:
   - a key is served until ``expires_at``; from ``refresh_at`` (the last fifth of its life) a
     request still gets it at once while one background task re-attests, so a warm model never
@@ -45,6 +48,10 @@ from proxy.attestation import (
 )
 from proxy.core.errors import AttestationError, AttestationRateLimitedError, ProxyError
 from proxy.observability.audit import AuditLog, audit_record
+from proxy.observability.logs import get_logger
+from proxy.service.trust_state import TrustState, TrustStateError
+
+log = get_logger("proxy.attestation")
 
 NONCE_BYTES = 32
 REFRESH_FRACTION = 0.8
@@ -89,8 +96,10 @@ class Attester:
         clock: Callable[[], float] = time.time,
         make_nonce: Callable[[], bytes] = lambda: os.urandom(NONCE_BYTES),
         on_failed_checks: Callable[[tuple[str, ...]], None] | None = None,
+        trust_state: TrustState | None = None,
     ) -> None:
         self._fetch_attestation = fetch_attestation
+        self.trust_state = trust_state
         self._make_nonce = make_nonce
         self._on_failed_checks = on_failed_checks
         self._collateral = collateral
@@ -117,7 +126,22 @@ class Attester:
         )
         if self._audit is not None:
             self._audit.append(audit_record(report, quote, now))
+        self._remember(model, report)
         return key
+
+    def _remember(self, model: str, report: AttestationReport) -> None:
+        level = report.trust_level
+        if self.trust_state is None or level not in ("enclave", "gateway"):
+            return
+        try:
+            self.trust_state.record(model, "gateway" if level == "gateway" else "enclave")
+        except TrustStateError as exc:
+            log.error(
+                "trust_state_write_failed",
+                model=model,
+                detail=exc.message,
+                consequence="this model's trust level is not remembered across restarts",
+            )
 
     async def report(self, model: str) -> AttestationReport:
         """The full report for a fresh attestation, passed or not (for ``verify``)."""
@@ -137,6 +161,9 @@ class Attester:
             extra["collateral"] = await self._collateral(evidence.intel_quote)
         if self.policy.nvidia == "nras" and self._nras is not None and evidence.nvidia_payload:
             extra["nras"] = await self._nras(evidence.nvidia_payload)
+        if self.trust_state is not None:
+            extra["remembered_trust"] = self.trust_state.get(model)
+            extra["remembered_source"] = f"remembered in {self.trust_state.where}"
         now = self._clock()
         report = verify_evidence(
             evidence, expected_model=model, nonce=nonce, policy=self.policy, now=int(now), **extra
@@ -187,6 +214,15 @@ class AttestedKeyCache:
     def models(self) -> list[str]:
         """Models with a cached key (valid or not)."""
         return list(self._keys)
+
+    def last_failure(self, model: str) -> ProxyError | None:
+        """The error of ``model``'s most recent failed attestation, until one succeeds."""
+        failure = self._failures.get(model)
+        return failure[1] if failure is not None else None
+
+    def failed_models(self) -> list[str]:
+        """Models whose most recent attestation failed."""
+        return list(self._failures)
 
     async def get(self, model: str) -> AttestedKey:
         """A valid verified key, fetching (once for all concurrent callers) on a miss."""

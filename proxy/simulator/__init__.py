@@ -17,11 +17,18 @@ from proxy.simulator.app import create_simulator_app, run_simulator
 from proxy.simulator.catalog import MODELS, SimModel, find_model
 from proxy.simulator.faults import Faults
 from proxy.simulator.http_errors import SimulatedHTTPError, SimulatedStreamCutError
+from proxy.simulator.measurements import SIMULATED_MR_TD
+from proxy.simulator.quote import SIMULATED_MR_SEAM
 from proxy.simulator.signing import recover_address
 from proxy.simulator.state import RecordedRequest, SimulatorState
 
+# The simulated firmware and TDX module are not real releases: a proxy in front of the
+# simulator adds these to attestation.extra_mrseam / extra_mrtd (the demo does, and says so).
+SIMULATED_MEASUREMENTS = {"mrseam": SIMULATED_MR_SEAM.hex(), "mrtd": SIMULATED_MR_TD.hex()}
+
 __all__ = [
     "MODELS",
+    "SIMULATED_MEASUREMENTS",
     "Faults",
     "RecordedRequest",
     "SimModel",

@@ -121,12 +121,16 @@ class Measurements:
         }
 
 
+SIMULATED_IMAGE_DIGEST = hashlib.sha256(b"venice-simulator image").hexdigest()
+SIMULATED_MR_TD = _h("mr-td " + IMAGE_NAME, _MEASUREMENT_BYTES)
+
+
 def app_compose_for(upstream_model: str) -> str:
     """The dstack app compose (a JSON document, pretty-printed as dstack stores it)."""
     compose_file = (
         "services:\n"
         "  inference-proxy:\n"
-        "    image: venice-e2ee-proxy/simulator:latest\n"
+        f"    image: venice-e2ee-proxy/simulator@sha256:{SIMULATED_IMAGE_DIGEST}\n"
         "    environment:\n"
         f"      - MODEL_NAME={upstream_model}\n"
     )
@@ -211,7 +215,7 @@ def build_measurements(upstream_model: str, instance_seed: int) -> Measurements:
     return Measurements(
         app_compose=app_compose,
         compose_hash=compose_hash,
-        mr_td=_h("mr-td " + IMAGE_NAME, _MEASUREMENT_BYTES),
+        mr_td=SIMULATED_MR_TD,
         os_image_hash=os_image_hash,
         app_id=app_id,
         instance_id=instance_id,

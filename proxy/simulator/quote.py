@@ -109,6 +109,9 @@ def report_data_for(address: bytes, nonce: bytes) -> bytes:
     return address + bytes(12) + nonce
 
 
+SIMULATED_MR_SEAM = _label("mr_seam", MEASUREMENT_BYTES)
+
+
 def _header() -> bytes:
     return (
         struct.pack("<HHI", QUOTE_VERSION, ATT_KEY_TYPE_ECDSA_P256, TEE_TYPE_TDX)
@@ -121,7 +124,7 @@ def _header() -> bytes:
 def _body(fields: TdReportFields) -> bytes:
     body = (
         bytes.fromhex("0b010400000000000000000000000000")  # tee_tcb_svn
-        + _label("mr_seam", MEASUREMENT_BYTES)
+        + SIMULATED_MR_SEAM
         + bytes(MEASUREMENT_BYTES)  # mr_signer_seam: zero for Intel's own SEAM module
         + bytes(8)  # seam_attributes
         + fields.td_attributes

@@ -148,6 +148,7 @@ def test_raw_stream_ends_cleanly_after_the_stop(
             "stop": ["two"],
             "stream": True,
         },
+        headers={"x-request-id": "stop-clean-end"},
     ) as response:
         body = response.read()
     assert body.endswith(b"data: [DONE]\n\n")
@@ -157,9 +158,14 @@ def test_raw_stream_ends_cleanly_after_the_stop(
     assert text == "You said: one "
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
     assert CANARY.encode() not in body
-    # The request's line is written when the stream's generator ends: wait for it.
-    assert wait_for(lambda: any('"chat_request"' in line for line in log_lines()))
-    (record,) = [json.loads(line) for line in log_lines() if '"chat_request"' in line]
+    # The request's line is written when the stream's generator ends: wait for it (an earlier
+    # test's stream may log its own line meanwhile: pick ours by its id).
+    def ours() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in log_lines() if '"chat_request"' in line]
+        return [line for line in lines if line.get("client_request_id") == "stop-clean-end"]
+
+    assert wait_for(lambda: bool(ours()))
+    (record,) = ours()
     assert record["stopped"] is True
     assert record["completed"] is False
     assert record["error"] is None

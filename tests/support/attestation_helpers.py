@@ -152,11 +152,16 @@ def collateral_of(fixture: Fixture) -> dict[str, Any]:
 
 
 def policy_for(fixture: Fixture) -> AttestationPolicy:
-    """The strict default policy, minus the GPU check for the aci capture (it has no GPU) and
-    with dev images tolerated where the real capture runs one (``os_image_not_dev`` is then
-    reported, not enforced; its own tests use the default)."""
+    """The strict default policy, minus the GPU check for the aci capture (it has no GPU), with
+    dev images (and the unpinned images that come with them on the Phala backends) tolerated
+    where the real capture runs one (``os_image_not_dev`` and ``compose_images_pinned`` are then
+    reported, not enforced; their own tests use the default), and gateway trust allowed for the
+    aci capture (the trust tests use the default ``refuse``)."""
     return AttestationPolicy(
-        nvidia="nonce" if fixture.has_gpu else "off", allow_dev_image=fixture.dev_image
+        nvidia="nonce" if fixture.has_gpu else "off",
+        allow_dev_image=fixture.dev_image,
+        allow_unpinned_images=fixture.dev_image,
+        gateway_models="allow" if fixture.shape == "aci" else "refuse",
     )
 
 

@@ -22,7 +22,7 @@ from proxy.attestation import (
     verify_evidence,
     verify_nras_response,
 )
-from proxy.attestation.nras import GPU_TRUE_CLAIMS, NRAS_ISSUER, b64url_decode
+from proxy.attestation.nras import GPU_TRUE_CLAIMS, NRAS_ISSUER, b64url_decode, pinned_anchors
 from proxy.core.errors import AttestationError
 from tests.support.attestation_helpers import (
     FIXTURES_BY_NAME,
@@ -32,6 +32,7 @@ from tests.support.attestation_helpers import (
     nonce_of,
     time_of,
 )
+from tests.support.x509_helpers import der_b64, issue, make_ca
 
 QWEN = FIXTURES_BY_NAME["venice_qwen3_5_122b"]
 NONCE = bytes.fromhex("ac82eb750ec4cfbb273f90d33567776bfae8657e2a43f6dff2f3adad9b86095a")
@@ -50,8 +51,16 @@ def jwks() -> dict[str, Any]:
     return keys
 
 
+# The local test CA that the forged tokens below chain to, trusted next to NVIDIA's anchor.
+TEST_CA_KEY, TEST_CA = make_ca("Test NRAS CA")
+
+
 def verify(response: Any = None, keys: Any = None, **overrides: Any) -> NrasResult:
-    arguments: dict[str, Any] = {"nonce": NONCE, "now": IAT}
+    arguments: dict[str, Any] = {
+        "nonce": NONCE,
+        "now": IAT,
+        "anchors": [*pinned_anchors(), TEST_CA],
+    }
     arguments.update(overrides)
     return verify_nras_response(
         answer() if response is None else response, jwks() if keys is None else keys, **arguments
@@ -177,16 +186,21 @@ def test_another_keys_coordinates_under_the_right_kid_fail() -> None:
     target["x"], target["y"] = donor["x"], donor["y"]
     assert code_of(keys=keys) == "nras_jwks_invalid"
     del target["x5c"]
-    assert code_of(keys=keys) == "nras_signature_invalid"
+    assert code_of(keys=keys) == "nras_chain_untrusted"
 
 
-@pytest.mark.parametrize("drop", [("x5c",), ("x", "y")])
-def test_a_key_given_only_as_xy_or_only_as_x5c_verifies(drop: tuple[str, ...]) -> None:
+def test_a_key_given_only_as_x5c_verifies() -> None:
     keys = jwks()
     for key in keys["keys"]:
-        for name in drop:
-            del key[name]
+        del key["x"], key["y"]
     assert verify(keys=keys).overall_result
+
+
+def test_a_key_without_an_x5c_chain_to_nvidia_fails() -> None:
+    keys = jwks()
+    for key in keys["keys"]:
+        del key["x5c"]
+    assert code_of(keys=keys) == "nras_chain_untrusted"
 
 
 def test_duplicate_kid_in_the_jwks_is_rejected() -> None:
@@ -259,6 +273,10 @@ class Signer:
                     "kid": self.kid,
                     "x": _b64(numbers.x.to_bytes(48, "big")),
                     "y": _b64(numbers.y.to_bytes(48, "big")),
+                    "x5c": [
+                        der_b64(issue(TEST_CA_KEY, TEST_CA, self.key.public_key(), "Test NRAS")),
+                        der_b64(TEST_CA),
+                    ],
                 }
             ]
         }

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from proxy.http.loopback import ThreadedServer, free_socket
-from proxy.simulator import SimulatorState
+from proxy.simulator import SIMULATED_MEASUREMENTS, SimulatorState
 from tests.conftest import CANARY, E2EE_MODEL, SIM_API_KEY
 from tests.support.fixtures import FIXTURES_DIR
 
@@ -47,6 +47,8 @@ def sim_env(sim_server: ThreadedServer, sim_state: SimulatorState) -> dict[str, 
         VENICE_PROXY_UPSTREAM__BASE_URL=sim_server.url + "/api/v1",
         VENICE_PROXY_ATTESTATION__DCAP="off",
         VENICE_PROXY_ATTESTATION__NVIDIA="nonce",
+        VENICE_PROXY_ATTESTATION__EXTRA_MRSEAM=json.dumps([SIMULATED_MEASUREMENTS["mrseam"]]),
+        VENICE_PROXY_ATTESTATION__EXTRA_MRTD=json.dumps([SIMULATED_MEASUREMENTS["mrtd"]]),
         VENICE_PROXY_LOGGING__LEVEL="warning",
     )
 

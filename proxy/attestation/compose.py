@@ -1,0 +1,216 @@
+"""What the measured compose runs: its images (digest-pinned or not) and the models it names.
+
+Input: dstack's ``app_compose`` (a JSON string; ``info.tcb_info.app_compose`` on NEAR and Phala
+reports, ``attestation.evidence.app_compose`` where an aci gateway publishes one) whose
+``docker_compose_file`` member is a Docker Compose YAML document. It is authenticated only when
+``compose_hash_binding`` passed with the manifest present (sha256(app_compose) is the compose
+hash the quote binds) and DCAP passed.
+
+Checks (tier ``software``):
+
+``compose_images_pinned``
+    every service's ``image`` is pinned by digest (``name@sha256:<64 hex>`` or ``@sha512``). A
+    tag (``:1.2``, ``:latest``) can point at other content later without changing any
+    measurement, and a ``build:`` service is built at deploy time from unmeasured sources; both
+    are flagged by name. Enforced with the software tier unless
+    ``attestation.allow_unpinned_images``. No manifest in the report: ``ok=None`` (nothing to
+    check; the report says the manifest was not shown).
+``model_binding``
+    the model names the measured compose configures (vLLM's ``--served-model-name`` and
+    ``--model``, ``MODEL_NAME=``) include the model Venice says it serves (``upstream_model`` /
+    ``model_name``) or the requested id. Where they do, the binding passes; where they name
+    other models only, it fails (enforced). Where nothing measured names a model (NEAR's
+    compose-manager deploys the model from a repository at run time; the aci gateway serves
+    many), ``ok=None`` and not enforced: the detail says that ``model_match`` rests on Venice's
+    unauthenticated label alone.
+
+Deliberately NOT done: resolving tags or digests against a registry, judging what an image
+does, following ``extends`` or ``include`` (flagged as unparsed), or mapping Venice's model id
+to a Hugging Face id (Venice's ``upstream_model`` claim is what is compared).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import yaml
+
+from proxy.attestation.report import TIER_SOFTWARE, CheckResult
+
+COMPOSE_IMAGES_PINNED: Final = "compose_images_pinned"
+MODEL_BINDING: Final = "model_binding"
+COMPOSE_CHECK_CODES: Final = (COMPOSE_IMAGES_PINNED, MODEL_BINDING)
+
+MAX_COMPOSE_CHARS: Final = 1_000_000
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$|@sha512:[0-9a-f]{128}$")
+_MODEL_ARGUMENT = re.compile(
+    r"(?:--served-model-name|--model)(?:=|[\s\\'\"]+)([A-Za-z0-9][\w.\-/:]*)"
+    r"|\bMODEL_NAME=([A-Za-z0-9][\w.\-/:]*)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """One service of the compose and what it runs."""
+
+    service: str
+    reference: str | None  # None: the service is built at deploy time (``build:``)
+    pinned: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"service": self.service, "image": self.reference, "pinned": self.pinned}
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeFacts:
+    """What one app_compose says it runs."""
+
+    name: str | None
+    images: tuple[Image, ...]
+    model_names: tuple[str, ...]
+    error: str | None = None
+
+    @property
+    def unpinned(self) -> tuple[Image, ...]:
+        return tuple(image for image in self.images if not image.pinned)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "images": [image.to_dict() for image in self.images],
+            "model_names": list(self.model_names),
+            "error": self.error,
+        }
+
+
+def app_compose_of(info: Mapping[str, Any] | None) -> str | None:
+    """The app_compose string of a normalized ``info`` (None when the report has none)."""
+    if not info:
+        return None
+    tcb = info.get("tcb_info")
+    value = tcb.get("app_compose") if isinstance(tcb, Mapping) else None
+    if value is None:
+        value = info.get("app_compose")
+    return value if isinstance(value, str) else None
+
+
+def is_pinned(reference: str) -> bool:
+    """True when an image reference names its content by digest."""
+    return bool(_DIGEST.search(reference.strip()))
+
+
+def parse_compose(app_compose: str) -> ComposeFacts:
+    """Images and model names of an app_compose. Never raises: problems go in ``error``."""
+    if len(app_compose) > MAX_COMPOSE_CHARS:
+        return ComposeFacts(None, (), (), f"app_compose is over {MAX_COMPOSE_CHARS} characters")
+    try:
+        manifest = json.loads(app_compose)
+    except (ValueError, RecursionError):
+        return ComposeFacts(None, (), (), "app_compose is not JSON")
+    if not isinstance(manifest, Mapping):
+        return ComposeFacts(None, (), (), "app_compose is not a JSON object")
+    name = manifest.get("name") if isinstance(manifest.get("name"), str) else None
+    text = manifest.get("docker_compose_file")
+    if not isinstance(text, str):
+        return ComposeFacts(name, (), (), "app_compose has no docker_compose_file")
+    models = _model_names(text)
+    try:
+        document = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return ComposeFacts(name, (), models, "docker_compose_file is not valid YAML")
+    services = document.get("services") if isinstance(document, Mapping) else None
+    if not isinstance(services, Mapping) or not services:
+        return ComposeFacts(name, (), models, "docker_compose_file has no services")
+    images: list[Image] = []
+    for service, spec in services.items():
+        reference = spec.get("image") if isinstance(spec, Mapping) else None
+        if isinstance(reference, str) and reference:
+            images.append(Image(str(service), reference, is_pinned(reference)))
+        else:
+            images.append(Image(str(service), None, False))
+    notes = [key for key in ("include", "extends") if key in document]
+    error = f"not followed: {', '.join(notes)}" if notes else None
+    return ComposeFacts(name, tuple(images), models, error)
+
+
+def _model_names(text: str) -> tuple[str, ...]:
+    names: list[str] = []
+    for match in _MODEL_ARGUMENT.finditer(text):
+        value = (match.group(1) or match.group(2) or "").rstrip("'\",")
+        if value and value not in names:
+            names.append(value)
+    return tuple(names)
+
+
+def _result(code: str, ok: bool | None, detail: str, enforced: bool) -> CheckResult:
+    return CheckResult(code=code, ok=ok, enforced=enforced, detail=detail, tier=TIER_SOFTWARE)
+
+
+def compose_images_check(
+    facts: ComposeFacts | None, bound: bool, *, enforced: bool, allow_unpinned: bool
+) -> CheckResult:
+    """``compose_images_pinned``; ``bound`` is whether the manifest is the measured one."""
+    code = COMPOSE_IMAGES_PINNED
+    if facts is None:
+        return _result(code, None, "the report shows no app_compose: its images are unknown", False)
+    if not bound:
+        # compose_hash_binding's own failure decides the verdict; this one only reports.
+        return _result(code, False, "not evaluated: compose_hash_binding failed", False)
+    if facts.error is not None and not facts.images:
+        return _result(code, False, facts.error, enforced)
+    unpinned = facts.unpinned
+    count = f"{len(facts.images) - len(unpinned)} of {len(facts.images)} images pinned by digest"
+    if not unpinned:
+        suffix = f" ({facts.error})" if facts.error else ""
+        return _result(code, facts.error is None, count + suffix, enforced)
+    shown = ", ".join(
+        f"{image.service}: {image.reference}" if image.reference else f"{image.service}: build"
+        for image in unpinned[:6]
+    )
+    more = f" and {len(unpinned) - 6} more" if len(unpinned) > 6 else ""
+    note = (
+        "; allowed by attestation.allow_unpinned_images"
+        if allow_unpinned
+        else (
+            "; set attestation.allow_unpinned_images = true to accept a compose that does not fix "
+            "its code"
+        )
+    )
+    detail = f"{count}; not pinned: {shown}{more}{note}"
+    return _result(code, False, detail, enforced and not allow_unpinned)
+
+
+def model_binding_check(
+    facts: ComposeFacts | None,
+    bound: bool,
+    *,
+    claimed: str | None,
+    requested: str,
+    deployed: tuple[str, ...] = (),
+) -> CheckResult:
+    """``model_binding``: does anything measured name the model being served?
+
+    ``deployed`` lists authenticated deployment facts that name no model id but tell what ran
+    (the compose-manager's ``compose_up`` files), shown when nothing binds the model.
+    """
+    code = MODEL_BINDING
+    names = facts.model_names if facts is not None and bound else ()
+    if not names:
+        where = f"; the measured deployment ran {', '.join(deployed)}" if deployed else ""
+        detail = (
+            "nothing measured names the served model: model_match rests on Venice's "
+            f"unauthenticated label (upstream model {claimed or 'not stated'}){where}"
+        )
+        return _result(code, None, detail, False)
+    wanted = {value.lower() for value in (claimed, requested) if value}
+    matched = [name for name in names if name.lower() in wanted]
+    shown = ", ".join(names[:6])
+    if matched:
+        detail = f"the measured compose serves {matched[0]} (names: {shown})"
+        return _result(code, True, detail, True)
+    detail = f"the measured compose names {shown}, not {claimed or requested!r}"
+    return _result(code, False, detail, True)
