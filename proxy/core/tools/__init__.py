@@ -69,7 +69,7 @@ from proxy.core.tools.conventions import CONVENTION_NAMES, Convention, choose_co
 from proxy.core.tools.errors import ToolEmulationError
 from proxy.core.tools.parser import ParsedOutput, parse_output
 from proxy.core.tools.plan import EmulationPlan, ResponseSpec, ToolChoice, ToolsConfig
-from proxy.core.tools.render import Prepared, emulation_param, prepare
+from proxy.core.tools.render import EMULATED_FIELDS, Prepared, emulation_param, prepare
 from proxy.core.tools.repair import Accepted, RepairNeeded, judge, merge_usage, with_repair
 from proxy.core.tools.stream import MalformedCall, TextDelta, ToolCallFound, ToolCallScanner
 from proxy.core.tools.transform import (
@@ -82,6 +82,7 @@ from proxy.core.tools.transform import (
 
 __all__ = [
     "CONVENTION_NAMES",
+    "EMULATED_FIELDS",
     "Accepted",
     "CompletionFinished",
     "Convention",
