@@ -272,6 +272,8 @@ class ChatService:
         )
 
         async def reopen(body: dict[str, Any]) -> ChatOutcome:
+            if self._on_retry:
+                self._on_retry("tool_repair")
             again = parse_chat_request(body, forward_fields=self.forward_fields)
             attempt = await self._with_retries(
                 lambda number: self._attempt_e2ee(

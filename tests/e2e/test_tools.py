@@ -278,6 +278,8 @@ def test_invalid_arguments_are_repaired(
     assert "city" in json.loads(calls[0].function.arguments)
     assert chat_requests(sim_state) == 2  # the re-ask was a second encrypted request
     assert_not_upstream(sim_state, TOOL, "could not be used")
+    metrics = httpx.get(proxy.url + "/metrics").text
+    assert 'upstream_retries_total{reason="tool_repair"}' in metrics
 
 
 def test_malformed_call_beyond_the_repair_budget_is_a_clear_error(
