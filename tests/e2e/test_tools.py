@@ -253,6 +253,68 @@ def test_json_schema_streamed(proxy: ThreadedServer) -> None:
     City.model_validate_json(text)
 
 
+# -- privacy: a canary in every tool field -------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_canary_in_every_tool_field_never_leaves_in_plaintext(
+    proxy: ThreadedServer, sim_state: SimulatorState, stream: bool
+) -> None:
+    # The tool's name, description, schema (a property named by the canary, its description,
+    # an enum value), an earlier call's id and arguments, and the tool's result all carry the
+    # canary; the guard in tests/conftest.py fails the test if it reaches the upstream.
+    name = f"{CANARY}_tool"
+    secret_tool = {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"secret tool {CANARY}",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    CANARY: {"type": "string", "description": CANARY, "enum": [CANARY]},
+                },
+                "required": [CANARY],
+            },
+        },
+    }
+    call_id = f"call_{CANARY}"
+    messages: list[Any] = [
+        {"role": "system", "content": f"be brief {CANARY}"},
+        *ask(f"Use {name}"),
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": json.dumps({CANARY: CANARY})},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": f"result {CANARY}"},
+        *ask(f"Use {name} again"),
+    ]
+    api = client(proxy)
+    if stream:
+        with api.chat.completions.stream(
+            model=E2EE_MODEL, messages=messages, tools=[secret_tool]
+        ) as events:
+            for _ in events:
+                pass
+            completion = events.get_final_completion()
+    else:
+        completion = api.chat.completions.create(
+            model=E2EE_MODEL, messages=messages, tools=[secret_tool]
+        )
+    (call,) = completion.choices[0].message.tool_calls or []
+    assert call.function.name == name
+    assert json.loads(call.function.arguments) == {CANARY: CANARY}
+    assert chat_requests(sim_state) == 1
+    assert_not_upstream(sim_state, name, call_id, "secret tool")
+
+
 # -- repair ---------------------------------------------------------------------------------
 
 
@@ -280,6 +342,26 @@ def test_invalid_arguments_are_repaired(
     assert_not_upstream(sim_state, TOOL, "could not be used")
     metrics = httpx.get(proxy.url + "/metrics").text
     assert 'upstream_retries_total{reason="tool_repair"}' in metrics
+
+
+def test_broken_json_answer_is_repaired(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+    sim_state.faults = Faults(tool_fault="broken_object", tool_fault_times=1)
+    completion = client(proxy).chat.completions.parse(
+        model=E2EE_MODEL, messages=ask("Describe a city"), response_format=City
+    )
+    assert isinstance(completion.choices[0].message.parsed, City)
+    assert chat_requests(sim_state) == 2
+
+
+def test_no_call_under_required_is_repaired(
+    proxy: ThreadedServer, sim_state: SimulatorState
+) -> None:
+    sim_state.faults = Faults(tool_fault="no_call", tool_fault_times=1)
+    completion = client(proxy).chat.completions.create(
+        model=E2EE_MODEL, messages=ask("Hello there"), tools=TOOLS, tool_choice="required"
+    )
+    assert [c.function.name for c in completion.choices[0].message.tool_calls or []] == [TOOL]
+    assert chat_requests(sim_state) == 2
 
 
 def test_malformed_call_beyond_the_repair_budget_is_a_clear_error(
