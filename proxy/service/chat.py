@@ -4,6 +4,9 @@ forward, decrypt.
 Order of operations for an E2EE model (nothing reaches the chat endpoint before the key is
 attested):
 
+0. a request with tools, tool history or ``response_format`` for an E2EE model: resolve the
+   model first and render those fields into message text (:func:`proxy.core.tools.prepare`),
+   so that they only ever travel encrypted (see :mod:`proxy.service.emulation`);
 1. apply the field policy (:func:`proxy.core.request.parse_chat_request`): precise 400s for
    malformed requests and for fields whose data would travel in plaintext;
 2. get the model's attested key from the cache (one fetch for many waiters);
@@ -14,7 +17,9 @@ attested):
    ``max_read_ahead_bytes`` upstream bytes are read ahead (``upstream.max_read_ahead_bytes``);
    more closes the upstream and fails with ``upstream_read_ahead_exceeded``;
 5. relay rebuilt, decrypted chunks (stream) or one aggregated ``chat.completion``, cut at the
-   client's stop sequences.
+   client's stop sequences. With emulation the chunks first go through the tool reader (and
+   a re-ask opens a new attempt from step 2, signatures then checked on the attempt that
+   answered); stop sequences cut the resulting text, never tool-call arguments.
 
 A model without E2EE is refused (400 ``model_not_e2ee``) unless ``privacy.non_e2ee =
 "passthrough"`` and the model is listed in ``privacy.passthrough_models``; an ``e2ee-`` id is

@@ -409,6 +409,42 @@ def test_no_repair_when_the_budget_is_zero(
     assert chat_requests(sim_state) == 1
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_strict_signatures_check_the_attempt_that_answered(
+    make_proxy: ProxyFactory, sim_state: SimulatorState, stream: bool
+) -> None:
+    # With a re-ask, the answer the client gets is the second attempt's: that one is verified.
+    server = make_proxy(signatures={"mode": "strict"})
+    sim_state.faults = Faults(tool_fault="invalid_arguments", tool_fault_times=1)
+    api = client(server)
+    if stream:
+        with api.chat.completions.stream(
+            model=E2EE_MODEL, messages=ask(f"Use {TOOL} for Paris"), tools=TOOLS
+        ) as events:
+            for _ in events:
+                pass
+            completion = events.get_final_completion()
+    else:
+        completion = api.chat.completions.create(
+            model=E2EE_MODEL, messages=ask(f"Use {TOOL} for Paris"), tools=TOOLS
+        )
+    assert completion.choices[0].finish_reason == "tool_calls"
+    signatures = [r for r in sim_state.requests if "/signature" in r.path]
+    assert len(signatures) == 1
+
+
+def test_strict_signatures_fail_a_tool_answer_with_a_bad_signature(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    server = make_proxy(signatures={"mode": "strict"})
+    sim_state.faults = Faults(bad_signature=True)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(server).chat.completions.create(
+            model=E2EE_MODEL, messages=ask(f"Use {TOOL} for Paris"), tools=TOOLS
+        )
+    assert caught.value.status_code == 502
+
+
 # -- settings and passthrough ---------------------------------------------------------------
 
 

@@ -11,8 +11,8 @@ family a model is), :mod:`.render` (request -> plain-text request + :class:`Emul
 :mod:`.parser` (whole-text parser), :mod:`.validate` (JSON Schema checks), :mod:`.repair`
 (judge an answer; the re-ask), :mod:`.transform` (OpenAI chunks/completions in and out).
 
-Wiring interface (for ``service/chat.py`` and ``service/relay.py``)
-===================================================================
+Wiring interface (used by ``service/chat.py`` and ``service/emulation.py``)
+===========================================================================
 
 1. Before encryption, once per client request, after validation and alias resolution::
 
