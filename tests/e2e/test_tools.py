@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from proxy.http.loopback import ThreadedServer
 from proxy.simulator import Faults, SimulatorState
-from tests.conftest import CANARY, E2EE_MODEL, ProxyFactory
+from tests.conftest import CANARY, E2EE_MODEL, REASONING_MODEL, ProxyFactory
 
 TOOL = "lookup_weather_zq"
 OTHER = "convert_units_zq"
@@ -132,6 +132,20 @@ def test_stream_manager_accumulates_tool_calls(proxy: ThreadedServer) -> None:
     calls = final.choices[0].message.tool_calls
     assert calls is not None
     assert [c.function.name for c in calls] == [TOOL]
+
+
+def test_reasoning_model_keeps_its_reasoning_and_calls(proxy: ThreadedServer) -> None:
+    stream = client(proxy).chat.completions.create(
+        model=REASONING_MODEL, messages=ask(f"Use {TOOL} for Paris"), tools=TOOLS, stream=True
+    )
+    reasoning = ""
+    names = []
+    for chunk in stream:
+        for choice in chunk.choices:
+            reasoning += getattr(choice.delta, "reasoning_content", None) or ""
+            names += [c.function.name for c in choice.delta.tool_calls or [] if c.function.name]
+    assert reasoning
+    assert names == [TOOL]
 
 
 def test_parallel_calls(proxy: ThreadedServer) -> None:
