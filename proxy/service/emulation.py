@@ -71,24 +71,25 @@ async def emulated_batches(
     number = 0
     usage: dict[str, Any] | None = None
     rendered = dict(body)
+    ids = _StreamId()
     while True:
         result: StreamFinished | CompletionFinished | RepairNeeded
         if client_stream:
             transformer = ToolStreamTransformer(plan, attempt=number, prior_usage=usage)
             out = [relayed for chunk in attempt.first for relayed in transformer.feed(chunk)]
             if out:
-                yield out
+                yield ids.same(out)
             async for batch in attempt.rest:
                 out = [relayed for chunk in batch for relayed in transformer.feed(chunk)]
                 if out:
-                    yield out
+                    yield ids.same(out)
             result = transformer.finish()
         else:
             completion = await aggregate(attempt.first, attempt.rest, stats)
             stats.usage = None
             result = finish_completion(plan, completion, attempt=number, prior_usage=usage)
         if isinstance(result, StreamFinished):
-            yield list(result.chunks)
+            yield ids.same(list(result.chunks))
             return
         if isinstance(result, CompletionFinished):
             yield completion_chunks(result.completion)
@@ -103,14 +104,38 @@ async def emulated_batches(
         attempt = await reopen(rendered)
 
 
+class _StreamId:
+    """One client stream keeps one ``id`` (the first the client saw), whichever upstream
+    attempt a chunk came from (a re-ask is a new upstream completion with an id of its own)."""
+
+    def __init__(self) -> None:
+        self._id: Any = None
+
+    def same(self, batch: Batch) -> Batch:
+        for chunk in batch:
+            if self._id is None:
+                self._id = chunk.get("id")
+            elif "id" in chunk:
+                chunk["id"] = self._id
+        return batch
+
+
 def completion_chunks(completion: Mapping[str, Any]) -> Batch:
-    """A (single-choice) ``chat.completion`` as the stream chunks that aggregate back to it."""
+    """A (single-choice) ``chat.completion`` as the stream chunks that aggregate back to it:
+    role and text, then the calls, then the finish reason, then usage. Text and calls are
+    separate chunks so that a stop sequence in the text ends the answer before the calls, as
+    in a streamed answer."""
     template = {
         key: completion[key]
         for key in ("id", "created", "model", "system_fingerprint")
         if key in completion
     }
     template["object"] = "chat.completion.chunk"
+
+    def chunk(index: Any, delta: dict[str, Any], finish: Any = None) -> dict[str, Any]:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {**template, "choices": [choice]}
+
     chunks: Batch = []
     for choice in completion.get("choices") or []:
         message = choice.get("message") or {}
@@ -120,24 +145,12 @@ def completion_chunks(completion: Mapping[str, Any]) -> Batch:
             delta["content"] = message["content"]
         if isinstance(message.get("reasoning_content"), str):
             delta["reasoning_content"] = message["reasoning_content"]
+        chunks.append(chunk(index, delta))
         calls = message.get("tool_calls")
         if calls:
-            delta["tool_calls"] = [
-                {"index": position, **call} for position, call in enumerate(calls)
-            ]
-        chunks.append(
-            {
-                **template,
-                "choices": [
-                    {
-                        "index": index,
-                        "delta": delta,
-                        "logprobs": None,
-                        "finish_reason": choice.get("finish_reason"),
-                    }
-                ],
-            }
-        )
+            numbered = [{"index": position, **call} for position, call in enumerate(calls)]
+            chunks.append(chunk(index, {"tool_calls": numbered}))
+        chunks.append(chunk(index, {}, choice.get("finish_reason")))
     usage = completion.get("usage")
     if isinstance(usage, Mapping):
         chunks.append({**template, "choices": [], "usage": dict(usage)})

@@ -44,8 +44,8 @@ def _prepared(stream: bool) -> tuple[dict[str, Any], EmulationPlan]:
     return prepared.request, prepared.plan
 
 
-def _chunks(text: str) -> Batch:
-    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+def _chunks(text: str, completion_id: str) -> Batch:
+    base = {"id": completion_id, "object": "chat.completion.chunk", "created": 1, "model": "m"}
     return [
         {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text[:9]}}]},
         {**base, "choices": [{"index": 0, "delta": {"content": text[9:]}}]},
@@ -57,8 +57,11 @@ def _chunks(text: str) -> Batch:
 class _Scripted:
     """One upstream attempt answering ``text``."""
 
+    made = 0
+
     def __init__(self, text: str) -> None:
-        chunks = _chunks(text)
+        _Scripted.made += 1
+        chunks = _chunks(text, f"chatcmpl-{_Scripted.made}")
         self.first: Batch = chunks[:1]
         self.rest: AsyncIterator[Batch] = self._rest(chunks[1:])
         self.closed = False
@@ -74,6 +77,7 @@ class _Scripted:
 
 def _run(stream: bool, answers: list[str]) -> tuple[Batch, list[dict[str, Any]], _Scripted]:
     body, plan = _prepared(stream)
+    _Scripted.made = 0
     first = _Scripted(answers[0])
     later = iter(answers[1:])
     sent: list[dict[str, Any]] = []
@@ -123,6 +127,9 @@ def test_an_invalid_call_is_asked_again_in_a_new_attempt(stream: bool) -> None:
     assert rendered["messages"][-2]["role"] == "assistant"
     assert "tools" not in rendered
     completion = _folded(chunks)
+    # One id per client answer: a stream keeps the first id it showed, an aggregated answer is
+    # the attempt that answered.
+    assert {chunk["id"] for chunk in chunks} == {"chatcmpl-1" if stream else "chatcmpl-2"}
     (call,) = completion["choices"][0]["message"]["tool_calls"]
     assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
     assert completion["usage"]["total_tokens"] == 2 * USAGE["total_tokens"]  # both attempts
