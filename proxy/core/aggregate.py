@@ -20,6 +20,10 @@ get here, so the result always says ``refusal: null`` and ``logprobs: null``).
   both with the same text); per delta the first non-empty one is taken, and the result carries
   it as ``reasoning_content`` only if any arrived.
 - ``usage`` is copied whole from the usage chunk.
+- ``tool_calls`` deltas (only ever made by the proxy's own tool emulation, never relayed from
+  the upstream) are joined per call ``index``: ``id``, ``type`` and the function ``name`` from
+  the first fragment that has them, ``arguments`` concatenated; a message with calls and no
+  content says ``content: null``, as OpenAI's does.
 
 A chunk whose ``choices`` or ``delta`` has the wrong JSON type raises :class:`UpstreamError`.
 """
@@ -51,6 +55,7 @@ class _Choice:
     saw_content: bool = False
     saw_reasoning: bool = False
     finish_reason: str | None = None
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def add_delta(self, delta: Mapping[str, Any]) -> None:
         role = delta.get("role")
@@ -66,16 +71,38 @@ class _Choice:
                 self.saw_reasoning = True
                 self.reasoning.append(reasoning)
                 break
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                self._add_call(call)
+
+    def _add_call(self, fragment: Any) -> None:
+        if not isinstance(fragment, Mapping) or not isinstance(fragment.get("index"), int):
+            raise _malformed()
+        call = self.calls.setdefault(
+            fragment["index"],
+            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        if isinstance(fragment.get("id"), str) and not call["id"]:
+            call["id"] = fragment["id"]
+        function = fragment.get("function")
+        if isinstance(function, Mapping):
+            if isinstance(function.get("name"), str) and not call["function"]["name"]:
+                call["function"]["name"] = function["name"]
+            if isinstance(function.get("arguments"), str):
+                call["function"]["arguments"] += function["arguments"]
 
     def result(self) -> dict[str, Any]:
         content: str | None
-        if self.saw_content:
+        if self.saw_content and (self.content != [""] or not self.calls):
             content = "".join(self.content)
         else:
-            content = "" if self.finish_reason is not None else None
+            content = "" if self.finish_reason is not None and not self.calls else None
         message: dict[str, Any] = {"role": self.role, "content": content, "refusal": None}
         if self.saw_reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
+        if self.calls:
+            message["tool_calls"] = [self.calls[i] for i in sorted(self.calls)]
         return {
             "index": self.index,
             "message": message,

@@ -178,8 +178,9 @@ _WEB_SEARCH = (
     "(Venice disables it under E2EE)"
 )
 _TOOLS_LATER = (
-    "refused until tool emulation (setting tools.mode, not in this version) carries it inside "
-    "the encrypted messages; sent as it is, Venice would read it"
+    "carried inside the encrypted messages by tool emulation, for E2EE models with "
+    'tools.mode = "emulate" only (not for plaintext models, with tools.mode = "refuse" or for '
+    "a model in tools.disabled_models); sent as it is, Venice would read it"
 )
 _STRUCTURED_LATER = (
     "a structured-output schema: " + _TOOLS_LATER + ' ({"type": "text"} is accepted)'

@@ -323,6 +323,35 @@ def _messages(payload: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
     return tuple(_message(message, i) for i, message in enumerate(messages))
 
 
+_EMULATED_MESSAGE_KEYS = frozenset({"tool_calls", "function_call", "tool_call_id"})
+
+
+def check_messages_for_emulation(payload: Any) -> None:
+    """Apply the message policy to every message *except* the keys tool emulation consumes
+    (``tool_calls``, ``function_call``, ``tool_call_id``, a function result's ``name``).
+
+    Tool emulation rebuilds tool results and assistant messages with calls as text, which would
+    silently drop anything else on them; this keeps the policy's answer for those keys (an
+    unknown key holding text is a 400, not a silent drop). Malformed requests are left to
+    :func:`parse_chat_request`.
+    """
+    messages = payload.get("messages") if isinstance(payload, Mapping) else None
+    if not isinstance(messages, list):
+        return
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping) or message.get("role") not in MESSAGE_KEYS:
+            continue
+        role = message["role"]
+        _message(
+            {
+                key: value
+                for key, value in message.items()
+                if key not in _EMULATED_MESSAGE_KEYS and not (role == "function" and key == "name")
+            },
+            index,
+        )
+
+
 # --- the whole request -----------------------------------------------------------------------
 
 # Validated by their own functions above; the table still gives their rule.

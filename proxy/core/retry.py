@@ -29,13 +29,21 @@ from proxy.core.errors import (
 )
 
 RetryReason = Literal[
-    "connect", "timeout", "rate_limited", "server_error", "stream_broken", "key_rejected"
+    "connect",
+    "timeout",
+    "rate_limited",
+    "server_error",
+    "stream_broken",
+    "key_rejected",
+    "tool_repair",
 ]
 """Why an upstream attempt was retried: the one vocabulary of metrics, logs and the retry path.
 
 ``connect``/``timeout``: the connection failed or timed out (nothing was sent); ``rate_limited``:
 HTTP 429; ``server_error``: HTTP 5xx; ``stream_broken``: the stream broke before the first byte
-reached the client; ``key_rejected``: the enclave key was stale and the model was re-attested.
+reached the client; ``key_rejected``: the enclave key was stale and the model was re-attested;
+``tool_repair``: an emulated tool call or JSON answer did not validate and was re-asked in a new
+encrypted request (:mod:`proxy.service.emulation`; never chosen by :func:`retry_reason`).
 """
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})

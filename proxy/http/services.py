@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from proxy.attestation import AttestationPolicy, MeasurementPins
 from proxy.core.errors import AttestationError, ProxyError
 from proxy.core.retry import RetryPolicy, RetryReason
+from proxy.core.tools import ToolsConfig
 from proxy.http.guard import DrainController
 from proxy.observability.audit import AuditLog
 from proxy.observability.logs import clip, get_logger
@@ -205,6 +206,7 @@ def build_services(
         on_retry=count_retry,
         max_read_ahead_bytes=up.max_read_ahead_bytes,
         max_event_bytes=up.max_event_bytes,
+        tools=ToolsConfig.from_settings(settings.tools),
     )
     signatures = SignaturePolicy(
         SignatureVerifier(upstream.get_signature), settings.signatures.mode, metrics

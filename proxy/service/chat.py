@@ -4,6 +4,9 @@ forward, decrypt.
 Order of operations for an E2EE model (nothing reaches the chat endpoint before the key is
 attested):
 
+0. a request with tools, tool history or ``response_format`` for an E2EE model: resolve the
+   model first and render those fields into message text (:func:`proxy.core.tools.prepare`),
+   so that they only ever travel encrypted (see :mod:`proxy.service.emulation`);
 1. apply the field policy (:func:`proxy.core.request.parse_chat_request`): precise 400s for
    malformed requests and for fields whose data would travel in plaintext;
 2. get the model's attested key from the cache (one fetch for many waiters);
@@ -14,7 +17,9 @@ attested):
    ``max_read_ahead_bytes`` upstream bytes are read ahead (``upstream.max_read_ahead_bytes``);
    more closes the upstream and fails with ``upstream_read_ahead_exceeded``;
 5. relay rebuilt, decrypted chunks (stream) or one aggregated ``chat.completion``, cut at the
-   client's stop sequences.
+   client's stop sequences. With emulation the chunks first go through the tool reader (and
+   a re-ask opens a new attempt from step 2, signatures then checked on the attempt that
+   answered); stop sequences cut the resulting text, never tool-call arguments.
 
 A model without E2EE is refused (400 ``model_not_e2ee``) unless ``privacy.non_e2ee =
 "passthrough"`` and the model is listed in ``privacy.passthrough_models``; an ``e2ee-`` id is
@@ -42,6 +47,7 @@ from proxy.core.errors import (
 )
 from proxy.core.request import (
     ChatRequest,
+    check_messages_for_emulation,
     check_upstream_model,
     encrypt_request,
     parse_chat_request,
@@ -51,7 +57,9 @@ from proxy.core.response import ChunkDecryptor, ChunkRebuilder, has_text
 from proxy.core.retry import RetryPolicy, RetryReason, retry_delay, retry_reason
 from proxy.core.sse import DEFAULT_MAX_EVENT_BYTES
 from proxy.core.stop import ChoiceStops
-from proxy.service.catalog import E2EE_PREFIX, ModelCatalogue, resolve_alias
+from proxy.core.tools import EMULATED_FIELDS, EmulationPlan, ToolsConfig, emulation_param, prepare
+from proxy.service.catalog import E2EE_PREFIX, ModelCatalogue, ModelInfo, resolve_alias
+from proxy.service.emulation import emulated_batches
 from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache
 from proxy.service.relay import Batch, StreamStats, decrypted_batches, stop_at
 from proxy.venice.client import UpstreamClient, UpstreamStream
@@ -87,6 +95,9 @@ class ChatOutcome:
     key: AttestedKey | None = None
     attempts: int = 1
     headers: dict[str, str] = field(default_factory=dict)
+    plan: EmulationPlan | None = None
+    """Tool/structured-output emulation for this request (None: relayed as the model wrote
+    it). When set, ``first``/``rest`` are already the emulated client chunks."""
 
     async def aclose(self) -> None:
         """Close the upstream response (idempotent)."""
@@ -168,7 +179,9 @@ class ChatService:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_read_ahead_bytes: int = DEFAULT_MAX_READ_AHEAD_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        tools: ToolsConfig | None = None,
     ) -> None:
+        self.tools = tools or ToolsConfig()
         self.max_read_ahead_bytes = max_read_ahead_bytes
         self.max_event_bytes = max_event_bytes
         self.upstream = upstream
@@ -194,18 +207,24 @@ class ChatService:
 
     async def start(self, payload: Any, *, request_id: str | None = None) -> ChatOutcome:
         """Apply the policy, attest, encrypt, open and read ahead. Raises before any client
-        byte. ``request_id`` is the proxy's own id, sent upstream (never the client's)."""
+        byte. ``request_id`` is the proxy's own id, sent upstream (never the client's).
+
+        Tools, tool history and ``response_format`` for an E2EE model are emulated
+        (:mod:`proxy.service.emulation`): :func:`proxy.core.tools.prepare` turns them into
+        message text *before* the field policy sees the request, so they only ever travel
+        encrypted; the outcome's chunks are then the emulated answer. Stop sequences then apply
+        to the answer's text only (never to tool-call arguments), after emulation. For a
+        passthrough model, with ``[tools] mode = "refuse"`` or a model in ``disabled_models``,
+        such fields get the policy's 400.
+        """
+        extra = {"x-request-id": request_id} if request_id else {}
+        if _wants_emulation(payload):
+            emulated = await self._start_emulated(payload, extra)
+            if emulated is not None:
+                return emulated
         request = parse_chat_request(payload, forward_fields=self.forward_fields)
         model = resolve_alias(request.model, self.aliases)
-        check_upstream_model(model)
-        info = await self.catalogue.lookup(model)
-        if info is None:
-            raise ModelNotFoundError(
-                f"the model '{model}' does not exist upstream; "
-                "GET /v1/models lists the E2EE models",
-                param="model",
-            )
-        extra = {"x-request-id": request_id} if request_id else {}
+        info = await self._lookup(model)
         if not info.supports_e2ee:
             if self.passthrough_allowed(model):
                 return await self._with_retries(
@@ -215,6 +234,75 @@ class ChatService:
         return await self._with_retries(
             lambda attempt: self._attempt_e2ee(request, model, attempt, extra)
         )
+
+    async def _lookup(self, model: str) -> ModelInfo:
+        check_upstream_model(model)
+        info = await self.catalogue.lookup(model)
+        if info is None:
+            raise ModelNotFoundError(
+                f"the model '{model}' does not exist upstream; "
+                "GET /v1/models lists the E2EE models",
+                param="model",
+            )
+        return info
+
+    async def _start_emulated(
+        self, payload: Mapping[str, Any], extra: Mapping[str, str]
+    ) -> ChatOutcome | None:
+        """The emulated request's outcome, or None when the model is not E2EE (the policy then
+        decides, as for any request)."""
+        model = resolve_alias(payload["model"], self.aliases)
+        info = await self._lookup(model)
+        if not info.supports_e2ee:
+            return None
+        spec = info.raw.get("model_spec")
+        check_messages_for_emulation(payload)
+        prepared = prepare(
+            payload,
+            model_id=model,
+            config=self.tools,
+            model_spec=spec if isinstance(spec, Mapping) else None,
+        )
+        request = parse_chat_request(prepared.request, forward_fields=self.forward_fields)
+        plan = prepared.plan
+        if plan is None:  # only leftovers to drop (a tool_choice without tools)
+            return await self._with_retries(
+                lambda attempt: self._attempt_e2ee(request, model, attempt, extra)
+            )
+        stats = StreamStats()
+        outcome = await self._with_retries(
+            lambda attempt: self._attempt_e2ee(
+                request, model, attempt, extra, emulated=True, stats=stats
+            )
+        )
+
+        async def reopen(body: dict[str, Any]) -> ChatOutcome:
+            if self._on_retry:
+                self._on_retry("tool_repair")
+            again = parse_chat_request(body, forward_fields=self.forward_fields)
+            attempt = await self._with_retries(
+                lambda number: self._attempt_e2ee(
+                    again, model, number, extra, emulated=True, stats=stats
+                )
+            )
+            # The client-facing outcome now reads (and closes, and checks) this attempt.
+            outcome.upstream = attempt.upstream
+            outcome.key = attempt.key
+            outcome.attempts += attempt.attempts
+            return attempt
+
+        batches = emulated_batches(
+            plan,
+            prepared.request,
+            _Attempt(outcome.first, outcome.rest, outcome.upstream),
+            reopen,
+            client_stream=request.client_stream,
+            stats=stats,
+        )
+        outcome.first = []
+        outcome.rest = self._relayed(batches, request, stats)
+        outcome.plan = plan
+        return outcome
 
     async def _with_retries(self, attempt_once: Attempt) -> ChatOutcome:
         """Run attempts: one re-attestation for a stale key, bounded retries for transient
@@ -258,11 +346,21 @@ class ChatService:
         return stop_at(batches, stops, stats, read_to_end=self.read_to_end_after_stop)
 
     async def _attempt_e2ee(
-        self, request: ChatRequest, model: str, attempt: int, extra: Mapping[str, str]
+        self,
+        request: ChatRequest,
+        model: str,
+        attempt: int,
+        extra: Mapping[str, str],
+        *,
+        emulated: bool = False,
+        stats: StreamStats | None = None,
     ) -> ChatOutcome:
+        """One encrypted attempt, opened and read ahead. ``emulated``: stop sequences are left
+        to the caller (they apply after tool emulation); ``stats`` continues a request's
+        counters across re-asks."""
         key = await self.keys.get(model)
         encrypted = encrypt_request(request, model_key=key.public_key, upstream_model=model)
-        stats = StreamStats()
+        stats = stats if stats is not None else StreamStats()
         try:
             upstream = await self.upstream.open_chat(
                 _dumps(encrypted.body), {**encrypted.headers, **extra}
@@ -279,7 +377,7 @@ class ChatService:
             stats,
             max_event_bytes=self.max_event_bytes,
         )
-        rest = self._relayed(batches, request, stats)
+        rest = batches if emulated else self._relayed(batches, request, stats)
         first: Batch = []
         try:
             async for batch in rest:
@@ -335,6 +433,30 @@ class ChatService:
             attempts=attempt,
             headers={"x-venice-proxy-e2ee": "false"},
         )
+
+
+def _wants_emulation(payload: Any) -> bool:
+    """Whether a request carries a field tool emulation consumes (and names a model)."""
+    return (
+        isinstance(payload, Mapping)
+        and isinstance(payload.get("model"), str)
+        and (
+            any(name in payload for name in EMULATED_FIELDS) or emulation_param(payload) is not None
+        )
+    )
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """The first attempt's batches, as :func:`emulated_batches` reads them."""
+
+    first: Batch
+    rest: AsyncIterator[Batch]
+    upstream: UpstreamStream
+
+    async def aclose(self) -> None:
+        """Close this attempt's upstream response."""
+        await self.upstream.aclose()
 
 
 def _not_e2ee_message(model: str) -> str:

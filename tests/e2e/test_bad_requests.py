@@ -10,7 +10,7 @@ import pytest
 
 from proxy.http.loopback import ThreadedServer
 from proxy.simulator import SimulatorState
-from tests.conftest import CANARY, E2EE_MODEL
+from tests.conftest import CANARY, E2EE_MODEL, ProxyFactory
 
 
 def _post(
@@ -150,7 +150,12 @@ def test_file_parts_are_refused(proxy: ThreadedServer, sim_state: SimulatorState
     assert sim_state.chat_requests == 0
 
 
-def test_tool_history_is_refused(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+def test_tool_history_is_refused_when_emulation_is_off(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    # With [tools] mode = "emulate" (the default) this history travels inside the encrypted
+    # messages (tests/e2e/test_tools.py); "refuse" keeps the field policy's clear 400.
+    server = make_proxy(tools={"mode": "refuse"})
     body = {
         "model": E2EE_MODEL,
         "messages": [
@@ -164,7 +169,7 @@ def test_tool_history_is_refused(proxy: ThreadedServer, sim_state: SimulatorStat
             },
         ],
     }
-    error = _assert_envelope(_post(proxy, json.dumps(body).encode()), 400)
+    error = _assert_envelope(_post(server, json.dumps(body).encode()), 400)
     assert error["param"] == "messages[1].tool_calls"
     assert sim_state.chat_requests == 0
 

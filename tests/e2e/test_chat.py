@@ -254,11 +254,16 @@ def test_raw_sse_framing(proxy: ThreadedServer) -> None:
 # --- refusals: nothing that would leak is forwarded ---------------------------------------
 
 
-def test_tools_are_refused(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+def test_tools_are_refused_for_a_passthrough_model(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    # Tools are emulated inside the encryption for E2EE models only (tests/e2e/test_tools.py);
+    # a plaintext model's request keeps the field policy, which refuses them.
+    server = make_proxy(privacy={"non_e2ee": "passthrough", "passthrough_models": [PLAIN_MODEL]})
     with pytest.raises(openai.BadRequestError) as info:
-        client(proxy).chat.completions.create(
-            model=E2EE_MODEL,
-            messages=[{"role": "user", "content": CANARY}],
+        client(server).chat.completions.create(
+            model=PLAIN_MODEL,
+            messages=[{"role": "user", "content": "hello"}],
             tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
         )
     assert info.value.code == "e2ee_unsupported"

@@ -119,24 +119,23 @@ def test_ai_sdk_default_provider_uses_the_responses_api(
     assert result == plaintext  # same text, usage and finish reason as the plaintext chat path
 
 
-# TODO(merge with proxy/core/tools): today the chat path refuses tools and the Responses route
-# refuses text.format, so these assert the clear 400s; once the emulation lands, assert the tool
-# loop (toolCalls == ["weather"], steps >= 2, a final text) and generateObject's object instead.
-@pytest.mark.parametrize(
-    ("scenario", "param"),
-    [
-        ("ai_responses_tools", "tool_choice"),
-        ("ai_chat_tools", "tools"),
-        ("ai_responses_object", "text.format"),
-    ],
-)
-def test_ai_sdk_tools_and_objects_are_refused_clearly_until_emulation_lands(
-    results: dict[str, Any], scenario: str, param: str
-) -> None:
-    error = results[scenario]["error"]
-    assert error["status"] == 400
-    assert error["code"] == "e2ee_unsupported"
-    assert error["param"] == param
+@pytest.mark.parametrize("scenario", ["ai_responses_tools", "ai_chat_tools"])
+def test_ai_sdk_generate_text_runs_the_tool_loop(results: dict[str, Any], scenario: str) -> None:
+    # Tools are emulated inside the encrypted messages (the leak check covers the canary in the
+    # tool's description, schema and result): the call, the tool's result, a final text.
+    result = _ok(results[scenario])
+    assert result["toolCalls"] == ["weather"]
+    assert result["steps"] == 2
+    assert "sunny" in result["text"]
+    assert result["finishReason"] == "stop"
+
+
+@pytest.mark.parametrize("scenario", ["ai_responses_object", "ai_chat_object"])
+def test_ai_sdk_generate_object(results: dict[str, Any], scenario: str) -> None:
+    result = _ok(results[scenario])
+    assert set(result["object"]) == {"city", "country"}
+    assert all(isinstance(value, str) for value in result["object"].values())
+    assert result["finishReason"] == "stop"
 
 
 @pytest.mark.parametrize("scenario", ["cors_openai_node", "cors_ai_sdk"])

@@ -214,53 +214,108 @@ def test_max_output_tokens_gives_an_incomplete_response(proxy: ThreadedServer) -
     assert response.incomplete_details.reason == "max_output_tokens"
 
 
-# -- until the tool-calling / structured-output emulation is on main ----------------------------
-# TODO(merge with proxy/core/tools): these assert today's clear refusals; once the chat path
-# serves tools and response_format over E2EE, flip them to the full function-tool loop and
-# text.format round trips (and set STRUCTURED_OUTPUT_OVER_E2EE in proxy/core/responses/request.py).
+# -- function tools and text.format (emulated inside the encrypted messages) ----------------------
 
 
-def test_function_tool_loop_is_refused_clearly_until_emulation_lands(
-    proxy: ThreadedServer,
-) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        client(proxy).responses.create(model=E2EE_MODEL, input=CANARY, tools=[WEATHER_TOOL])  # type: ignore[list-item]
-    assert info.value.code == "e2ee_unsupported"
-    assert info.value.param == "tools"
-    # The second turn of a tool loop: the call and its output are history.
-    with pytest.raises(openai.BadRequestError) as info:
-        client(proxy).responses.create(
-            model=E2EE_MODEL,
-            input=[
-                {"role": "user", "content": f"weather? {CANARY}"},
-                {
-                    "type": "function_call",
-                    "call_id": "call_1",
-                    "name": "get_weather",
-                    "arguments": '{"city":"Oslo"}',
-                },
-                {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
-            ],
-        )
-    assert info.value.code == "e2ee_unsupported"
-    assert info.value.param == "input[1]"  # named in Responses terms, not the chat message
+def _secret_tool() -> Any:
+    """The weather tool with the canary in its description and schema (typed loosely)."""
+    tool: Any = json.loads(json.dumps(WEATHER_TOOL))
+    tool["description"] = f"The weather in a city {CANARY}"
+    tool["parameters"]["properties"]["city"]["description"] = f"a city {CANARY}"
+    return tool
 
 
-def test_text_format_is_refused_clearly_until_emulation_lands(proxy: ThreadedServer) -> None:
-    with pytest.raises(openai.BadRequestError) as info:
-        client(proxy).responses.create(
-            model=E2EE_MODEL,
-            input=CANARY,
-            text={
-                "format": {
-                    "type": "json_schema",
-                    "name": "city",
-                    "schema": {"type": "object", "properties": {"name": {"type": "string"}}},
-                }
+def _assert_never_upstream(state: SimulatorState, *texts: str) -> None:
+    """None of ``texts`` appears in a body the upstream received."""
+    for recorded in state.requests:
+        body = recorded.body.decode("utf-8", "replace")
+        for text in texts:
+            assert text not in body, "a tool name reached the upstream in plaintext"
+
+
+def test_function_tool_loop_round_trip(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+    api = client(proxy)
+    tool = _secret_tool()
+    first = api.responses.create(
+        model=E2EE_MODEL,
+        input=f"Use get_weather for Oslo {CANARY}",
+        tools=[tool],
+    )
+    assert first.status == "completed"
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather"
+    assert call.call_id.startswith("call_")
+    assert "city" in json.loads(call.arguments)
+    # The second turn: the call and its output are history, encrypted like the rest.
+    second = api.responses.create(
+        model=E2EE_MODEL,
+        input=[
+            {"role": "user", "content": f"Use get_weather for Oslo {CANARY}"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
             },
-        )
-    assert info.value.code == "e2ee_unsupported"
-    assert info.value.param == "text.format"
+            {
+                "type": "function_call_output",
+                "call_id": call.call_id,
+                "output": f"sunny {CANARY}",
+            },
+        ],
+        tools=[tool],
+    )
+    assert second.status == "completed"
+    assert "sunny" in second.output_text
+    _assert_never_upstream(sim_state, "get_weather", call.call_id)
+    chats = upstream_chats(sim_state)
+    assert len(chats) == 2
+    assert all("tools" not in chat and "tool_choice" not in chat for chat in chats)
+
+
+def test_function_tool_call_streamed(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+    with client(proxy).responses.stream(
+        model=E2EE_MODEL,
+        input=f"Use get_weather for Oslo {CANARY}",
+        tools=[_secret_tool()],
+        tool_choice="required",
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.function_call_arguments.done" in kinds
+    assert kinds[-1] == "response.completed"
+    (call,) = [item for item in final.output if item.type == "function_call"]
+    assert call.name == "get_weather"
+    _assert_never_upstream(sim_state, "get_weather")
+
+
+class _City(BaseModel):
+    name: str
+    population: int
+
+
+def test_text_format_json_schema(proxy: ThreadedServer, sim_state: SimulatorState) -> None:
+    schema = _City.model_json_schema() | {"additionalProperties": False}
+    response = client(proxy).responses.create(
+        model=E2EE_MODEL,
+        input=f"Describe a city {CANARY}",
+        text={"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}},
+    )
+    _City.model_validate_json(response.output_text)
+    parsed = client(proxy).responses.parse(
+        model=E2EE_MODEL, input=f"Describe a city {CANARY}", text_format=_City
+    )
+    assert isinstance(parsed.output_parsed, _City)
+    _assert_never_upstream(sim_state, "population", "json_schema")
+
+
+def test_text_format_json_object(proxy: ThreadedServer) -> None:
+    response = client(proxy).responses.create(
+        model=E2EE_MODEL,
+        input=f"Answer in JSON {CANARY}",
+        text={"format": {"type": "json_object"}},
+    )
+    assert isinstance(json.loads(response.output_text), dict)
 
 
 # -- stateless by design --------------------------------------------------------------------------

@@ -146,8 +146,8 @@ async function aiStream(model) {
 }
 
 const weather = tool({
-  description: "The weather in a city",
-  inputSchema: z.object({ city: z.string() }),
+  description: `The weather in a city ${prompt}`,
+  inputSchema: z.object({ city: z.string().describe(`a city ${prompt}`) }),
   execute: async ({ city }) => ({ city, forecast: "sunny" }),
 });
 
@@ -251,6 +251,7 @@ results.ai_chat_tools = await scenario(() =>
   aiTools(provider(endpoints.proxy).chat(e2eeModel), undefined),
 );
 results.ai_responses_object = await scenario(() => aiObject(responsesModel));
+results.ai_chat_object = await scenario(() => aiObject(provider(endpoints.proxy).chat(e2eeModel)));
 results.cors_openai_node = await scenario(() =>
   corsPreflight("openai-node", (fetch) =>
     new OpenAI({

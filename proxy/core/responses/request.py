@@ -56,12 +56,13 @@ from typing import Any
 
 from proxy.core.errors import InvalidRequestError, UnsupportedForE2EEError
 
-STRUCTURED_OUTPUT_OVER_E2EE = False
+STRUCTURED_OUTPUT_OVER_E2EE = True
 """Whether ``text.format`` (``json_schema`` / ``json_object``) is handed to the chat path.
 
-TODO(merge with the tool-calling emulation, proxy/core/tools): set to True once the chat path
-serves ``response_format`` over E2EE. Until then the chat path would forward a schema in
-plaintext, so ``text.format`` other than ``text`` is refused here (``e2ee_unsupported``).
+The chat path emulates ``response_format`` inside the encrypted messages
+(:mod:`proxy.core.tools`, :mod:`proxy.service.emulation`), so the schema never travels in
+plaintext; with ``[tools] mode = "refuse"`` the chat path answers it with its 400. Set to False
+to refuse ``text.format`` here whatever the chat path does (``e2ee_unsupported``).
 """
 
 _ACCEPTED = frozenset(

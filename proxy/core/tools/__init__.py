@@ -11,8 +11,8 @@ family a model is), :mod:`.render` (request -> plain-text request + :class:`Emul
 :mod:`.parser` (whole-text parser), :mod:`.validate` (JSON Schema checks), :mod:`.repair`
 (judge an answer; the re-ask), :mod:`.transform` (OpenAI chunks/completions in and out).
 
-Wiring interface (for ``service/chat.py`` and ``service/relay.py``)
-===================================================================
+Wiring interface (used by ``service/chat.py`` and ``service/emulation.py``)
+===========================================================================
 
 1. Before encryption, once per client request, after validation and alias resolution::
 
@@ -69,7 +69,7 @@ from proxy.core.tools.conventions import CONVENTION_NAMES, Convention, choose_co
 from proxy.core.tools.errors import ToolEmulationError
 from proxy.core.tools.parser import ParsedOutput, parse_output
 from proxy.core.tools.plan import EmulationPlan, ResponseSpec, ToolChoice, ToolsConfig
-from proxy.core.tools.render import Prepared, emulation_param, prepare
+from proxy.core.tools.render import EMULATED_FIELDS, Prepared, emulation_param, prepare
 from proxy.core.tools.repair import Accepted, RepairNeeded, judge, merge_usage, with_repair
 from proxy.core.tools.stream import MalformedCall, TextDelta, ToolCallFound, ToolCallScanner
 from proxy.core.tools.transform import (
@@ -82,6 +82,7 @@ from proxy.core.tools.transform import (
 
 __all__ = [
     "CONVENTION_NAMES",
+    "EMULATED_FIELDS",
     "Accepted",
     "CompletionFinished",
     "Convention",

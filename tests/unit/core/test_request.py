@@ -21,6 +21,7 @@ from proxy.core.request import (
     MODEL_KEY_HEADER,
     SIGNING_ALGO_HEADER,
     ChatRequest,
+    check_messages_for_emulation,
     check_upstream_model,
     encrypt_request,
     parse_chat_request,
@@ -644,3 +645,20 @@ def test_client_chosen_names_are_shown_safely_in_errors() -> None:
         parse(json.loads('{"model": "m", "messages": [{"role": "user"}], "\\ud800": "x"}'))
     assert info.value.param == "\\ud800"
     info.value.message.encode("utf-8")  # no lone surrogate left to break the JSON answer
+
+
+def test_messages_tool_emulation_rebuilds_keep_the_policy() -> None:
+    history: dict[str, Any] = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c"}]},
+            {"role": "tool", "tool_call_id": "c", "content": "r"},
+            {"role": "function", "name": "f", "content": "r"},
+        ],
+    }
+    check_messages_for_emulation(history)  # the keys emulation consumes are not refused
+    history["messages"][2]["x_note"] = "text"
+    with pytest.raises(UnsupportedForE2EEError) as info:
+        check_messages_for_emulation(history)
+    assert info.value.param == "messages[2].x_note"

@@ -247,6 +247,7 @@ def test_allowed_tools_narrow_the_tool_list() -> None:
 
 
 def test_structured_output_translation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The chat path emulates response_format inside the encryption: text.format is handed on.
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     body = {
         "model": "m",
@@ -255,10 +256,7 @@ def test_structured_output_translation(monkeypatch: pytest.MonkeyPatch) -> None:
             "format": {"type": "json_schema", "name": "out", "schema": schema, "strict": True}
         },
     }
-    with pytest.raises(UnsupportedForE2EEError) as info:
-        translate_request(body)  # until the chat path serves response_format over E2EE
-    assert info.value.param == "text.format"
-    monkeypatch.setattr(request_module, "STRUCTURED_OUTPUT_OVER_E2EE", True)
+    assert request_module.STRUCTURED_OUTPUT_OVER_E2EE is True
     assert translate_request(body).chat["response_format"] == {
         "type": "json_schema",
         "json_schema": {"name": "out", "schema": schema, "strict": True},
@@ -269,6 +267,11 @@ def test_structured_output_translation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert json_mode.chat["response_format"] == {"type": "json_object"}
     plain = translate_request({"model": "m", "input": "x", "text": {"format": {"type": "text"}}})
     assert "response_format" not in plain.chat
+    # The switch still refuses text.format here when turned off.
+    monkeypatch.setattr(request_module, "STRUCTURED_OUTPUT_OVER_E2EE", False)
+    with pytest.raises(UnsupportedForE2EEError) as info:
+        translate_request(body)
+    assert info.value.param == "text.format"
 
 
 @pytest.mark.parametrize(
