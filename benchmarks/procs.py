@@ -19,6 +19,7 @@ user + system CPU time from ``stat`` (clock-tick resolution, 10 ms on Linux).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from types import TracebackType
 import httpx
 
 from proxy.http.loopback import free_port
+from proxy.simulator import SIMULATED_MEASUREMENTS
 
 SIM_API_KEY = "bench-sim-key"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -185,6 +187,10 @@ def start_proxy(
         "VENICE_PROXY_PRIVACY__NON_E2EE": "passthrough",
         "VENICE_PROXY_PRIVACY__PASSTHROUGH_MODELS": '["simulated-plain"]',
         "VENICE_PROXY_LOGGING__FORMAT": "json",
+        # The simulator's made-up TDX module and firmware are no real releases: accepted here
+        # as in the compose demo profile, else every E2EE request fails the measurement policy.
+        "VENICE_PROXY_ATTESTATION__EXTRA_MRSEAM": json.dumps([SIMULATED_MEASUREMENTS["mrseam"]]),
+        "VENICE_PROXY_ATTESTATION__EXTRA_MRTD": json.dumps([SIMULATED_MEASUREMENTS["mrtd"]]),
     }
     if max_in_flight is not None:
         env["VENICE_PROXY_SERVER__MAX_IN_FLIGHT"] = str(max_in_flight)
