@@ -158,6 +158,7 @@ def test_raw_stream_ends_cleanly_after_the_stop(
     assert text == "You said: one "
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
     assert CANARY.encode() not in body
+
     # The request's line is written when the stream's generator ends: wait for it (an earlier
     # test's stream may log its own line meanwhile: pick ours by its id).
     def ours() -> list[dict[str, Any]]:
