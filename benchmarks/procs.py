@@ -147,8 +147,9 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def start_simulator(log_dir: Path, *, token_delay_s: float) -> ManagedProcess:
-    """A simulated Venice in its own process, ready to serve."""
+def start_simulator(log_dir: Path, *, token_delay_s: float, phala: bool = False) -> ManagedProcess:
+    """A simulated Venice in its own process, ready to serve (``phala``: Phala legacy mode,
+    one server ephemeral key per response)."""
     port = free_port()
     spec = ProcessSpec(
         name="simulator",
@@ -160,6 +161,7 @@ def start_simulator(log_dir: Path, *, token_delay_s: float) -> ManagedProcess:
             str(port),
             "--token-delay",
             repr(token_delay_s),
+            *(("--phala",) if phala else ()),
         ),
         env=_clean_env(),
         port=port,

@@ -112,10 +112,10 @@ FULL = Plan(
     long_stream_tokens=2000,
     long_stream_runs=5,
     paced_tokens=2000,
-    load_streams=300,
+    load_streams=1000,
     load_duration_s=20.0,
-    load_rate=30.0,
-    load_runs=3,
+    load_rate=10.0,
+    load_runs=2,
     single_flight_requests=100,
 )
 QUICK = Plan(
@@ -131,10 +131,10 @@ QUICK = Plan(
     long_stream_tokens=2000,
     long_stream_runs=2,
     paced_tokens=300,
-    load_streams=50,
+    load_streams=200,
     load_duration_s=5.0,
-    load_rate=30.0,
-    load_runs=2,
+    load_rate=10.0,
+    load_runs=1,
     single_flight_requests=100,
 )
 
@@ -391,7 +391,9 @@ def print_budget(results: Results, budget: dict[str, float], total_us: float) ->
 
 
 async def run_load(plan: Plan, results: Results, log_dir: Path) -> None:
-    with start_simulator(log_dir, token_delay_s=1.0 / plan.load_rate) as simulator:
+    # Phala mode (one server ephemeral per response, as Venice's Phala backends do): with a
+    # fresh ECDH per token the simulator saturates long before the proxy does.
+    with start_simulator(log_dir, token_delay_s=1.0 / plan.load_rate, phala=True) as simulator:
         load = await measure_load(
             log_dir,
             simulator,
@@ -407,8 +409,8 @@ async def run_load(plan: Plan, results: Results, log_dir: Path) -> None:
         rss_mb=round(load.rss_mb, 1),
     )
     results.details["load"] = asdict(load)
-    shape = f"{load.rate:g} tok/s for {load.duration_s:g} s, {len(load.runs)} runs"
-    results.row("concurrent_streams", str(load.streams), "300", shape)
+    shape = f"{load.rate:g} tok/s for {load.duration_s:g} s, {len(load.runs)} runs, Phala mode"
+    results.row("concurrent_streams", str(load.streams), str(plan.load_streams), shape)
     limit = f"; server.max_in_flight raised to {load.max_in_flight}" if load.max_in_flight else ""
     results.row("errors", str(load.errors), "0", f"baseline errors {load.baseline_errors}{limit}")
     results.row("ttft_added_ms_p99", _fmt(load.ttft_added_ms_p99, 2))
@@ -427,6 +429,84 @@ async def run_load(plan: Plan, results: Results, log_dir: Path) -> None:
                 f"tok/s med {_fmt(run.tokens_per_s_median, 1)} min "
                 f"{_fmt(run.tokens_per_s_min, 1)}; CPU cores {cpu}",
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """One goal of issue 16: the figure, the limit it must stay under, and the baseline."""
+
+    name: str
+    figure: float | None
+    limit: float
+    unit: str
+    baseline: str = ""
+
+
+def goals(results: Results) -> list[Goal]:
+    """Every goal with its figure from this run (None when its phase did not run)."""
+    details = results.details
+    headline = results.headline
+    out: list[Goal] = []
+    added = details.get("latency", {}).get("overhead", {}).get("added", {})
+    inproc = added.get("proxy_e2ee_vs_direct_e2ee")
+    if inproc is not None:
+        out += [
+            Goal("added to last token, p50", inproc["ttlt_p50"], 1.0, "ms", "in-process client"),
+            Goal("added to first token, p50", inproc["ttft_p50"], 1.0, "ms", "in-process client"),
+        ]
+    plain = added.get("proxy_e2ee_vs_direct_plain")
+    if plain is not None:
+        out += [
+            Goal("added to last token, p50", plain["ttlt_p50"], 1.0, "ms", "plaintext client"),
+            Goal("added to first token, p50", plain["ttft_p50"], 1.0, "ms", "plaintext client"),
+        ]
+    long_stream = details.get("latency", {}).get("long_stream", {})
+    intervals = long_stream.get("interval_us", {})
+    if "proxy_e2ee" in intervals and "direct_e2ee" in intervals:
+        burst = intervals["proxy_e2ee"] - intervals["direct_e2ee"]
+        out.append(Goal("added per chunk in bursts", burst, 30.0, "us", "in-process client"))
+        floor = details.get("inprocess", {}).get("crypto_floor_us")
+        if floor:
+            out.append(Goal("  same, x crypto floor", burst / floor, 1.1, "x"))
+    paced = details.get("paced", {}).get("proxy_cpu_us_per_chunk", {})
+    if "proxy_e2ee" in paced:
+        out.append(Goal("proxy CPU per chunk, 1 ms pace", paced["proxy_e2ee"], 60.0, "us"))
+    if "load" in details:
+        streams = f"{headline['concurrent_streams']} streams"
+        out += [
+            Goal(f"errors, {streams}", float(headline["errors"] or 0), 0.5, ""),
+            Goal("peak RSS under load", headline["rss_mb"], 150.0, "MiB"),
+            Goal("TTFT p99 added under load", headline["ttft_added_ms_p99"], 50.0, "ms"),
+        ]
+    verify_ms = headline.get("attestation_verify_ms")
+    if verify_ms is not None:
+        out.append(Goal("attestation verify, warm collateral", verify_ms, 5.0, "ms"))
+    fetches = headline.get("attestation_fetches")
+    if fetches is not None:
+        out.append(Goal("fetches, 100 cold requests", float(fetches), 1.5, ""))
+    return out
+
+
+def print_goals(results: Results) -> None:
+    """One line per goal: figure, limit, figure / limit, met or not."""
+    rows = goals(results)
+    if not rows:
+        return
+    print("goals (issue 16): figure, limit, figure / limit, met", flush=True)
+    table = []
+    for goal in rows:
+        if goal.figure is None or math.isnan(goal.figure):
+            met, ratio = "n/a", "n/a"
+        else:
+            met = "yes" if goal.figure < goal.limit else "NO"
+            ratio = f"{goal.figure / goal.limit:.2f}"
+        limit = "0" if goal.name.startswith("errors") else f"< {goal.limit:g} {goal.unit}".strip()
+        if goal.name.startswith("fetches"):
+            limit = "1"
+        vs = f"vs {goal.baseline}" if goal.baseline else ""
+        results.row(goal.name, _fmt(goal.figure, 3), limit, f"{ratio:>5}  {met:<4} {vs}")
+        table.append({**asdict(goal), "met": met})
+    results.details["goals"] = table
 
 
 async def run_single_flight(plan: Plan, results: Results, log_dir: Path) -> None:
@@ -516,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.details["elapsed_s"] = elapsed
     results.details["machine"]["loadavg_at_end"] = _loadavg()
     results.details["headline"] = results.headline
+    print_goals(results)
     phase_times = ", ".join(
         f"{name} {seconds:.0f} s"
         for name, seconds in results.details.get("phase_seconds", {}).items()
