@@ -107,11 +107,21 @@ class ManagedProcess:
                     raise RuntimeError(f"{self.spec.name} did not start:\n{self.log_tail()}")
                 time.sleep(0.05)
 
+    def pids(self) -> list[int]:
+        """This process and its children (the workers of ``server.workers``)."""
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [self.pid, *(int(child) for child in children)]
+
     def vm_hwm_mb(self) -> float:
-        return vm_hwm_mb(self.pid)
+        """Peak resident set, summed over the process and its workers."""
+        return sum(vm_hwm_mb(pid) for pid in self.pids())
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        """CPU time of the process and its workers."""
+        return sum(cpu_seconds(pid) for pid in self.pids())
 
     def log_tail(self, lines: int = 20) -> str:
         self._log.flush()
@@ -172,7 +182,7 @@ def start_simulator(log_dir: Path, *, token_delay_s: float, phala: bool = False)
 
 
 def start_proxy(
-    log_dir: Path, *, upstream_url: str, max_in_flight: int | None = None
+    log_dir: Path, *, upstream_url: str, max_in_flight: int | None = None, workers: int = 1
 ) -> ManagedProcess:
     """The proxy in its own process, in front of ``upstream_url`` (``.../api/v1``).
 
@@ -196,6 +206,8 @@ def start_proxy(
     }
     if max_in_flight is not None:
         env["VENICE_PROXY_SERVER__MAX_IN_FLIGHT"] = str(max_in_flight)
+    if workers != 1:
+        env["VENICE_PROXY_SERVER__WORKERS"] = str(workers)
     spec = ProcessSpec(
         name="proxy",
         argv=(sys.executable, "-m", "proxy", "serve", "--port", str(port)),
