@@ -54,13 +54,14 @@ from benchmarks.inprocess import (
 from benchmarks.latency import measure_long_stream, measure_overhead
 from benchmarks.load import measure_load
 from benchmarks.procs import SIM_API_KEY, start_proxy, start_simulator, system_busy_seconds
+from benchmarks.scaling import measure_scaling
 from benchmarks.single_flight import measure_single_flight
 
 # Gap between events for the paced CPU measurement: long enough that the proxy handles every
 # event on its own wake-up, as with any real model's token rate.
 PACED_DELAY_S = 0.001
 LABEL_WIDTH = 44
-PHASES = ("inprocess", "latency", "load", "single_flight")
+PHASES = ("inprocess", "latency", "load", "scaling", "single_flight")
 JSON_KEYS = (
     "overhead_ms_p50",
     "overhead_ms_p99",
@@ -97,6 +98,9 @@ class Plan:
     load_rate: float
     load_runs: int
     single_flight_requests: int
+    scaling_streams: int
+    scaling_tokens: int
+    scaling_rounds: int
 
 
 FULL = Plan(
@@ -117,6 +121,9 @@ FULL = Plan(
     load_rate=10.0,
     load_runs=2,
     single_flight_requests=100,
+    scaling_streams=32,
+    scaling_tokens=500,
+    scaling_rounds=4,
 )
 QUICK = Plan(
     crypto_blobs=1000,
@@ -136,6 +143,9 @@ QUICK = Plan(
     load_rate=10.0,
     load_runs=1,
     single_flight_requests=100,
+    scaling_streams=16,
+    scaling_tokens=300,
+    scaling_rounds=2,
 )
 
 
@@ -509,6 +519,29 @@ def print_goals(results: Results) -> None:
     results.details["goals"] = table
 
 
+async def run_scaling(plan: Plan, results: Results, log_dir: Path) -> None:
+    figures = await measure_scaling(
+        log_dir,
+        streams=plan.scaling_streams,
+        tokens=plan.scaling_tokens,
+        rounds=plan.scaling_rounds,
+    )
+    results.details["scaling"] = asdict(figures)
+    shape = f"{figures.streams} streams x {figures.tokens} tokens, {plan.scaling_rounds} rounds"
+    results.row("workers 2 vs 1, relayed chunks/s", f"{figures.speedup:.2f}x", "", shape)
+    for workers, rate in figures.chunks_per_s.items():
+        errors = sum(r.errors for r in figures.rounds if r.workers == workers)
+        results.row(
+            f"  {workers} worker(s): chunks/s",
+            _fmt(rate, 0),
+            "",
+            f"CPU cores proxy {figures.proxy_cores[workers]:.2f} "
+            f"sim {figures.simulator_cores[workers]:.2f} "
+            f"client {figures.client_cores[workers]:.2f} "
+            f"other {figures.other_cores[workers]:.2f}; errors {errors}",
+        )
+
+
 async def run_single_flight(plan: Plan, results: Results, log_dir: Path) -> None:
     figures = await measure_single_flight(log_dir, requests=plan.single_flight_requests)
     results.headline.update(attestation_fetches=figures.attestation_fetches)
@@ -528,6 +561,7 @@ async def run_process_phases(
     steps = (
         ("latency", "latency (client, proxy and simulator in separate processes)", run_latency),
         ("load", f"load ({plan.load_streams} streams)", run_load),
+        ("scaling", "scaling (server.workers, Phala-mode simulator)", run_scaling),
         (
             "single_flight",
             "single flight (simulator in-thread, proxy in a subprocess)",
