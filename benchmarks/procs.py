@@ -37,6 +37,9 @@ from proxy.simulator import SIMULATED_MEASUREMENTS
 SIM_API_KEY = "bench-sim-key"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _REPO = Path(__file__).resolve().parents[1]
+# BENCH_PROXY_SRC=DIR runs the proxy under test from DIR (a checkout of another commit, for
+# before/after figures with this harness); the simulator always runs from this checkout.
+_PROXY_SRC = Path(os.environ.get("BENCH_PROXY_SRC") or _REPO)
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -70,14 +73,14 @@ class ProcessSpec:
 class ManagedProcess:
     """A child server process; use as a context manager so it is always stopped."""
 
-    def __init__(self, spec: ProcessSpec, log_dir: Path) -> None:
+    def __init__(self, spec: ProcessSpec, log_dir: Path, cwd: Path = _REPO) -> None:
         self.spec = spec
         self.log_path = log_dir / f"{spec.name}-{spec.port}.log"
         self._log = self.log_path.open("wb")
         self._popen = subprocess.Popen(  # noqa: S603 - argv built here from fixed parts
             list(spec.argv),
             env=spec.env,
-            cwd=_REPO,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -216,7 +219,7 @@ def start_proxy(
         ready_path="/healthz",
         ready_headers={},
     )
-    return ManagedProcess(spec, log_dir).wait_ready()
+    return ManagedProcess(spec, log_dir, cwd=_PROXY_SRC).wait_ready()
 
 
 def system_busy_seconds() -> float:
