@@ -267,6 +267,9 @@ def _serve_workers(settings: Settings, api_key: SecretStr | None) -> int:
     metrics and ``max_in_flight``) and drains on SIGINT/SIGTERM, which this parent forwards
     once (workers run in their own process groups, so a terminal's Ctrl-C is not delivered
     twice). Exits non-zero when a worker did."""
+    if not hasattr(os, "fork"):
+        log.error("workers_unsupported", detail="server.workers > 1 needs os.fork (POSIX)")
+        return 2
     sock = _listening_socket(settings.server.host, settings.server.port)
     children: list[int] = []
     for index in range(1, settings.server.workers + 1):
@@ -277,7 +280,9 @@ def _serve_workers(settings: Settings, api_key: SecretStr | None) -> int:
                 os.setpgid(0, 0)
                 set_worker(index)
                 app = create_app(settings, api_key=api_key)
-                _server(app, settings).run(sockets=[sock])
+                # uvicorn re-raises the signal it stopped on once it has drained.
+                with contextlib.suppress(KeyboardInterrupt):
+                    _server(app, settings).run(sockets=[sock])
                 code = 0
             finally:
                 os._exit(code)
@@ -295,7 +300,8 @@ def _serve_workers(settings: Settings, api_key: SecretStr | None) -> int:
     failed = 0
     for pid in children:
         _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
+        # A worker that drained and then died of the forwarded signal stopped normally.
+        if os.waitstatus_to_exitcode(status) not in (0, -signal.SIGINT, -signal.SIGTERM):
             failed += 1
     if failed:
         log.error("workers_failed", failed=failed)
