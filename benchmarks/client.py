@@ -16,9 +16,11 @@ Timing: ``ttft`` is the moment the read that carried the first non-empty ``delta
 returned; ``ttlt`` the moment ``data: [DONE]`` arrived. Both are measured from just before the
 request is sent. A stream counts as an error when the status is not 200, an event is not a
 JSON object or carries an ``error`` member, ``[DONE]`` never arrives, or (when ``expected`` is
-given) the concatenated content differs from the expected answer. Direct E2EE streams carry
-ciphertext, which this client deliberately does not decrypt: that variant measures what the
-simulator alone costs.
+given) the concatenated content differs from the expected answer. Direct E2EE is the
+in-process E2EE client, the baseline of the issue-16 goals: it seals its own request (fresh
+client key pair, ECDH to the enclave key) and opens every chunk of the answer with the proxy's
+own :class:`~proxy.core.response.ChunkDecryptor`, as an SDK with E2EE built in would, so
+``proxy_e2ee - direct_e2ee`` is what the extra process and its HTTP hop cost.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from typing import Any
 import httpx
 
 from proxy.core.crypto import parse_public_key
+from proxy.core.errors import ProxyError
 from proxy.core.request import encrypt_request, parse_chat_request
+from proxy.core.response import ChunkDecryptor
 from proxy.simulator.answer import ANSWER_PREFIX, ANSWER_SUFFIX, tokenize
 
 E2EE_MODEL = "e2ee-simulated-near"
@@ -67,21 +71,24 @@ class Target:
     # The enclave key when this target seals its own messages (direct E2EE).
     model_key: bytes | None = None
 
-    def build(self, prompt: Prompt) -> tuple[bytes, dict[str, str]]:
-        """Body and headers of one request (fresh encryption each time for direct E2EE)."""
+    def build(self, prompt: Prompt) -> tuple[bytes, dict[str, str], ChunkDecryptor | None]:
+        """Body and headers of one request (fresh encryption each time for direct E2EE), and
+        for direct E2EE the decryptor of its answer (the request's own client key)."""
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt.text}],
             "stream": True,
         }
         headers = {"content-type": "application/json", **self.headers}
+        decryptor: ChunkDecryptor | None = None
         if self.model_key is not None:
             encrypted = encrypt_request(
                 parse_chat_request(body), model_key=self.model_key, upstream_model=self.model
             )
             body = encrypted.body
             headers.update(encrypted.headers)
-        return json.dumps(body, separators=(",", ":")).encode("utf-8"), headers
+            decryptor = ChunkDecryptor(encrypted.client_keys.private)
+        return json.dumps(body, separators=(",", ":")).encode("utf-8"), headers, decryptor
 
 
 def proxy_target(proxy_url: str, model: str, name: str) -> Target:
@@ -136,7 +143,7 @@ async def stream_once(
     client: httpx.AsyncClient, target: Target, prompt: Prompt, *, expected: str | None = None
 ) -> StreamResult:
     """Send one streamed request and time it; never raises for a failed stream."""
-    body, headers = target.build(prompt)
+    body, headers, decryptor = target.build(prompt)
     clock = time.perf_counter
     ttft: float | None = None
     ttlt: float | None = None
@@ -169,6 +176,11 @@ async def stream_once(
                         return StreamResult(None, None, events, content_events, "bad_event")
                     if not isinstance(payload, dict) or "error" in payload:
                         return StreamResult(None, None, events, content_events, "in_band_error")
+                    if decryptor is not None:
+                        try:
+                            payload = decryptor.rebuild(payload)
+                        except ProxyError as exc:
+                            return StreamResult(None, None, events, content_events, exc.log_code)
                     for choice in payload.get("choices") or ():
                         text = (choice.get("delta") or {}).get("content")
                         if text:

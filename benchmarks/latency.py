@@ -6,8 +6,8 @@ Four variants, interleaved request by request (the order rotates) so drift hits 
 ==============  ===========================================================================
 direct_plain    client -> simulator, plaintext model                    (the baseline)
 proxy_e2ee      client -> proxy -> simulator, E2EE model                (the headline)
-direct_e2ee     client seals its own request -> simulator, E2EE model, ciphertext answer
-                read but not decrypted: what the simulator's own E2EE work costs
+direct_e2ee     the in-process E2EE client: seals its own request -> simulator, E2EE model,
+                and decrypts every chunk itself (ChunkDecryptor): the E2EE baseline
 proxy_plain     client -> proxy (passthrough) -> simulator, plaintext model: the extra hop
 ==============  ===========================================================================
 
@@ -17,8 +17,9 @@ default the proxy checks each E2EE answer's enclave signature in the background 
 
 ``overhead = percentile(proxy_e2ee) - percentile(direct_plain)``, for time to first token and to
 last token, p50 and p99 (difference of percentiles, not percentile of paired differences).
-``proxy_e2ee - direct_e2ee`` is the part the proxy itself adds (the simulator's sealing, which
-Venice does inside its TEE, cancels out); ``proxy_plain - direct_plain`` is the bare hop.
+``proxy_e2ee - direct_e2ee`` is the part the proxy itself adds over an in-process E2EE client
+(the simulator's sealing, which Venice does inside its TEE, and the unavoidable ECDH and
+decryption cancel out); ``proxy_plain - direct_plain`` is the bare hop.
 
 The long stream: one answer of N tokens with no delay between tokens, timed from its first
 content token to ``[DONE]`` (``interval`` per chunk), plus the proxy's CPU time per relayed
@@ -115,7 +116,7 @@ async def measure_overhead(
         for i in range(requests_per_run):
             shift = i % len(targets)
             for target in [*targets[shift:], *targets[:shift]]:
-                expected = None if target.model_key is not None else prompt.answer
+                expected = prompt.answer
                 result = await stream_once(client, target, prompt, expected=expected)
                 errors += 0 if result.ok else 1
                 results[target.name].append(result)
@@ -175,7 +176,7 @@ async def measure_long_stream(
     for _ in range(runs):
         for target in targets:
             proxy_before, sim_before = proxy.cpu_seconds(), simulator.cpu_seconds()
-            expected = None if target.model_key is not None else prompt.answer
+            expected = prompt.answer
             result = await stream_once(client, target, prompt, expected=expected)
             proxy_used = proxy.cpu_seconds() - proxy_before
             sim_used = simulator.cpu_seconds() - sim_before

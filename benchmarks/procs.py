@@ -19,6 +19,7 @@ user + system CPU time from ``stat`` (clock-tick resolution, 10 ms on Linux).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,10 +32,14 @@ from types import TracebackType
 import httpx
 
 from proxy.http.loopback import free_port
+from proxy.simulator import SIMULATED_MEASUREMENTS
 
 SIM_API_KEY = "bench-sim-key"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _REPO = Path(__file__).resolve().parents[1]
+# BENCH_PROXY_SRC=DIR runs the proxy under test from DIR (a checkout of another commit, for
+# before/after figures with this harness); the simulator always runs from this checkout.
+_PROXY_SRC = Path(os.environ.get("BENCH_PROXY_SRC") or _REPO)
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -68,14 +73,14 @@ class ProcessSpec:
 class ManagedProcess:
     """A child server process; use as a context manager so it is always stopped."""
 
-    def __init__(self, spec: ProcessSpec, log_dir: Path) -> None:
+    def __init__(self, spec: ProcessSpec, log_dir: Path, cwd: Path = _REPO) -> None:
         self.spec = spec
         self.log_path = log_dir / f"{spec.name}-{spec.port}.log"
         self._log = self.log_path.open("wb")
         self._popen = subprocess.Popen(  # noqa: S603 - argv built here from fixed parts
             list(spec.argv),
             env=spec.env,
-            cwd=_REPO,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -105,11 +110,21 @@ class ManagedProcess:
                     raise RuntimeError(f"{self.spec.name} did not start:\n{self.log_tail()}")
                 time.sleep(0.05)
 
+    def pids(self) -> list[int]:
+        """This process and its children (the workers of ``server.workers``)."""
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return [self.pid, *(int(child) for child in children)]
+
     def vm_hwm_mb(self) -> float:
-        return vm_hwm_mb(self.pid)
+        """Peak resident set, summed over the process and its workers."""
+        return sum(vm_hwm_mb(pid) for pid in self.pids())
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        """CPU time of the process and its workers."""
+        return sum(cpu_seconds(pid) for pid in self.pids())
 
     def log_tail(self, lines: int = 20) -> str:
         self._log.flush()
@@ -145,8 +160,9 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def start_simulator(log_dir: Path, *, token_delay_s: float) -> ManagedProcess:
-    """A simulated Venice in its own process, ready to serve."""
+def start_simulator(log_dir: Path, *, token_delay_s: float, phala: bool = False) -> ManagedProcess:
+    """A simulated Venice in its own process, ready to serve (``phala``: Phala legacy mode,
+    one server ephemeral key per response)."""
     port = free_port()
     spec = ProcessSpec(
         name="simulator",
@@ -158,6 +174,7 @@ def start_simulator(log_dir: Path, *, token_delay_s: float) -> ManagedProcess:
             str(port),
             "--token-delay",
             repr(token_delay_s),
+            *(("--phala",) if phala else ()),
         ),
         env=_clean_env(),
         port=port,
@@ -168,7 +185,7 @@ def start_simulator(log_dir: Path, *, token_delay_s: float) -> ManagedProcess:
 
 
 def start_proxy(
-    log_dir: Path, *, upstream_url: str, max_in_flight: int | None = None
+    log_dir: Path, *, upstream_url: str, max_in_flight: int | None = None, workers: int = 1
 ) -> ManagedProcess:
     """The proxy in its own process, in front of ``upstream_url`` (``.../api/v1``).
 
@@ -185,9 +202,15 @@ def start_proxy(
         "VENICE_PROXY_PRIVACY__NON_E2EE": "passthrough",
         "VENICE_PROXY_PRIVACY__PASSTHROUGH_MODELS": '["simulated-plain"]',
         "VENICE_PROXY_LOGGING__FORMAT": "json",
+        # The simulator's made-up TDX module and firmware are no real releases: accepted here
+        # as in the compose demo profile, else every E2EE request fails the measurement policy.
+        "VENICE_PROXY_ATTESTATION__EXTRA_MRSEAM": json.dumps([SIMULATED_MEASUREMENTS["mrseam"]]),
+        "VENICE_PROXY_ATTESTATION__EXTRA_MRTD": json.dumps([SIMULATED_MEASUREMENTS["mrtd"]]),
     }
     if max_in_flight is not None:
         env["VENICE_PROXY_SERVER__MAX_IN_FLIGHT"] = str(max_in_flight)
+    if workers != 1:
+        env["VENICE_PROXY_SERVER__WORKERS"] = str(workers)
     spec = ProcessSpec(
         name="proxy",
         argv=(sys.executable, "-m", "proxy", "serve", "--port", str(port)),
@@ -196,7 +219,7 @@ def start_proxy(
         ready_path="/healthz",
         ready_headers={},
     )
-    return ManagedProcess(spec, log_dir).wait_ready()
+    return ManagedProcess(spec, log_dir, cwd=_PROXY_SRC).wait_ready()
 
 
 def system_busy_seconds() -> float:

@@ -54,13 +54,14 @@ from benchmarks.inprocess import (
 from benchmarks.latency import measure_long_stream, measure_overhead
 from benchmarks.load import measure_load
 from benchmarks.procs import SIM_API_KEY, start_proxy, start_simulator, system_busy_seconds
+from benchmarks.scaling import measure_scaling
 from benchmarks.single_flight import measure_single_flight
 
 # Gap between events for the paced CPU measurement: long enough that the proxy handles every
 # event on its own wake-up, as with any real model's token rate.
 PACED_DELAY_S = 0.001
 LABEL_WIDTH = 44
-PHASES = ("inprocess", "latency", "load", "single_flight")
+PHASES = ("inprocess", "latency", "load", "scaling", "single_flight")
 JSON_KEYS = (
     "overhead_ms_p50",
     "overhead_ms_p99",
@@ -97,6 +98,9 @@ class Plan:
     load_rate: float
     load_runs: int
     single_flight_requests: int
+    scaling_streams: int
+    scaling_tokens: int
+    scaling_rounds: int
 
 
 FULL = Plan(
@@ -112,11 +116,14 @@ FULL = Plan(
     long_stream_tokens=2000,
     long_stream_runs=5,
     paced_tokens=2000,
-    load_streams=300,
+    load_streams=1000,
     load_duration_s=20.0,
-    load_rate=30.0,
-    load_runs=3,
+    load_rate=10.0,
+    load_runs=2,
     single_flight_requests=100,
+    scaling_streams=32,
+    scaling_tokens=500,
+    scaling_rounds=4,
 )
 QUICK = Plan(
     crypto_blobs=1000,
@@ -131,11 +138,14 @@ QUICK = Plan(
     long_stream_tokens=2000,
     long_stream_runs=2,
     paced_tokens=300,
-    load_streams=50,
+    load_streams=200,
     load_duration_s=5.0,
-    load_rate=30.0,
-    load_runs=2,
+    load_rate=10.0,
+    load_runs=1,
     single_flight_requests=100,
+    scaling_streams=16,
+    scaling_tokens=300,
+    scaling_rounds=2,
 )
 
 
@@ -391,7 +401,9 @@ def print_budget(results: Results, budget: dict[str, float], total_us: float) ->
 
 
 async def run_load(plan: Plan, results: Results, log_dir: Path) -> None:
-    with start_simulator(log_dir, token_delay_s=1.0 / plan.load_rate) as simulator:
+    # Phala mode (one server ephemeral per response, as Venice's Phala backends do): with a
+    # fresh ECDH per token the simulator saturates long before the proxy does.
+    with start_simulator(log_dir, token_delay_s=1.0 / plan.load_rate, phala=True) as simulator:
         load = await measure_load(
             log_dir,
             simulator,
@@ -407,8 +419,8 @@ async def run_load(plan: Plan, results: Results, log_dir: Path) -> None:
         rss_mb=round(load.rss_mb, 1),
     )
     results.details["load"] = asdict(load)
-    shape = f"{load.rate:g} tok/s for {load.duration_s:g} s, {len(load.runs)} runs"
-    results.row("concurrent_streams", str(load.streams), "300", shape)
+    shape = f"{load.rate:g} tok/s for {load.duration_s:g} s, {len(load.runs)} runs, Phala mode"
+    results.row("concurrent_streams", str(load.streams), str(plan.load_streams), shape)
     limit = f"; server.max_in_flight raised to {load.max_in_flight}" if load.max_in_flight else ""
     results.row("errors", str(load.errors), "0", f"baseline errors {load.baseline_errors}{limit}")
     results.row("ttft_added_ms_p99", _fmt(load.ttft_added_ms_p99, 2))
@@ -427,6 +439,107 @@ async def run_load(plan: Plan, results: Results, log_dir: Path) -> None:
                 f"tok/s med {_fmt(run.tokens_per_s_median, 1)} min "
                 f"{_fmt(run.tokens_per_s_min, 1)}; CPU cores {cpu}",
             )
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """One goal of issue 16: the figure, the limit it must stay under, and the baseline."""
+
+    name: str
+    figure: float | None
+    limit: float
+    unit: str
+    baseline: str = ""
+
+
+def goals(results: Results) -> list[Goal]:
+    """Every goal with its figure from this run (None when its phase did not run)."""
+    details = results.details
+    headline = results.headline
+    out: list[Goal] = []
+    added = details.get("latency", {}).get("overhead", {}).get("added", {})
+    inproc = added.get("proxy_e2ee_vs_direct_e2ee")
+    if inproc is not None:
+        out += [
+            Goal("added to last token, p50", inproc["ttlt_p50"], 1.0, "ms", "in-process client"),
+            Goal("added to first token, p50", inproc["ttft_p50"], 1.0, "ms", "in-process client"),
+        ]
+    plain = added.get("proxy_e2ee_vs_direct_plain")
+    if plain is not None:
+        out += [
+            Goal("added to last token, p50", plain["ttlt_p50"], 1.0, "ms", "plaintext client"),
+            Goal("added to first token, p50", plain["ttft_p50"], 1.0, "ms", "plaintext client"),
+        ]
+    long_stream = details.get("latency", {}).get("long_stream", {})
+    intervals = long_stream.get("interval_us", {})
+    if "proxy_e2ee" in intervals and "direct_e2ee" in intervals:
+        burst = intervals["proxy_e2ee"] - intervals["direct_e2ee"]
+        out.append(Goal("added per chunk in bursts", burst, 30.0, "us", "in-process client"))
+        floor = details.get("inprocess", {}).get("crypto_floor_us")
+        if floor:
+            out.append(Goal("  same, x crypto floor", burst / floor, 1.1, "x"))
+    paced = details.get("paced", {}).get("proxy_cpu_us_per_chunk", {})
+    if "proxy_e2ee" in paced:
+        out.append(Goal("proxy CPU per chunk, 1 ms pace", paced["proxy_e2ee"], 60.0, "us"))
+    if "load" in details:
+        streams = f"{headline['concurrent_streams']} streams"
+        out += [
+            Goal(f"errors, {streams}", float(headline["errors"] or 0), 0.5, ""),
+            Goal("peak RSS under load", headline["rss_mb"], 150.0, "MiB"),
+            Goal("TTFT p99 added under load", headline["ttft_added_ms_p99"], 50.0, "ms"),
+        ]
+    verify_ms = headline.get("attestation_verify_ms")
+    if verify_ms is not None:
+        out.append(Goal("attestation verify, warm collateral", verify_ms, 5.0, "ms"))
+    fetches = headline.get("attestation_fetches")
+    if fetches is not None:
+        out.append(Goal("fetches, 100 cold requests", float(fetches), 1.5, ""))
+    return out
+
+
+def print_goals(results: Results) -> None:
+    """One line per goal: figure, limit, figure / limit, met or not."""
+    rows = goals(results)
+    if not rows:
+        return
+    print("goals (issue 16): figure, limit, figure / limit, met", flush=True)
+    table = []
+    for goal in rows:
+        if goal.figure is None or math.isnan(goal.figure):
+            met, ratio = "n/a", "n/a"
+        else:
+            met = "yes" if goal.figure < goal.limit else "NO"
+            ratio = f"{goal.figure / goal.limit:.2f}"
+        limit = "0" if goal.name.startswith("errors") else f"< {goal.limit:g} {goal.unit}".strip()
+        if goal.name.startswith("fetches"):
+            limit = "1"
+        vs = f"vs {goal.baseline}" if goal.baseline else ""
+        results.row(goal.name, _fmt(goal.figure, 3), limit, f"{ratio:>5}  {met:<4} {vs}")
+        table.append({**asdict(goal), "met": met})
+    results.details["goals"] = table
+
+
+async def run_scaling(plan: Plan, results: Results, log_dir: Path) -> None:
+    figures = await measure_scaling(
+        log_dir,
+        streams=plan.scaling_streams,
+        tokens=plan.scaling_tokens,
+        rounds=plan.scaling_rounds,
+    )
+    results.details["scaling"] = asdict(figures)
+    shape = f"{figures.streams} streams x {figures.tokens} tokens, {plan.scaling_rounds} rounds"
+    results.row("workers 2 vs 1, relayed chunks/s", f"{figures.speedup:.2f}x", "", shape)
+    for workers, rate in figures.chunks_per_s.items():
+        errors = sum(r.errors for r in figures.rounds if r.workers == workers)
+        results.row(
+            f"  {workers} worker(s): chunks/s",
+            _fmt(rate, 0),
+            "",
+            f"CPU cores proxy {figures.proxy_cores[workers]:.2f} "
+            f"sim {figures.simulator_cores[workers]:.2f} "
+            f"client {figures.client_cores[workers]:.2f} "
+            f"other {figures.other_cores[workers]:.2f}; errors {errors}",
+        )
 
 
 async def run_single_flight(plan: Plan, results: Results, log_dir: Path) -> None:
@@ -448,6 +561,7 @@ async def run_process_phases(
     steps = (
         ("latency", "latency (client, proxy and simulator in separate processes)", run_latency),
         ("load", f"load ({plan.load_streams} streams)", run_load),
+        ("scaling", "scaling (server.workers, Phala-mode simulator)", run_scaling),
         (
             "single_flight",
             "single flight (simulator in-thread, proxy in a subprocess)",
@@ -516,6 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.details["elapsed_s"] = elapsed
     results.details["machine"]["loadavg_at_end"] = _loadavg()
     results.details["headline"] = results.headline
+    print_goals(results)
     phase_times = ", ".join(
         f"{name} {seconds:.0f} s"
         for name, seconds in results.details.get("phase_seconds", {}).items()

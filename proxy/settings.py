@@ -64,6 +64,7 @@ class ServerSettings(_Section):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_in_flight: int = Field(default=512, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 class UpstreamSettings(_Section):

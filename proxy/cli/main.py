@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import signal
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -36,6 +40,7 @@ from proxy.http.guard import is_loopback
 from proxy.http.loopback import free_socket
 from proxy.http.shutdown import DrainingServer
 from proxy.observability.logs import configure_logging, get_logger, quiet_context
+from proxy.observability.worker import set_worker
 from proxy.service.trust_state import TrustState, default_state_dir, writable_problem
 from proxy.settings import (
     DEFAULT_BASE_URL,
@@ -238,9 +243,69 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(_serve_demo(settings, banner=not as_json))
         return 0
     _warn_about(settings, api_key, state_persisted=persisted)
+    if settings.server.workers > 1:
+        return _serve_workers(settings, api_key)
     app = create_app(settings, api_key=api_key)
     _server(app, settings).run()
     return 0
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The port every worker accepts on, bound once here (the kernel spreads connections)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve_workers(settings: Settings, api_key: SecretStr | None) -> int:
+    """``server.workers`` processes on one pre-bound port, forked before any app or event loop
+    exists. Each worker builds its own app (it attests on its own, keeps its own caches,
+    metrics and ``max_in_flight``) and drains on SIGINT/SIGTERM, which this parent forwards
+    once (workers run in their own process groups, so a terminal's Ctrl-C is not delivered
+    twice). Exits non-zero when a worker did."""
+    if not hasattr(os, "fork"):
+        log.error("workers_unsupported", detail="server.workers > 1 needs os.fork (POSIX)")
+        return 2
+    sock = _listening_socket(settings.server.host, settings.server.port)
+    children: list[int] = []
+    for index in range(1, settings.server.workers + 1):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child process
+            code = 1
+            try:
+                os.setpgid(0, 0)
+                set_worker(index)
+                app = create_app(settings, api_key=api_key)
+                # uvicorn re-raises the signal it stopped on once it has drained.
+                with contextlib.suppress(KeyboardInterrupt):
+                    _server(app, settings).run(sockets=[sock])
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+    log.info("workers_started", workers=len(children), pids=children)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    failed = 0
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        # A worker that drained and then died of the forwarded signal stopped normally.
+        if os.waitstatus_to_exitcode(status) not in (0, -signal.SIGINT, -signal.SIGTERM):
+            failed += 1
+    if failed:
+        log.error("workers_failed", failed=failed)
+    return 1 if failed else 0
 
 
 def _state_dir(settings: Settings) -> Path:

@@ -29,6 +29,8 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from proxy.observability.worker import current_worker
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -72,6 +74,14 @@ def _component(_: Any, __: str, event_dict: Any) -> Any:
     return event_dict
 
 
+def _worker(_: Any, __: str, event_dict: Any) -> Any:
+    """``worker``: which process wrote the line, when ``server.workers`` runs several."""
+    index = current_worker()
+    if index:
+        event_dict.setdefault("worker", index)
+    return event_dict
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler this module installs (recognised and replaced on reconfiguration)."""
 
@@ -95,6 +105,7 @@ def configure_logging(
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _worker,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,

@@ -58,6 +58,7 @@ from prometheus_client.registry import Collector
 from proxy.attestation import CHECK_CODES
 from proxy.attestation.signature import SignatureOutcome
 from proxy.core.retry import RetryReason
+from proxy.observability.worker import current_worker
 from proxy.venice.headers import UpstreamHeaders, parse_upstream_headers
 
 NAMESPACE = "venice_proxy"
@@ -109,6 +110,7 @@ class Metrics:
         check_codes: Iterable[str] = CHECK_CODES,
         clock: Callable[[], float] = time.time,
         process_metrics: bool = True,
+        worker: int | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._routes = frozenset(routes)
@@ -209,6 +211,16 @@ class Metrics:
         )
         self._attestation_age = _AttestationAge(clock)
         registry.register(self._attestation_age)
+        # Which process answered this scrape (server.workers > 1: each worker has its own
+        # registry; the label says whose figures these are).
+        self.worker = Gauge(
+            "worker",
+            "The worker process (server.workers) whose figures these are; 1 per process.",
+            ["worker"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self.worker.labels(worker=str(worker if worker is not None else current_worker())).set(1)
         if process_metrics:
             ProcessCollector(namespace=NAMESPACE, registry=registry)
 

@@ -24,7 +24,6 @@ Stream rules (docs/protocol.md#streaming):
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 from proxy.core.aggregate import CompletionAggregator
 from proxy.core.errors import ProxyError, SSEProtocolError, UpstreamError
 from proxy.core.response import ChunkRebuilder
-from proxy.core.sse import DEFAULT_MAX_EVENT_BYTES, DONE, SSEDecoder, encode_json
+from proxy.core.sse import DEFAULT_MAX_EVENT_BYTES, DONE, SSEDecoder, decode_json, encode_json
 from proxy.core.stop import ChoiceStops
 
 _DRAIN_LIMIT_BYTES = 64 * 1024
@@ -78,7 +77,7 @@ Batch = list[dict[str, Any]]
 
 def _parse_event(data: str, rebuilder: ChunkRebuilder, stats: StreamStats) -> dict[str, Any]:
     try:
-        chunk = json.loads(data)
+        chunk = decode_json(data)
     except (ValueError, RecursionError) as exc:
         raise SSEProtocolError("the upstream sent an event that is not valid JSON") from exc
     if not isinstance(chunk, dict):

@@ -15,6 +15,7 @@ from proxy.core.sse import (
     LINE_OVERHEAD,
     SSEDecoder,
     SSEEvent,
+    decode_json,
     encode_data,
     encode_json,
 )
@@ -303,3 +304,36 @@ def test_encode_data_sequence_round_trips(texts: list[str]) -> None:
     normalised = [t.replace("\r\n", "\n").replace("\r", "\n") for t in texts]
     events = one_shot(b"".join(encode_data(t) for t in texts))
     assert [e.data for e in events] == normalised
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "b": [true, null, "x\\u00e9"]}',
+        '{"n": NaN, "i": -Infinity}',
+        '{"s": "\\ud800"}',
+        '{"a": 1, "a": 2}',
+    ],
+)
+def test_decode_json_reads_what_json_loads_reads(text: str) -> None:
+    expected = json.loads(text)
+    got = decode_json(text)
+    assert json.dumps(got) == json.dumps(expected)
+
+
+@pytest.mark.parametrize("text", ["{", '{"a": 1} x', "[" * 100_000])
+def test_decode_json_refuses_what_json_loads_refuses(text: str) -> None:
+    with pytest.raises((ValueError, RecursionError)):
+        json.loads(text)
+    with pytest.raises((ValueError, RecursionError)):
+        decode_json(text)
+
+
+def test_decode_json_reads_integers_beyond_64_bits_as_floats() -> None:
+    assert decode_json('{"big": 123456789012345678901234567890}') == {"big": 1.2345678901234568e29}
+
+
+def test_encode_json_handles_what_orjson_refuses() -> None:
+    big = 1 << 80
+    assert encode_json({"n": big}) == b'data: {"n":%d}\n\n' % big
+    assert encode_json({"t": "é ✓"}) == 'data: {"t":"é ✓"}\n\n'.encode()

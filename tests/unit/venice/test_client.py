@@ -7,16 +7,18 @@ what the client allocated while reading.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
 
-from proxy.core.errors import UpstreamError, UpstreamTooLargeError
-from proxy.venice.client import ServiceClient, UpstreamClient
+from proxy.core.errors import UpstreamError, UpstreamTimeoutError, UpstreamTooLargeError
+from proxy.venice.client import ServiceClient, UpstreamClient, UpstreamTimeouts
 
 MiB = 1 << 20
 CAP = 1 * MiB
@@ -185,3 +187,79 @@ async def test_a_gzipped_event_stream_is_inflated_in_pieces_of_at_most_64_kib() 
     await stream.aclose()
     assert b"".join(pieces) == events
     assert max(len(piece) for piece in pieces) <= 64 * 1024
+
+
+class _PacedBody(httpx.AsyncByteStream):
+    """Events with a pause before each (seconds, per event)."""
+
+    def __init__(self, pauses: list[float]) -> None:
+        self.pauses = pauses
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for index, pause in enumerate(self.pauses):
+            await asyncio.sleep(pause)
+            yield b'data: {"n": %d}\n\n' % index
+
+
+async def _paced_stream(pauses: list[float], *, first_byte_s: float, idle_s: float) -> Any:
+    def answer(_: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream"}
+        return httpx.Response(200, headers=headers, stream=_PacedBody(pauses))
+
+    timeouts = UpstreamTimeouts(first_byte_s=first_byte_s, idle_s=idle_s)
+    client = UpstreamClient(
+        "https://venice.test/api/v1", None, http_client=_transport(answer), timeouts=timeouts
+    )
+    return await client.open_chat(b"{}", {})
+
+
+async def test_a_stalled_read_after_the_first_chunk_is_an_idle_timeout() -> None:
+    stream = await _paced_stream([0.0, 0.0, 0.5], first_byte_s=5.0, idle_s=0.05)
+    pieces: list[bytes] = []
+
+    async def read_all() -> None:
+        async for piece in stream.iter_bytes():
+            pieces.append(piece)
+
+    with pytest.raises(UpstreamTimeoutError) as info:
+        await read_all()
+    await stream.aclose()
+    assert info.value.code == "upstream_idle_timeout"
+    assert len(pieces) == 2
+
+
+async def test_the_first_byte_limit_applies_to_the_first_read_only() -> None:
+    stream = await _paced_stream([0.3, 0.0], first_byte_s=0.05, idle_s=5.0)
+
+    async def read_all() -> None:
+        async for _ in stream.iter_bytes():
+            pass
+
+    with pytest.raises(UpstreamTimeoutError):
+        await read_all()
+    await stream.aclose()
+
+
+async def test_time_the_consumer_spends_between_reads_is_not_idle_time() -> None:
+    stream = await _paced_stream([0.0, 0.01, 0.01, 0.01], first_byte_s=5.0, idle_s=0.05)
+    pieces = []
+    async for piece in stream.iter_bytes():
+        pieces.append(piece)
+        await asyncio.sleep(0.12)  # a slow client, longer than the idle limit
+    await stream.aclose()
+    assert len(pieces) == 4
+
+
+async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
+    stream = await _paced_stream([0.0, 5.0], first_byte_s=5.0, idle_s=5.0)
+
+    async def read_all() -> None:
+        async for _ in stream.iter_bytes():
+            pass
+
+    task = asyncio.create_task(read_all())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await stream.aclose()
