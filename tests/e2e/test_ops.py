@@ -276,6 +276,8 @@ def test_request_log_line_of_a_stream_that_failed_midway(
     with pytest.raises(openai.APIError):
         received.extend(stream)
     assert received
+    # The request's line is written when the stream's generator ends: wait for it.
+    assert _wait_for(lambda: bool(_chat_records(log_lines)))
     record = _chat_records(log_lines)[-1]
     assert record["completed"] is False
     assert record["chunks"] == len(received)
