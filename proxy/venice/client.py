@@ -183,99 +183,29 @@ class UpstreamStream:
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         """The body as it arrives; the first chunk within the first-byte limit, later ones
-        within the idle limit (the time the consumer spends between reads does not count)."""
+        within the idle limit (the time the consumer spends between reads does not count).
+
+        One ``asyncio.timeout`` per read (~5 us a chunk). A cheaper single armed timer was tried
+        and reverted: a body abandoned without being closed kept its task alive through the
+        timer until the idle limit passed (memory held under repeated faults).
+        """
         iterator = _decoded(self._response)
         limit = self._timeouts.first_byte_s
-        watchdog = _ReadWatchdog()
-        try:
-            while True:
-                cancelling = watchdog.start(limit)
-                try:
+        while True:
+            try:
+                async with asyncio.timeout(limit):
                     chunk = await anext(iterator)
-                except StopAsyncIteration:
-                    return
-                except asyncio.CancelledError as exc:
-                    if watchdog.expired(cancelling):
-                        raise UpstreamTimeoutError(
-                            f"the upstream sent nothing for {limit:g} s",
-                            code="upstream_idle_timeout",
-                        ) from exc
-                    raise
-                except httpx.HTTPError as exc:
-                    raise _translate(exc) from exc
-                finally:
-                    watchdog.stop()
-                limit = self._timeouts.idle_s
-                if chunk:
-                    yield chunk
-        finally:
-            watchdog.close()
-
-
-class _ReadWatchdog:
-    """The read deadline of one streamed body, for a fraction of ``asyncio.timeout``'s cost.
-
-    ``asyncio.timeout`` around every read schedules and cancels a timer per upstream chunk
-    (about 5 us each, on every token of every stream). Here one timer stays armed: each read
-    only moves the deadline, and when the timer fires early it re-arms itself at the current
-    deadline. Past the deadline it cancels the reading task, and :meth:`expired` tells that
-    cancellation apart from any other (the same bookkeeping as ``asyncio.timeout``).
-    """
-
-    __slots__ = ("_deadline", "_fired", "_handle", "_loop", "_task")
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task: asyncio.Task[Any] | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self._deadline: float | None = None
-        self._fired = False
-
-    def start(self, limit: float) -> int:
-        """A read starts in the current task; returns that task's cancellation count."""
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("an upstream body must be read from a task")
-        self._task = task
-        deadline = self._loop.time() + limit
-        self._deadline = deadline
-        handle = self._handle
-        if handle is None or handle.when() > deadline:
-            if handle is not None:
-                handle.cancel()
-            self._handle = self._loop.call_at(deadline, self._check)
-        return task.cancelling()
-
-    def stop(self) -> None:
-        """The read returned: the consumer's time between reads is not counted."""
-        self._deadline = None
-
-    def expired(self, cancelling: int) -> bool:
-        """True when this watchdog cancelled the read (and no one else asked to cancel)."""
-        if not self._fired or self._task is None:
-            return False
-        self._fired = False
-        return self._task.uncancel() <= cancelling
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _check(self) -> None:
-        self._handle = None
-        deadline = self._deadline
-        if deadline is None or self._task is None:
-            return  # between reads; the next start() arms the timer again
-        if deadline - self._loop.time() > _TIMER_SLACK_S:
-            self._handle = self._loop.call_at(deadline, self._check)
-            return
-        self._fired = True
-        self._task.cancel()
-
-
-# The event loop may run a timer up to its clock resolution early.
-_TIMER_SLACK_S = 0.001
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise UpstreamTimeoutError(
+                    f"the upstream sent nothing for {limit:g} s", code="upstream_idle_timeout"
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise _translate(exc) from exc
+            limit = self._timeouts.idle_s
+            if chunk:
+                yield chunk
 
 
 def _translate(exc: httpx.HTTPError) -> ProxyError:
