@@ -33,7 +33,13 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants
+
+# Mutation testing of the sans-I/O core (not part of `make test`; tens of minutes):
+# make mutation, or make mutation ARGS='proxy/core/sse.py --jobs 1'. See mutation/targets.toml.
+.PHONY: mutation
+mutation: $(STAMP)
+	$(BIN)/python scripts/mutation.py $(ARGS)
 
 # Benchmarks against the built-in simulator (not part of `make test`): make bench ARGS=--quick
 .PHONY: bench
