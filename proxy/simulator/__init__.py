@@ -18,7 +18,7 @@ from proxy.simulator.catalog import MODELS, SimModel, find_model
 from proxy.simulator.faults import Faults
 from proxy.simulator.http_errors import SimulatedHTTPError, SimulatedStreamCutError
 from proxy.simulator.signing import recover_address
-from proxy.simulator.state import RecordedRequest, SimulatorState
+from proxy.simulator.state import RecordedRequest, SimulatorState, StreamOutcome
 
 __all__ = [
     "MODELS",
@@ -28,6 +28,7 @@ __all__ = [
     "SimulatedHTTPError",
     "SimulatedStreamCutError",
     "SimulatorState",
+    "StreamOutcome",
     "create_simulator_app",
     "find_model",
     "recover_address",
