@@ -198,3 +198,77 @@ def test_error_chunk_without_choices_is_ignored() -> None:
 def test_malformed_chunks_raise(bad: dict[str, Any]) -> None:
     with pytest.raises(UpstreamError):
         CompletionAggregator().add(bad)
+
+
+# --- what mutation testing found unpinned (make mutation) ------------------------------------
+
+
+def test_a_malformed_chunk_says_so() -> None:
+    with pytest.raises(UpstreamError) as info:
+        CompletionAggregator().add({"choices": "x"})
+    assert info.value.message == "the upstream sent a malformed completion chunk"
+
+
+def test_content_parts_without_string_text_and_odd_content_add_nothing() -> None:
+    parts = [{"type": "text", "text": "a"}, "b", 7, {"type": "image_url"}, {"text": 5}]
+    parts.append({"text": "c"})
+    result = aggregate(
+        [chunk([delta(content=parts)]), chunk([delta(content={"text": "x"}, finish="stop")])]
+    ).result()
+    assert result["choices"][0]["message"]["content"] == "ac"
+
+
+def test_the_role_is_taken_from_the_delta_when_it_is_a_non_empty_string() -> None:
+    def role_of(*roles: Any) -> str:
+        result = aggregate([chunk([delta(role=role)]) for role in roles]).result()
+        message_role: str = result["choices"][0]["message"]["role"]
+        return message_role
+
+    assert role_of("developer") == "developer"
+    assert role_of("developer", "", None, 5) == "developer"
+    assert role_of("") == "assistant"
+    assert role_of(5) == "assistant"
+
+
+def test_reasoning_takes_the_first_non_empty_string_field() -> None:
+    result = aggregate(
+        [
+            chunk([delta(reasoning_content="", reasoning="one ")]),
+            chunk([delta(reasoning_content=["x"], reasoning="two")]),
+            chunk([delta(reasoning_content="", reasoning="", finish="stop")]),
+        ]
+    ).result()
+    assert result["choices"][0]["message"]["reasoning_content"] == "one two"
+
+
+def test_reasoning_and_refusal_in_one_delta_are_both_kept() -> None:
+    result = aggregate(
+        [chunk([delta(reasoning_content="think", refusal="no", finish="stop")])]
+    ).result()
+    message = result["choices"][0]["message"]
+    assert (message["reasoning_content"], message["refusal"]) == ("think", "no")
+
+
+def test_refusal_logprobs_are_merged_when_any_arrive() -> None:
+    first = {"index": 0, "delta": {"refusal": "n"}, "logprobs": {"content": None, "refusal": [1]}}
+    second = {"index": 0, "delta": {"refusal": "o"}, "logprobs": {"refusal": [2]}}
+    result = aggregate([chunk([first]), chunk([second])]).result()
+    assert result["choices"][0]["logprobs"] == {"content": [], "refusal": [1, 2]}
+
+
+def test_a_choice_without_an_index_is_choice_0() -> None:
+    result = aggregate([chunk([{"delta": {"content": "x"}, "finish_reason": "stop"}])]).result()
+    assert [choice["index"] for choice in result["choices"]] == [0]
+    assert result["choices"][0]["message"]["content"] == "x"
+
+
+def test_cost_is_none_until_a_chunk_carries_one() -> None:
+    aggregator = aggregate([chunk([delta(content="x")], cost="free")])
+    assert aggregator.cost is None
+    aggregator.add(USAGE_CHUNK)
+    assert aggregator.cost == {"usd": 0.0012, "diem": 0.5}
+
+
+def test_missing_id_created_and_model_have_neutral_defaults() -> None:
+    result = aggregate([{"choices": [delta(content="x", finish="stop")]}]).result()
+    assert (result["id"], result["created"], result["model"]) == ("", 0, "")
