@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from proxy.attestation import (
+    NRAS_NOT_FETCHED,
     AttestationPolicy,
     AttestationReport,
     NrasEvidence,
@@ -18,7 +19,7 @@ from proxy.attestation import (
 )
 from proxy.attestation import checks as checks_module
 from proxy.attestation.dcap import DcapResult, verify_quote_dcap
-from proxy.core.crypto import KeyPair, address_hex, keypair_from_private
+from proxy.core.crypto import KeyPair, address_hex, generate_keypair, keypair_from_private
 from tests.support.attestation_helpers import (
     FIXTURES_BY_NAME,
     Fixture,
@@ -31,6 +32,7 @@ from tests.support.attestation_helpers import (
     spdm_evidence,
     synthetic_body,
     time_of,
+    with_signing_key,
 )
 
 GLM = FIXTURES_BY_NAME["glm_5_1"]  # 8 GPUs, each with a nonce field and an SPDM request
@@ -429,3 +431,221 @@ def test_spdm_helper_matches_the_real_evidence_layout() -> None:
     real = payload_of(body_of(QWEN))["evidence_list"][0]["evidence"]
     assert base64.b64decode(real)[:4] == base64.b64decode(spdm_evidence(NONCE))[:4]
     assert base64.b64decode(real)[4:36] == nonce_of(QWEN)
+
+
+# --- every check: its tier, a detail to read, False (not None) when it fails ----------------
+
+TIER_OF = {
+    "venice_verified_flag": "response",
+    "model_match": "response",
+    "nonce_echo": "response",
+    "signing_key_valid": "binding",
+    "signing_address_match": "binding",
+    "quote_parse": "quote",
+    "quote_tee_type": "quote",
+    "quote_debug_disabled": "quote",
+    "report_data_address": "binding",
+    "report_data_padding": "binding",
+    "report_data_nonce": "binding",
+    "gpu_nonce": "gpu",
+    "gpu_nras": "gpu",
+    "dcap": "quote",
+    "event_log_replay": "software",
+    "compose_hash_binding": "software",
+    "os_image_not_dev": "software",
+    "measurements_pinned": "software",
+}
+# Checks that may report ok=None: not evaluated by policy, or informational.
+MAY_BE_NONE = {"gpu_nonce", "gpu_nras", "dcap", *[c for c, t in TIER_OF.items() if t == "software"]}
+
+
+def assert_well_formed(report: AttestationReport) -> None:
+    for check in report.checks:
+        assert check.tier == TIER_OF[check.code], check
+        assert isinstance(check.detail, str), check
+        assert check.detail, check
+        assert check.ok in (True, False) or check.code in MAY_BE_NONE, check
+
+
+def _no_key(body: dict[str, Any]) -> dict[str, Any]:
+    for name in ("signing_public_key", "signing_key"):
+        body.pop(name, None)
+    return body
+
+
+def _bad_key(body: dict[str, Any]) -> dict[str, Any]:
+    return with_signing_key(body, "04" + "00" * 64)
+
+
+def _cut_quote(body: dict[str, Any]) -> dict[str, Any]:
+    body["intel_quote"] = body["intel_quote"][:1000]
+    return body
+
+
+def _not_tdx(body: dict[str, Any]) -> dict[str, Any]:
+    quote = bytearray(bytes.fromhex(body["intel_quote"]))
+    quote[4] = 0
+    body["intel_quote"] = quote.hex()
+    return body
+
+
+TAMPERS = {
+    "as-captured": lambda body: body,
+    "no-key": _no_key,
+    "bad-key": _bad_key,
+    "cut-quote": _cut_quote,
+    "not-tdx": _not_tdx,
+}
+
+
+@pytest.mark.parametrize("tamper", TAMPERS)
+@pytest.mark.parametrize(
+    "policy",
+    [
+        None,
+        AttestationPolicy(dcap="off", nvidia="off", software="off"),
+        AttestationPolicy(nvidia="nras"),
+    ],
+    ids=["default", "all-off", "nras"],
+)
+def test_every_check_has_its_tier_and_a_detail(tamper: str, policy: Any) -> None:
+    body = TAMPERS[tamper](body_of(GLM))
+    report = run(GLM, body, **({} if policy is None else {"policy": policy}))
+    assert_well_formed(report)
+    for check in report.failures:
+        if check.detail == NRAS_NOT_FETCHED:
+            assert check.ok is None
+        elif check.code not in MAY_BE_NONE or check.detail.startswith("not evaluated: "):
+            assert check.ok is False, check
+
+
+def test_a_signing_key_that_is_missing_or_bad_is_named() -> None:
+    missing = run(GLM, _no_key(body_of(GLM))).check("signing_key_valid")
+    assert (missing.ok, missing.detail) == (False, "no signing_public_key in the attestation")
+    bad = run(GLM, _bad_key(body_of(GLM))).check("signing_key_valid")
+    assert (bad.ok, bad.detail) == (
+        False,
+        "signing_public_key is not a valid secp256k1 public key",
+    )
+    good = run(GLM, body_of(GLM)).check("signing_key_valid")
+    assert (good.ok, good.detail) == (True, "secp256k1 key from signing_public_key")
+    for code in ("signing_address_match", "report_data_address"):
+        skipped = run(GLM, _no_key(body_of(GLM))).check(code)
+        assert (skipped.ok, skipped.detail, skipped.tier) == (
+            False,
+            "not evaluated: signing_key_valid failed",
+            "binding",
+        )
+
+
+def test_an_aci_report_without_a_key_bound_to_reportdata_says_so() -> None:
+    aci = FIXTURES_BY_NAME["live_evidence_aci"]
+    body = body_of(aci)
+    keyset = body["attestation"]["workload_keyset"]
+    for key in keyset["e2ee_public_keys"]:
+        key["public_key"] = generate_keypair().public.hex()
+    body["attestation"].get("evidence", {}).pop("key_custody", None)
+    check = run(aci, body).check("signing_key_valid")
+    assert (check.ok, check.detail) == (
+        False,
+        "no E2EE public key whose address equals REPORTDATA[0:20]",
+    )
+
+
+def test_quote_details_name_version_size_type_and_debug() -> None:
+    body = body_of(GLM)
+    report = run(GLM, body)
+    size = len(body["intel_quote"]) // 2
+    assert report.check("quote_parse").detail == f"TDX quote v4, {size} bytes"
+    assert report.check("quote_tee_type").detail == "tee_type 0x81"
+    assert (
+        report.check("quote_debug_disabled").detail == "td_attributes 0000001000000000 (debug off)"
+    )
+    debug = synthetic_body(KEYS, NONCE)
+    quote = bytearray(bytes.fromhex(debug["intel_quote"]))
+    quote[168] |= 0x01
+    debug["intel_quote"] = quote.hex()
+    check = synthetic(debug).check("quote_debug_disabled")
+    assert (check.ok, check.detail) == (False, "td_attributes 0100001000000000 (debug on)")
+
+
+def test_a_quote_that_does_not_parse_is_named_and_its_dependents_skipped() -> None:
+    report = run(GLM, _cut_quote(body_of(GLM)))
+    parse = report.check("quote_parse")
+    assert (parse.ok, parse.detail) == (
+        False,
+        "the quote is 500 bytes, shorter than the 636-byte TDX v4 body",
+    )
+    for code in ("quote_tee_type", "quote_debug_disabled", "dcap"):
+        assert report.check(code).detail == "not evaluated: quote_parse failed", code
+    not_tdx = run(GLM, _not_tdx(body_of(GLM)))
+    assert not_tdx.check("quote_tee_type").detail == "tee_type 0x0"
+    assert not_tdx.check("quote_debug_disabled").detail == "not evaluated: quote_tee_type failed"
+
+
+@pytest.mark.parametrize(
+    ("flag", "detail", "ok"),
+    [
+        (True, "verified=true", True),
+        (False, "verified=false", False),
+    ],
+)
+def test_venice_verified_flag_detail(flag: Any, detail: str, ok: bool) -> None:
+    body = synthetic_body(KEYS, NONCE)
+    body["verified"] = flag
+    check = synthetic(body).check("venice_verified_flag")
+    assert (check.ok, check.detail) == (ok, detail)
+    del body["verified"]
+    check = synthetic(body).check("venice_verified_flag")
+    assert (check.ok, check.detail) == (False, "verified is missing")
+
+
+def test_matching_response_fields_say_so() -> None:
+    report = synthetic(synthetic_body(KEYS, NONCE))
+    assert report.check("nonce_echo").detail == "echoed nonce matches"
+    assert report.check("model_match").detail == "response model 'e2ee-test', requested 'e2ee-test'"
+
+
+def test_nvidia_and_dcap_off_say_so() -> None:
+    policy = AttestationPolicy(dcap="off", nvidia="off")
+    report = run(GLM, body_of(GLM), policy=policy)
+    gpu = report.check("gpu_nonce")
+    assert (gpu.ok, gpu.enforced, gpu.tier, gpu.detail) == (
+        None,
+        False,
+        "gpu",
+        "NVIDIA checks are off",
+    )
+    dcap = report.check("dcap")
+    assert (dcap.ok, dcap.enforced, dcap.tier, dcap.detail) == (
+        None,
+        False,
+        "quote",
+        "DCAP is off: the quote signature was not verified",
+    )
+    assert report.tcb_status is None
+    assert report.advisory_ids == ()
+
+
+def test_dcap_names_every_field_that_differs(monkeypatch: pytest.MonkeyPatch) -> None:
+    def skewed(quote: bytes, collateral: Any, now: int) -> DcapResult:
+        result = verify_quote_dcap(quote, collateral, now)
+        return replace(result, report=replace(result.report, mr_td=bytes(48), xfam=bytes(8)))
+
+    monkeypatch.setattr(checks_module, "verify_quote_dcap", skewed)
+    check = run(GLM, body_of(GLM)).check("dcap")
+    assert (check.ok, check.tier) == (False, "quote")
+    assert (
+        check.detail == "the DCAP-verified TD report differs from the parsed quote in xfam, mr_td"
+    )
+
+
+def test_the_report_names_the_model_provider_and_upstream_model() -> None:
+    report = run(GLM, body_of(GLM))
+    assert (report.model, report.tee_provider, report.upstream_model) == (
+        "e2ee-glm-5-1",
+        "near-ai",
+        "zai-org/GLM-5.1-FP8",
+    )
+    pinned = report.check("measurements_pinned")
+    assert pinned.detail.startswith("no pins for 'e2ee-glm-5-1'; seen ")
