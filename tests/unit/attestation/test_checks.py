@@ -172,6 +172,7 @@ def _spdm(nonce: bytes, header: bytes = b"\x11\xe0\x01\xff", size: int = 100) ->
         {"evidence": _spdm(NONCE, size=35)},  # cut inside the nonce
         "GPU-0",
         None,
+        {"evidence": "!" + spdm_evidence(NONCE)},  # not strictly base64
     ],
     ids=[
         "no-evidence",
@@ -183,6 +184,7 @@ def _spdm(nonce: bytes, header: bytes = b"\x11\xe0\x01\xff", size: int = 100) ->
         "cut-nonce",
         "string-entry",
         "null-entry",
+        "foreign-character",
     ],
 )
 def test_a_gpu_entry_that_states_no_nonce_fails(entry: Any) -> None:
@@ -247,6 +249,11 @@ def test_the_top_level_nonce_must_still_be_ours() -> None:
     assert report.check("gpu_nonce").detail == (
         f"nvidia_payload nonce {OTHER.hex()!r}, sent {NONCE.hex()}"
     )
+    for missing in (None, 5, ["x"]):
+        payload["nonce"] = missing
+        report = synthetic(with_payload(body, payload))
+        detail = report.check("gpu_nonce").detail
+        assert detail == f"nvidia_payload nonce missing, sent {NONCE.hex()}"
     del payload["nonce"]
     report = synthetic(with_payload(body, payload))
     assert report.check("gpu_nonce").detail == f"nvidia_payload nonce missing, sent {NONCE.hex()}"
@@ -460,11 +467,17 @@ MAY_BE_NONE = {"gpu_nonce", "gpu_nras", "dcap", *[c for c, t in TIER_OF.items() 
 
 
 def assert_well_formed(report: AttestationReport) -> None:
+    """Each check in its tier with a detail; a failed one is False, not None, outside the
+    software tier (which fails closed with None when it has nothing to evaluate) and an NRAS
+    answer that was not fetched."""
     for check in report.checks:
         assert check.tier == TIER_OF[check.code], check
         assert isinstance(check.detail, str), check
         assert check.detail, check
         assert check.ok in (True, False) or check.code in MAY_BE_NONE, check
+    for check in report.failures:
+        if check.tier != "software" and check.detail != NRAS_NOT_FETCHED:
+            assert check.ok is False, check
 
 
 def _no_key(body: dict[str, Any]) -> dict[str, Any]:
@@ -489,12 +502,30 @@ def _not_tdx(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _gpu_payload(change: Any) -> Any:
+    def tamper(body: dict[str, Any]) -> dict[str, Any]:
+        payload = payload_of(body)
+        change(payload)
+        return with_payload(body, payload)
+
+    return tamper
+
+
+def _no_payload(body: dict[str, Any]) -> dict[str, Any]:
+    del body["nvidia_payload"]
+    return body
+
+
 TAMPERS = {
     "as-captured": lambda body: body,
     "no-key": _no_key,
     "bad-key": _bad_key,
     "cut-quote": _cut_quote,
     "not-tdx": _not_tdx,
+    "no-gpu-payload": _no_payload,
+    "no-gpu-evidence": _gpu_payload(lambda payload: payload.pop("evidence_list")),
+    "other-gpu-nonce": _gpu_payload(lambda payload: payload.update(nonce=OTHER.hex())),
+    "stale-gpu": _gpu_payload(lambda payload: payload["evidence_list"][0].update(nonce="00")),
 }
 
 
@@ -512,11 +543,31 @@ def test_every_check_has_its_tier_and_a_detail(tamper: str, policy: Any) -> None
     body = TAMPERS[tamper](body_of(GLM))
     report = run(GLM, body, **({} if policy is None else {"policy": policy}))
     assert_well_formed(report)
-    for check in report.failures:
-        if check.detail == NRAS_NOT_FETCHED:
-            assert check.ok is None
-        elif check.code not in MAY_BE_NONE or check.detail.startswith("not evaluated: "):
-            assert check.ok is False, check
+    assert_well_formed(run(GLM, TAMPERS[tamper](body_of(GLM)), collateral=None))
+
+
+@pytest.mark.parametrize("jwks", ["real", "empty"])
+@pytest.mark.parametrize("tamper", ["as-captured", "seven-gpus"])
+def test_every_check_has_its_tier_and_a_detail_with_nras(jwks: str, tamper: str) -> None:
+    body = body_of(QWEN)
+    if tamper == "seven-gpus":
+        payload = payload_of(body)
+        payload["evidence_list"] = payload["evidence_list"][:7]
+        with_payload(body, payload)
+    nras = _nras() if jwks == "real" else replace(_nras(), jwks={"keys": []})
+    report = run(QWEN, body, policy=AttestationPolicy(nvidia="nras"), nras=nras)
+    assert_well_formed(report)
+    assert report.passed is (jwks == "real" and tamper == "as-captured")
+
+
+def test_no_collateral_is_a_failed_quote_check() -> None:
+    check = run(GLM, body_of(GLM), collateral=None).check("dcap")
+    assert (check.ok, check.enforced, check.tier, check.detail) == (
+        False,
+        True,
+        "quote",
+        "no collateral",
+    )
 
 
 def test_a_signing_key_that_is_missing_or_bad_is_named() -> None:

@@ -26,13 +26,16 @@ from proxy.attestation import (
     verify_nras_response,
 )
 from proxy.attestation.nras import GPU_TRUE_CLAIMS, NRAS_ISSUER, b64url_decode
+from proxy.core.crypto import keypair_from_private
 from proxy.core.errors import AttestationError
 from tests.support.attestation_helpers import (
     FIXTURES_BY_NAME,
     body_of,
     collateral_of,
+    gpu_entry,
     load_json,
     nonce_of,
+    synthetic_body,
     time_of,
 )
 
@@ -816,3 +819,93 @@ def test_b64url_decode_takes_unpadded_text_of_any_valid_length(text: str, ok: bo
             b64url_decode(text)
     with pytest.raises(ValueError, match=r"^not base64url$"):
         b64url_decode(text + "=")
+
+
+def test_a_long_kid_is_cut_in_certificate_messages_too() -> None:
+    kid = "c" * 120
+    signer = CertSigner(kid, not_before=IAT + 10, not_after=EXP - 10)
+    entry = signer.jwks["keys"][0]
+    only_x5c = {name: value for name, value in entry.items() if name not in ("x", "y")}
+    shown = repr("c" * 100)
+    assert failure(forge(signer), {"keys": [only_x5c]}, now=IAT - 100) == (
+        "nras_key_not_valid",
+        f"the certificate of key {shown} is valid {IAT + 10}..{EXP - 10}, now {IAT - 100}",
+    )
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    other_curve = only_x5c | {"x5c": [self_signed(p256, IAT - DAY, EXP + DAY)]}
+    assert failure(forge(signer), {"keys": [other_curve]}) == (
+        "nras_jwks_invalid",
+        f"JWKS key {shown}: the x5c leaf is not P-384",
+    )
+
+
+@pytest.mark.parametrize("coordinate", ["x", "y"])
+def test_a_coordinate_of_49_bytes_is_refused_even_when_its_value_fits(
+    signer: Signer, coordinate: str
+) -> None:
+    entry = signer.jwks["keys"][0]
+    padded = _b64(b"\x00" + b64url_decode(entry[coordinate]))
+    assert failure(forge(signer), {"keys": [entry | {coordinate: padded}]}) == (
+        "nras_jwks_invalid",
+        f"JWKS key {signer.kid!r}: bad x/y",
+    )
+
+
+def _forge_gpus(signer: Signer, hwmodels: list[Any]) -> list[Any]:
+    """An answer whose GPU tokens report these hardware models (None: no hwmodel claim)."""
+    common = {"iss": NRAS_ISSUER, "iat": IAT, "nbf": IAT, "exp": EXP, "eat_nonce": NONCE.hex()}
+    gpu_tokens = {}
+    for index, hwmodel in enumerate(hwmodels):
+        claims = common | _gpu_claims()
+        claims.pop("hwmodel")
+        if hwmodel is not None:
+            claims["hwmodel"] = hwmodel
+        gpu_tokens[f"GPU-{index}"] = signer.token(claims)
+    submods = {
+        name: ["DIGEST", ["SHA-256", hashlib.sha256(token.encode()).hexdigest()]]
+        for name, token in gpu_tokens.items()
+    }
+    overall = common | {"x-nvidia-overall-att-result": True, "submods": submods}
+    return [["JWT", signer.token(overall)], gpu_tokens]
+
+
+def run_synthetic(signer: Signer, response: Any, gpus: int, jwks: Any = None) -> Any:
+    """verify_evidence on a synthetic body listing ``gpus`` GPUs, with NRAS checked."""
+    keys = keypair_from_private(bytes(31) + b"\x05")
+    body = synthetic_body(keys, NONCE)
+    payload = json.loads(body["nvidia_payload"])
+    payload["evidence_list"] = [gpu_entry(NONCE) for _ in range(gpus)]
+    body["nvidia_payload"] = json.dumps(payload)
+    return verify_evidence(
+        parse_attestation(body),
+        expected_model="e2ee-test",
+        nonce=NONCE,
+        policy=AttestationPolicy(dcap="off", software="off", nvidia="nras"),
+        now=IAT,
+        nras=NrasEvidence(response, signer.jwks if jwks is None else jwks),
+    )
+
+
+def test_gpu_nras_names_each_hardware_model_once(signer: Signer) -> None:
+    response = _forge_gpus(signer, ["GH100", None, "GB200", "GH100"])
+    report = run_synthetic(signer, response, 4)
+    assert report.passed
+    assert report.check("gpu_nras").detail == (
+        f"NRAS verified 4 GPUs (GB200, GH100, unknown model) for our nonce; tokens expire at {EXP}"
+    )
+
+
+def test_gpu_nras_failures_are_false_in_the_gpu_tier(signer: Signer) -> None:
+    response = _forge_gpus(signer, ["GH100"])
+    count = run_synthetic(signer, response, 2).check("gpu_nras")
+    assert (count.ok, count.tier, count.detail) == (
+        False,
+        "gpu",
+        "NRAS verified 1 GPUs, nvidia_payload lists 2",
+    )
+    refused = run_synthetic(signer, response, 1, {"keys": []}).check("gpu_nras")
+    assert (refused.ok, refused.tier, refused.detail) == (
+        False,
+        "gpu",
+        "nras_key_unknown: NRAS: no JWKS key has kid 'test-kid'",
+    )

@@ -368,3 +368,8 @@ def test_each_byte_is_searched_at_most_once_per_line_end_kind(chunks: list[bytes
     examined, events = _examined(chunks)
     assert events == one_shot(b"".join(chunks))
     assert examined <= 2 * sum(len(chunk) for chunk in chunks)
+
+
+def test_encode_json_with_lone_surrogate_is_still_compact() -> None:
+    obj = json.loads('{"t":"x\\ud800y","n":[1,2],"o":{"k":null}}')
+    assert encode_json(obj) == b'data: {"t":"x\\ud800y","n":[1,2],"o":{"k":null}}\n\n'
