@@ -106,10 +106,6 @@ class Outcome:
     def survived(self) -> int:
         return self.mutants - self.killed
 
-    @property
-    def score(self) -> float:
-        return 100.0 * self.killed / self.mutants if self.mutants else 0.0
-
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -130,17 +126,39 @@ def load_targets(path: Path = TARGETS_FILE) -> tuple[Settings, list[Target]]:
     )
 
 
-def load_accepted(path: Path = SURVIVORS_FILE) -> Counter[SurvivorKey]:
-    """The accepted survivors, each with how many identical ones are accepted."""
+REASON_KINDS = ("equivalent", "message")
+
+
+@dataclass(slots=True)
+class Accepted:
+    """The accepted survivors: how many of each key, and the kind of reason for each."""
+
+    counts: Counter[SurvivorKey] = field(default_factory=Counter)
+    kinds: dict[SurvivorKey, str] = field(default_factory=dict)
+
+    def of_kind(self, survivors: Counter[SurvivorKey], kind: str) -> int:
+        """How many of ``survivors`` are accepted with a reason of ``kind``."""
+        return sum(
+            min(count, self.counts[key])
+            for key, count in survivors.items()
+            if self.kinds.get(key) == kind
+        )
+
+
+def load_accepted(path: Path = SURVIVORS_FILE) -> Accepted:
+    """The accepted survivors; each reason starts with "equivalent:" or "message:"."""
+    accepted = Accepted()
     if not path.exists():
-        return Counter()
+        return accepted
     data = tomllib.loads(path.read_text(encoding="utf-8"))
-    accepted: Counter[SurvivorKey] = Counter()
     for entry in data.get("survivor", []):
-        if not str(entry.get("reason", "")).strip():
-            raise SystemExit(f"{path}: an accepted survivor has no reason: {entry}")
+        kind = str(entry.get("reason", "")).partition(":")[0]
+        if kind not in REASON_KINDS:
+            kinds = " or ".join(f'"{kind}:"' for kind in REASON_KINDS)
+            raise SystemExit(f"{path}: a reason must start with {kinds}: {entry}")
         key = SurvivorKey(entry["module"], entry["function"], entry["mutation"])
-        accepted[key] += int(entry.get("count", 1))
+        accepted.counts[key] += int(entry.get("count", 1))
+        accepted.kinds[key] = kind
     return accepted
 
 
@@ -258,45 +276,45 @@ def accepted_block(key: SurvivorKey, count: int) -> str:
     ]
     if count > 1:
         lines.append(f"count = {count}")
-    lines.append('reason = ""')
+    lines.append('reason = "equivalent: ... | message: ..."')
     return "\n".join(lines)
 
 
-def report(outcomes: list[Outcome], accepted: Counter[SurvivorKey], total_seconds: float) -> int:
+def report(outcomes: list[Outcome], accepted: Accepted, total_seconds: float) -> int:
     """Print the table and the lists; return the exit status."""
-    header = f"{'module':<30} {'mutants':>7} {'killed':>6} {'survived':>8} {'score':>7} "
-    header += f"{'accepted':>8} {'new':>4} {'time':>7}"
+    header = (
+        f"{'module':<30} {'mutants':>7} {'killed':>6} {'survived':>8} {'equiv':>5} "
+        f"{'message':>7} {'new':>4} {'score':>6} {'time':>6}"
+    )
     print(header)
     print("-" * len(header))
     new: list[tuple[SurvivorKey, int]] = []
     stale: list[tuple[SurvivorKey, int]] = []
-    run_modules = {outcome.target.module for outcome in outcomes}
     for outcome in outcomes:
         if outcome.error is not None:
             print(f"{outcome.target.module:<30} ERROR (see below)")
             continue
-        fresh = outcome.survivors - accepted
-        kept = outcome.survivors - fresh
+        fresh = outcome.survivors - accepted.counts
         new += sorted(fresh.items())
+        equivalent = accepted.of_kind(outcome.survivors, "equivalent")
+        message = accepted.of_kind(outcome.survivors, "message")
+        # The usual mutation score: killed / (mutants - equivalent mutants).
+        tested = outcome.mutants - equivalent
+        score = 100.0 * outcome.killed / tested if tested else 100.0
         print(
             f"{outcome.target.module:<30} {outcome.mutants:>7} {outcome.killed:>6} "
-            f"{outcome.survived:>8} {outcome.score:>6.1f}% {kept.total():>8} {fresh.total():>4} "
-            f"{outcome.seconds:>6.0f}s"
+            f"{outcome.survived:>8} {equivalent:>5} {message:>7} {fresh.total():>4} "
+            f"{score:>5.1f}% {outcome.seconds:>5.0f}s"
         )
-    for key, count in sorted(accepted.items()):
-        if key.module not in run_modules:
-            continue
-        found = sum(
-            outcome.survivors[key] for outcome in outcomes if outcome.target.module == key.module
-        )
-        if found < count:
-            stale.append((key, count - found))
+        for key, count in sorted(accepted.counts.items()):
+            if key.module == outcome.target.module and outcome.survivors[key] < count:
+                stale.append((key, count - outcome.survivors[key]))
     print(f"\nwall time {total_seconds:.0f}s")
     status = 0
-    errors = [outcome for outcome in outcomes if outcome.error is not None]
-    for outcome in errors:
-        print(f"\n{outcome.target.module}: {outcome.error}")
-        status = 2
+    for outcome in outcomes:
+        if outcome.error is not None:
+            print(f"\n{outcome.target.module}: {outcome.error}")
+            status = 2
     if new:
         status = max(status, 1)
         print(f"\n{sum(n for _, n in new)} new survivor(s): kill each with a test, or accept it")
