@@ -44,7 +44,13 @@ kubernetes-check:
 	$(PYTHON) scripts/check_kubernetes.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/js/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants tests/js/node_modules
+
+# Mutation testing of the sans-I/O core (not part of `make test`; tens of minutes):
+# make mutation, or make mutation ARGS='proxy/core/sse.py --jobs 1'. See mutation/targets.toml.
+.PHONY: mutation
+mutation: $(STAMP)
+	$(BIN)/python scripts/mutation.py $(ARGS)
 
 # Benchmarks against the built-in simulator (not part of `make test`): make bench ARGS=--quick
 .PHONY: bench

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from proxy.http.app import create_app
 from proxy.http.loopback import ThreadedServer
@@ -33,6 +34,10 @@ REASONING_MODEL = "e2ee-simulated-reasoning"
 SIM_API_KEY = "sim-test-key-ab12cd34"
 
 _LOG_BUFFER = io.StringIO()
+
+# `make mutation` runs the tests with --hypothesis-profile=mutation: the same examples on every
+# run (so the same mutants survive) and no example database shared between mutants.
+hypothesis_settings.register_profile("mutation", derandomize=True, database=None)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,8 +18,11 @@ quote_debug_disabled     quote      td_attributes DEBUG bit (byte 0, bit 0) is c
 report_data_address      binding    REPORTDATA[0:20] == keccak address of the key
 report_data_padding      binding    REPORTDATA[20:32] is twelve zero bytes
 report_data_nonce        binding    REPORTDATA[32:64] == our 32-byte nonce
-gpu_nonce                gpu        nvidia_payload ``nonce`` (and every per-GPU ``nonce``
-                                    present) equals ours; not enforced when nvidia is "off"
+gpu_nonce                gpu        nvidia_payload ``nonce`` equals ours and its
+                                    ``evidence_list`` has at least one GPU, each carrying our
+                                    nonce (its own ``nonce`` and the nonce of the SPDM request
+                                    its ``evidence`` starts with, whichever it states, all of
+                                    them); not enforced when nvidia is "off"
 gpu_nras                 gpu        only with nvidia "nras": the NRAS answer the caller fetched
                                     (``nras=``) verifies (:mod:`.nras`) for our nonce at
                                     ``now`` and covers as many GPUs as ``nvidia_payload``
@@ -60,13 +63,14 @@ authenticated, and only once ``dcap`` passes.
 The software tier (:mod:`.software`) follows ``policy.software``, ``policy.allow_dev_image``
 and ``policy.pins``.
 
-Deliberately NOT checked here: the GPU evidence itself without NRAS (only its echoed nonce),
+Deliberately NOT checked here: the GPU evidence itself without NRAS (only the nonces it states),
 the EIP-55 checksum of a mixed-case address, and any of Venice's ``server_verification``
 claims.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -165,6 +169,14 @@ NRAS_NOT_FETCHED: Final = "not evaluated: the NRAS answer was not fetched"
 NRAS_NOT_IMPLEMENTED: Final = NRAS_NOT_FETCHED
 
 _PADDING = bytes(12)
+
+# SPDM GET_MEASUREMENTS request, the start of each GPU's ``evidence``: version 0x1x, request
+# code 0xE0, param1 (bit 0: signature requested), param2, then the requester's 32-byte nonce.
+_SPDM_MAJOR_VERSION = 1
+_SPDM_GET_MEASUREMENTS = 0xE0
+_SPDM_SIGNATURE_REQUESTED = 0x01
+_SPDM_NONCE_START = 4
+_SPDM_NONCE_END = 36
 
 
 def _result(
@@ -522,22 +534,57 @@ def _gpu_nonce(payload: Mapping[str, Any] | None, nonce_hex: str) -> CheckResult
         detail = f"nvidia_payload nonce {_shown(top if isinstance(top, str) else None)}"
         return _result(GPU_NONCE, TIER_GPU, False, f"{detail}, sent {nonce_hex}")
     entries = payload.get("evidence_list")
-    gpus = (
-        [entry for entry in entries if isinstance(entry, Mapping)]
-        if isinstance(entries, list)
-        else []
-    )
-    with_nonce = [entry.get("nonce") for entry in gpus if "nonce" in entry]
-    mismatched = sum(
-        1
-        for value in with_nonce
-        if not isinstance(value, str) or value.strip().lower() != nonce_hex
-    )
-    if mismatched:
-        detail = f"{mismatched} of {len(gpus)} GPU evidence entries carry another nonce"
+    if not isinstance(entries, list) or not entries:
+        # A nonce with no GPU evidence proves nothing about any GPU.
+        return _result(GPU_NONCE, TIER_GPU, False, "nvidia_payload lists no GPU evidence")
+    stated = [_stated_gpu_nonces(entry) for entry in entries]
+    silent = sum(1 for nonces in stated if not nonces)
+    other = sum(1 for nonces in stated if any(value != nonce_hex for value in nonces))
+    if silent or other:
+        count = len(entries)
+        problems = [f"{other} of {count} GPU evidence entries carry another nonce"] if other else []
+        problems += [f"{silent} of {count} GPU evidence entries carry no nonce"] if silent else []
+        detail = "; ".join(problems)
         return _result(GPU_NONCE, TIER_GPU, False, detail)
-    detail = f"nvidia_payload nonce matches ({len(gpus)} GPUs, {len(with_nonce)} with own nonce)"
+    detail = f"nvidia_payload nonce matches ({len(entries)} GPUs, each with our nonce)"
     return _result(GPU_NONCE, TIER_GPU, True, detail)
+
+
+def _stated_gpu_nonces(entry: Any) -> list[str | None]:
+    """The nonces one ``evidence_list`` entry states, normalized (None: not a string).
+
+    Its ``nonce`` field when present, and the nonce of the SPDM GET_MEASUREMENTS request its
+    base64 ``evidence`` starts with (docs/protocol.md#gpu-evidence). An entry that is not an
+    object states none.
+    """
+    if not isinstance(entry, Mapping):
+        return []
+    stated: list[str | None] = []
+    if "nonce" in entry:
+        value = entry["nonce"]
+        stated.append(value.strip().lower() if isinstance(value, str) else None)
+    spdm_nonce = _spdm_request_nonce(entry.get("evidence"))
+    if spdm_nonce is not None:
+        stated.append(spdm_nonce.hex())
+    return stated
+
+
+def _spdm_request_nonce(evidence: Any) -> bytes | None:
+    """The 32-byte nonce of an SPDM 1.x GET_MEASUREMENTS request that asks for a signature."""
+    if not isinstance(evidence, str):
+        return None
+    try:
+        raw = base64.b64decode(evidence, validate=True)
+    except ValueError:
+        return None
+    if (
+        len(raw) < _SPDM_NONCE_END
+        or raw[0] >> 4 != _SPDM_MAJOR_VERSION
+        or raw[1] != _SPDM_GET_MEASUREMENTS
+        or not raw[2] & _SPDM_SIGNATURE_REQUESTED
+    ):
+        return None
+    return raw[_SPDM_NONCE_START:_SPDM_NONCE_END]
 
 
 def _dcap(

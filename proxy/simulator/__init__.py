@@ -20,7 +20,7 @@ from proxy.simulator.http_errors import SimulatedHTTPError, SimulatedStreamCutEr
 from proxy.simulator.measurements import SIMULATED_MR_TD
 from proxy.simulator.quote import SIMULATED_MR_SEAM
 from proxy.simulator.signing import recover_address
-from proxy.simulator.state import RecordedRequest, SimulatorState
+from proxy.simulator.state import RecordedRequest, SimulatorState, StreamOutcome
 
 # The simulated firmware and TDX module are not real releases: a proxy in front of the
 # simulator adds these to attestation.extra_mrseam / extra_mrtd (the demo does, and says so).
@@ -35,6 +35,7 @@ __all__ = [
     "SimulatedHTTPError",
     "SimulatedStreamCutError",
     "SimulatorState",
+    "StreamOutcome",
     "create_simulator_app",
     "find_model",
     "recover_address",

@@ -47,7 +47,12 @@ from proxy.simulator.http_errors import (
 )
 from proxy.simulator.recorder import RecorderMiddleware
 from proxy.simulator.signing import sign_text, signature_text
-from proxy.simulator.state import SIGNATURE_TTL_S, SimulatorState, StoredSignature
+from proxy.simulator.state import (
+    SIGNATURE_TTL_S,
+    SimulatorState,
+    StoredSignature,
+    StreamOutcome,
+)
 
 API_PREFIX = "/api/v1"
 RATE_LIMIT_REQUESTS = 500
@@ -115,15 +120,17 @@ async def _stream_body(
     assert answer.items is not None
     sent = bytearray()
     first = True
+    outcome = StreamOutcome.FAILED
     state.streams_open += 1
     try:
         for item in answer.items:
             if item is Marker.CUT:
+                outcome = StreamOutcome.CUT
                 raise SimulatedStreamCutError()
             if item is Marker.COMPLETE:
                 # Reached only after the server took [DONE]: a disconnect cancels us before this.
                 _store_signature(state, answer, raw_request, bytes(sent))
-                state.streams_completed += 1
+                outcome = StreamOutcome.COMPLETED
                 return
             assert isinstance(item, bytes)
             if not first and state.token_delay_s > 0:
@@ -131,11 +138,13 @@ async def _stream_body(
             first = False
             sent += item
             yield item
-    except asyncio.CancelledError:
-        state.streams_cancelled += 1
+    except (asyncio.CancelledError, GeneratorExit):
+        # The reader went away: cancelled while we waited, or closed while suspended at a yield.
+        outcome = StreamOutcome.CANCELLED
         raise
     finally:
         state.streams_open -= 1
+        state.stream_ended(answer.meta.id, outcome)
 
 
 def _build_router(state: SimulatorState) -> APIRouter:

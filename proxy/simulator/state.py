@@ -17,13 +17,25 @@ import hmac
 import json
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from proxy.core.crypto import KeyPair, keypair_from_private
 from proxy.simulator.faults import ALWAYS, Faults
 
 SIGNATURE_TTL_S = 1200.0
+# How many ended streams :attr:`SimulatorState.stream_outcomes` remembers (the oldest go first).
+STREAM_OUTCOMES_KEPT = 1024
 _SECP256K1_ORDER = int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141", 16)
+
+
+class StreamOutcome(StrEnum):
+    """How one streamed answer ended."""
+
+    COMPLETED = "completed"  # the server sent [DONE] and the last byte was taken
+    CANCELLED = "cancelled"  # the reader went away first (a client or proxy disconnect)
+    CUT = "cut"  # the cut_stream_after fault dropped the connection
+    FAILED = "failed"  # anything else
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +104,9 @@ class SimulatorState:
         self.streams_open = 0
         self.streams_completed = 0
         self.streams_cancelled = 0
+        # Completion id -> how that stream ended: a test can wait for its own stream, whatever
+        # streams of earlier tests are still winding down.
+        self.stream_outcomes: dict[str, StreamOutcome] = {}
         self._signatures: dict[str, StoredSignature] = {}
 
     def __repr__(self) -> str:
@@ -168,6 +183,18 @@ class SimulatorState:
             return None
         return stored
 
+    # -- streams ------------------------------------------------------------------------------
+
+    def stream_ended(self, completion_id: str, outcome: StreamOutcome) -> None:
+        """Count a stream that ended and remember its outcome by its completion id."""
+        if outcome is StreamOutcome.COMPLETED:
+            self.streams_completed += 1
+        elif outcome is StreamOutcome.CANCELLED:
+            self.streams_cancelled += 1
+        self.stream_outcomes[completion_id] = outcome
+        while len(self.stream_outcomes) > STREAM_OUTCOMES_KEPT:
+            del self.stream_outcomes[next(iter(self.stream_outcomes))]
+
     # -- housekeeping -------------------------------------------------------------------------
 
     def reset(self) -> None:
@@ -180,5 +207,6 @@ class SimulatorState:
         self.chat_requests = 0
         self.streams_completed = 0
         self.streams_cancelled = 0
+        self.stream_outcomes.clear()
         self.faults = Faults()
         self._signatures.clear()

@@ -225,6 +225,8 @@ def test_dockerignore_keeps_the_context_small_and_complete() -> None:
         assert _ignored(path, patterns), path
     for path in (".mypy_cache/x", ".pytest_cache/x", ".ruff_cache/x", "secrets/venice_api_key"):
         assert _ignored(path, patterns), path
+    for path in ("mutants/proxy.core.sse/run.log", "mutation/targets.toml"):
+        assert _ignored(path, patterns), path
     for path in (
         "requirements.lock",
         "pyproject.toml",

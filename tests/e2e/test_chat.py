@@ -17,7 +17,7 @@ import pytest
 
 from proxy.core import crypto
 from proxy.http.loopback import ThreadedServer
-from proxy.simulator import Faults, SimulatorState
+from proxy.simulator import Faults, SimulatorState, StreamOutcome
 from tests.conftest import CANARY, E2EE_MODEL, PLAIN_MODEL, REASONING_MODEL, ProxyFactory
 
 
@@ -629,6 +629,9 @@ def test_midstream_crypto_faults_end_the_stream_in_band(
 def test_client_disconnect_cancels_upstream(
     proxy: ThreadedServer, sim_state: SimulatorState
 ) -> None:
+    # The simulator serves the whole session, and a stream of an earlier test can still be
+    # ending (completed or cancelled) after that test returned, so its counters are not ours:
+    # follow our own stream, by the completion id its first chunk carries.
     sim_state.token_delay_s = 0.05
     try:
         with httpx.stream(
@@ -640,12 +643,12 @@ def test_client_disconnect_cancels_upstream(
                 "stream": True,
             },
         ) as response:
-            lines = response.iter_lines()
-            for _ in range(3):
-                next(lines)
+            lines = (line for line in response.iter_lines() if line.startswith("data: {"))
+            completion_id = json.loads(next(lines)[6:])["id"]
+            next(lines)
         # the client is gone: the simulator's stream must be cancelled, not run to the end
-        assert _wait_for(lambda: sim_state.streams_cancelled == 1 and sim_state.streams_open == 0)
-        assert sim_state.streams_completed == 0
+        assert _wait_for(lambda: completion_id in sim_state.stream_outcomes)
+        assert sim_state.stream_outcomes[completion_id] is StreamOutcome.CANCELLED
     finally:
         sim_state.token_delay_s = 0.0
 

@@ -9,7 +9,14 @@ import pytest
 
 from proxy.core.crypto import generate_keypair, looks_like_ciphertext, open_text, seal_text
 from proxy.core.errors import DecryptionError
-from proxy.simulator import Faults, SimulatedStreamCutError, SimulatorState, recover_address
+from proxy.simulator import (
+    Faults,
+    SimulatedStreamCutError,
+    SimulatorState,
+    StreamOutcome,
+    recover_address,
+)
+from proxy.simulator.state import STREAM_OUTCOMES_KEPT
 from tests.support.simulator_helpers import (
     API_KEY,
     NEAR_MODEL,
@@ -80,6 +87,31 @@ async def test_cut_stream_raises_inside_the_app() -> None:
     async with client_for(state) as http:
         with pytest.raises(SimulatedStreamCutError):
             await e2ee_chat(http, state, USER)
+
+
+async def test_each_stream_outcome_is_kept_by_completion_id() -> None:
+    state = SimulatorState()
+    async with client_for(state) as http:
+        response, _ = await e2ee_chat(http, state, USER)
+        completed = json_events(response.content)[0]["id"]
+        state.faults = Faults(cut_stream_after=2)
+        with pytest.raises(SimulatedStreamCutError):
+            await e2ee_chat(http, state, USER)
+    assert state.stream_outcomes[completed] is StreamOutcome.COMPLETED
+    assert list(state.stream_outcomes.values()) == [StreamOutcome.COMPLETED, StreamOutcome.CUT]
+    assert (state.streams_completed, state.streams_cancelled, state.streams_open) == (1, 0, 0)
+    state.reset()
+    assert state.stream_outcomes == {}
+
+
+def test_stream_outcomes_keep_only_the_latest() -> None:
+    state = SimulatorState()
+    for index in range(STREAM_OUTCOMES_KEPT + 2):
+        state.stream_ended(f"chatcmpl-{index}", StreamOutcome.CANCELLED)
+    assert len(state.stream_outcomes) == STREAM_OUTCOMES_KEPT
+    assert "chatcmpl-1" not in state.stream_outcomes
+    assert f"chatcmpl-{STREAM_OUTCOMES_KEPT + 1}" in state.stream_outcomes
+    assert state.streams_cancelled == STREAM_OUTCOMES_KEPT + 2
 
 
 def test_cut_stream_truncates_the_body_on_a_real_socket() -> None:

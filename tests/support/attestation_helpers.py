@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import struct
@@ -223,6 +224,23 @@ def synthetic_quote(
     return header + bytes(body) + struct.pack("<I", len(signature_data)) + signature_data
 
 
+def spdm_evidence(nonce: bytes, *, version: int = 0x11, param1: int = 0x01) -> str:
+    """Base64 GPU evidence that starts like the real captures': an SPDM GET_MEASUREMENTS request
+    (version, code 0xE0, param1 bit 0 = signature requested, param2 0xFF = all measurements, the
+    32-byte nonce, slot 0), then a stand-in for the signed response."""
+    request = bytes([version, 0xE0, param1, 0xFF]) + nonce + b"\x00"
+    return base64.b64encode(request + bytes(64)).decode()
+
+
+def gpu_entry(nonce: bytes, *, field: bytes | None = None) -> dict[str, Any]:
+    """One ``evidence_list`` entry whose SPDM request carries ``nonce``; with ``field``, also a
+    ``nonce`` field of that value (NEAR's entries have one, Phala's do not)."""
+    entry: dict[str, Any] = {"arch": "HOPPER", "certificate": "", "evidence": spdm_evidence(nonce)}
+    if field is not None:
+        entry["nonce"] = field.hex()
+    return entry
+
+
 def synthetic_body(keys: KeyPair, nonce: bytes, *, model: str = "e2ee-test") -> dict[str, Any]:
     """A NEAR-shape body whose synthetic quote binds ``keys`` and ``nonce`` correctly."""
     address = address_hex(keys.public)
@@ -234,7 +252,9 @@ def synthetic_body(keys: KeyPair, nonce: bytes, *, model: str = "e2ee-test") -> 
         "signing_public_key": keys.public.hex(),
         "request_nonce": nonce.hex(),
         "intel_quote": synthetic_quote(report_data).hex(),
-        "nvidia_payload": json.dumps({"arch": "HOPPER", "evidence_list": [], "nonce": nonce.hex()}),
+        "nvidia_payload": json.dumps(
+            {"arch": "HOPPER", "evidence_list": [gpu_entry(nonce)], "nonce": nonce.hex()}
+        ),
         "event_log": [],
         "info": {"app_name": "test"},
         "verified": True,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import struct
+from dataclasses import replace
+from typing import Any
 
 import dcap_qvl
 import pytest
@@ -163,3 +165,157 @@ def test_dcap_on_random_bytes_only_raises_attestation_error(raw: bytes) -> None:
     with pytest.raises(AttestationError) as info:
         verify_quote_dcap(raw, collateral_of(FIXTURE_LIST[0]), time_of(FIXTURE_LIST[0]))
     assert info.value.code == "dcap_verification_failed"
+
+
+# --- what mutation testing found unpinned (make mutation) ------------------------------------
+
+
+def _distinct_body_quote() -> bytes:
+    """A synthetic quote whose TD report body bytes all differ: byte i of the body is i % 251."""
+    raw = bytearray(synthetic_quote(REPORT_DATA))
+    raw[48:632] = bytes(i % 251 for i in range(584))
+    return bytes(raw)
+
+
+def test_every_td_report_field_is_read_from_its_offset_and_length() -> None:
+    raw = _distinct_body_quote()
+    report = parse_tdx_quote(raw).report
+    expected = {
+        "tee_tcb_svn": (48, 16),
+        "mr_seam": (64, 48),
+        "mr_signer_seam": (112, 48),
+        "seam_attributes": (160, 8),
+        "td_attributes": (168, 8),
+        "xfam": (176, 8),
+        "mr_td": (184, 48),
+        "mr_config_id": (232, 48),
+        "mr_owner": (280, 48),
+        "mr_owner_config": (328, 48),
+        "report_data": (568, 64),
+    }
+    for name, (offset, length) in expected.items():
+        assert getattr(report, name) == raw[offset : offset + length], name
+    assert report.rtmrs == tuple(raw[376 + 48 * i : 424 + 48 * i] for i in range(4))
+    assert set(expected) | {"rtmrs"} == set(q.TD_REPORT_FIELDS)
+
+
+def test_td_report_differences_name_each_differing_field_in_order() -> None:
+    report = parse_tdx_quote(_distinct_body_quote()).report
+    assert report.differences(report) == ()
+    assert report.differences(parse_tdx_quote(_distinct_body_quote()).report) == ()
+    for name in q.TD_REPORT_FIELDS:
+        value = getattr(report, name)
+        changed: Any = (bytes(48),) * 4 if name == "rtmrs" else bytes(len(value))
+        other = replace(report, **{name: changed})
+        assert report.differences(other) == (name,)
+        assert other.differences(report) == (name,)
+    both = replace(report, mr_td=bytes(48), report_data=bytes(64))
+    assert report.differences(both) == ("mr_td", "report_data")
+
+
+def test_header_integers_are_unsigned() -> None:
+    raw = bytearray(synthetic_quote(REPORT_DATA))
+    struct.pack_into("<HH", raw, 8, 0xFFFF, 0x8000)  # qe_svn, pce_svn
+    quote = parse_tdx_quote(bytes(raw))
+    assert (quote.qe_svn, quote.pce_svn) == (0xFFFF, 0x8000)
+    struct.pack_into("<H", raw, 0, 0x8004)
+    with pytest.raises(QuoteParseError) as info:
+        parse_tdx_quote(bytes(raw))
+    assert info.value.message == "quote version 32772 is not supported (expected 4)"
+    struct.pack_into("<HHI", raw, 0, 4, 2, 0x80000081)
+    with pytest.raises(QuoteParseError) as info:
+        parse_tdx_quote(bytes(raw))
+    assert info.value.message == "quote tee_type 0x80000081 is not TDX (0x81)"
+
+
+@pytest.mark.parametrize("length", [2**31, 2**32 - 1, 2**31 + 64])
+def test_a_signature_length_of_2_31_or_more_runs_past_the_end(length: int) -> None:
+    raw = bytearray(synthetic_quote(REPORT_DATA))
+    struct.pack_into("<I", raw, 632, length)
+    with pytest.raises(QuoteParseError) as info:
+        parse_tdx_quote(bytes(raw))
+    assert info.value.message == (
+        f"the quote's signature length {length} runs past its end ({len(raw)} bytes)"
+    )
+
+
+def test_the_smallest_quote_is_636_bytes_with_an_empty_signature() -> None:
+    raw = synthetic_quote(REPORT_DATA, signature_data=b"")
+    assert len(raw) == q.MIN_QUOTE_BYTES == 636
+    quote = parse_tdx_quote(raw)
+    assert quote.signature_data_length == 0
+    assert quote.report.report_data == REPORT_DATA
+
+
+@pytest.mark.parametrize(
+    ("length", "message"),
+    [
+        (0, "the quote is 0 bytes, shorter than its 48-byte header"),
+        (47, "the quote is 47 bytes, shorter than its 48-byte header"),
+        (48, "the quote is 48 bytes, shorter than the 636-byte TDX v4 body"),
+        (635, "the quote is 635 bytes, shorter than the 636-byte TDX v4 body"),
+    ],
+)
+def test_a_short_quote_says_how_short(length: int, message: str) -> None:
+    with pytest.raises(QuoteParseError) as info:
+        parse_tdx_quote(synthetic_quote(REPORT_DATA, signature_data=b"")[:length])
+    assert info.value.message == message
+    assert info.value.code == "quote_parse"
+
+
+@pytest.mark.parametrize("value", ["00" * 700, None, 636, ["quote"]])
+def test_a_quote_that_is_not_bytes_is_refused(value: object) -> None:
+    with pytest.raises(QuoteParseError) as info:
+        parse_tdx_quote(value)  # type: ignore[arg-type]
+    assert (info.value.code, info.value.message) == (
+        "quote_parse",
+        "the quote is not a byte string",
+    )
+
+
+def test_parse_accepts_bytearray_and_memoryview() -> None:
+    raw = synthetic_quote(REPORT_DATA)
+    for value in (bytearray(raw), memoryview(raw)):
+        quote = parse_tdx_quote(value)  # type: ignore[arg-type]
+        assert quote.raw == raw
+        assert type(quote.raw) is bytes
+
+
+@pytest.mark.parametrize("value", [None, 42, b"00", ["00"]])
+def test_a_quote_text_that_is_not_a_string_is_an_encoding_error(value: object) -> None:
+    with pytest.raises(QuoteParseError) as info:
+        decode_quote(value)  # type: ignore[arg-type]
+    assert (info.value.code, info.value.message) == ("quote_encoding", "the quote is not a string")
+
+
+def test_decode_quote_accepts_an_upper_case_0x_prefix() -> None:
+    raw = synthetic_quote(REPORT_DATA)
+    assert decode_quote("0X" + raw.hex()) == raw
+    assert decode_quote("0X" + raw.hex().upper()) == raw
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "QUJD!REVG",  # a character outside the alphabet in the middle
+        "QUJD REVG",
+        "QUJDREVG\x00",
+        "QUJ-REVG",  # base64url is not base64
+    ],
+)
+def test_base64_with_foreign_characters_is_refused(text: str) -> None:
+    with pytest.raises(QuoteParseError) as info:
+        decode_quote(text)
+    assert (info.value.code, info.value.message) == (
+        "quote_encoding",
+        "the quote is neither hex nor base64",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("", "the quote is empty"), ("  ", "the quote is empty")]
+)
+def test_an_empty_quote_text_says_so(text: str, message: str) -> None:
+    with pytest.raises(QuoteParseError) as info:
+        decode_quote(text)
+    assert (info.value.code, info.value.message) == ("quote_encoding", message)

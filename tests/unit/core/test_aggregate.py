@@ -193,3 +193,74 @@ def test_error_chunk_without_choices_is_ignored() -> None:
 def test_malformed_chunks_raise(bad: dict[str, Any]) -> None:
     with pytest.raises(UpstreamError):
         CompletionAggregator().add(bad)
+
+
+# --- what mutation testing found unpinned (make mutation) ------------------------------------
+
+
+def test_a_malformed_chunk_says_so() -> None:
+    with pytest.raises(UpstreamError) as info:
+        CompletionAggregator().add({"choices": "x"})
+    assert info.value.message == "the upstream sent a malformed completion chunk"
+
+
+def test_content_that_is_not_a_string_adds_nothing() -> None:
+    # The rebuilder hands the aggregator decrypted strings only (content parts are joined before
+    # it); anything else that reached it would add nothing.
+    parts = [{"type": "text", "text": "a"}, "b", 7, {"type": "image_url"}, {"text": 5}]
+    result = aggregate(
+        [chunk([delta(content=parts)]), chunk([delta(content={"text": "x"}, finish="stop")])]
+    ).result()
+    assert result["choices"][0]["message"]["content"] == ""
+
+
+def test_the_role_is_taken_from_the_delta_when_it_is_a_non_empty_string() -> None:
+    def role_of(*roles: Any) -> str:
+        result = aggregate([chunk([delta(role=role)]) for role in roles]).result()
+        message_role: str = result["choices"][0]["message"]["role"]
+        return message_role
+
+    assert role_of("developer") == "developer"
+    assert role_of("developer", "", None, 5) == "developer"
+    assert role_of("") == "assistant"
+    assert role_of(5) == "assistant"
+
+
+def test_reasoning_takes_the_first_non_empty_string_field() -> None:
+    result = aggregate(
+        [
+            chunk([delta(reasoning_content="", reasoning="one ")]),
+            chunk([delta(reasoning_content=["x"], reasoning="two")]),
+            chunk([delta(reasoning_content="", reasoning="", finish="stop")]),
+        ]
+    ).result()
+    assert result["choices"][0]["message"]["reasoning_content"] == "one two"
+
+
+def test_reasoning_is_kept_and_a_refusal_never_aggregated() -> None:
+    # A refusal never arrives decrypted (the field policy ends such an answer); the aggregator
+    # keeps no refusal text either.
+    result = aggregate(
+        [chunk([delta(reasoning_content="think", refusal="no", finish="stop")])]
+    ).result()
+    message = result["choices"][0]["message"]
+    assert (message["reasoning_content"], message["refusal"]) == ("think", None)
+
+
+def test_logprobs_are_never_aggregated() -> None:
+    # logprobs are refused on the way in and end an answer on the way out; none reach a client.
+    first = {"index": 0, "delta": {"refusal": "n"}, "logprobs": {"content": None, "refusal": [1]}}
+    second = {"index": 0, "delta": {"refusal": "o"}, "logprobs": {"refusal": [2]}}
+    result = aggregate([chunk([first]), chunk([second])]).result()
+    assert result["choices"][0]["logprobs"] is None
+
+
+def test_a_choice_without_an_index_is_choice_0() -> None:
+    result = aggregate([chunk([{"delta": {"content": "x"}, "finish_reason": "stop"}])]).result()
+    assert [choice["index"] for choice in result["choices"]] == [0]
+    assert result["choices"][0]["message"]["content"] == "x"
+
+
+def test_missing_id_created_and_model_have_neutral_defaults() -> None:
+    result = aggregate([{"choices": [delta(content="x", finish="stop")]}]).result()
+    assert (result["id"], result["created"], result["model"]) == ("", 0, "")

@@ -160,3 +160,48 @@ def test_keypair_repr_hides_private_key() -> None:
 )
 def test_looks_like_ciphertext(text: str, expected: bool) -> None:
     assert crypto.looks_like_ciphertext(text) is expected
+
+
+# --- what mutation testing found unpinned (make mutation) ------------------------------------
+
+
+def test_fresh_and_known_key_pairs_are_uncompressed() -> None:
+    for pair in (crypto.generate_keypair(), crypto.keypair_from_private(bytes(31) + b"\x01")):
+        assert len(pair.public) == crypto.PUBLIC_KEY_BYTES
+        assert pair.public[0] == 0x04
+        assert pair.public_hex == pair.public.hex()
+        assert crypto.parse_public_key(pair.public) == pair.public
+
+
+def test_key_text_in_every_encoding_and_prefix() -> None:
+    public = bytes.fromhex(KAT2["recipient_public_key"])
+    compressed = bytes([2 + (public[-1] & 1)]) + public[1:33]
+    for raw in (public, public[1:], compressed):  # 130, 128 and 66 hex digits
+        for prefix in ("", "0x", "0X"):
+            for text in (raw.hex(), raw.hex().upper()):
+                assert crypto.parse_public_key(prefix + text) == public, (prefix, len(text))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("zz", "public key is not valid hex"),
+        ("0x0x" + "04" * 65, "public key is not valid hex"),
+        ("04" * 10, "public key must be 33, 64 or 65 bytes, got 10"),
+        (b"\x04" * 66, "public key must be 33, 64 or 65 bytes, got 66"),
+        ("04" + "00" * 64, "public key is not a point on secp256k1"),
+        (b"\x04" + b"\x01" * 64, "public key is not a point on secp256k1"),
+    ],
+)
+def test_a_bad_public_key_says_what_is_wrong(bad: str | bytes, message: str) -> None:
+    with pytest.raises(InvalidPublicKeyError) as info:
+        crypto.parse_public_key(bad)
+    assert info.value.message == message
+    assert info.value.code == "invalid_public_key"
+
+
+@pytest.mark.parametrize("size", [0, 11, 13, 16])
+def test_seal_refuses_a_gcm_nonce_that_is_not_12_bytes(size: int) -> None:
+    recipient = crypto.generate_keypair().public
+    with pytest.raises(ValueError, match=r"^GCM nonce must be 12 bytes$"):
+        crypto.seal(recipient, b"x", gcm_nonce=bytes(size))

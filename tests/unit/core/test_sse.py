@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -337,3 +338,122 @@ def test_encode_json_handles_what_orjson_refuses() -> None:
     big = 1 << 80
     assert encode_json({"n": big}) == b'data: {"n":%d}\n\n' % big
     assert encode_json({"t": "é ✓"}) == 'data: {"t":"é ✓"}\n\n'.encode()
+
+
+# --- what mutation testing found unpinned (make mutation) ------------------------------------
+
+
+def test_no_space_field_forms() -> None:
+    events = one_shot(b"event:ping\nid:42\nretry:1500\ndata:x\n\n")
+    assert events == [SSEEvent(data="x", event="ping", id="42", retry=1500)]
+
+
+def test_only_one_space_after_the_colon_is_dropped_from_any_field() -> None:
+    events = one_shot(b"event:  ping\nid:  7\ndata: x\n\nretry:  15\ndata: y\n\n")
+    assert events == [
+        SSEEvent(data="x", event=" ping", id=" 7"),
+        SSEEvent(data="y", id=" 7"),  # " 15" is not all digits: no retry
+    ]
+    assert one_shot(b"event:\ndata: x\n\n") == [SSEEvent(data="x", event=None)]
+
+
+def test_a_data_line_in_the_general_path_joins_like_any_other() -> None:
+    # "data" without a colon is the field with an empty value (the spec's rule for any name)
+    assert one_shot(b"data\ndata:a\ndata\n\n") == [SSEEvent(data="\na\n")]
+
+
+def test_a_bom_after_the_very_start_is_not_dropped() -> None:
+    bom = "\ufeff".encode()
+    # after a first event, and after a first blank line: a BOM there is part of the field name
+    assert one_shot(b"data: a\n\n" + bom + b"data: b\n\n") == [SSEEvent(data="a")]
+    assert one_shot(b"\n" + bom + b"data: b\n\n") == []
+    assert one_shot(b"\r\n" + bom + b"data: b\n\n") == []
+    assert one_shot(b": hi\n" + bom + b"data: b\n\n") == []
+    # a BOM line of its own at the very start is a blank line
+    assert one_shot(bom + b"\ndata: c\n\n") == [SSEEvent(data="c")]
+
+
+def test_a_stream_cut_after_a_field_without_data_is_truncated() -> None:
+    for field in (b"event: ping\n", b"id: 3\n", b"retry: 10\n", b"data\n"):
+        decoder = SSEDecoder()
+        assert decoder.feed(b"data: a\n\n" + field) == [SSEEvent(data="a")]
+        decoder.finish()
+        assert decoder.truncated, field
+    decoder = SSEDecoder()
+    decoder.feed(b"data: a\n\nfoo: bar\n: comment\n")  # unknown fields start no event
+    decoder.finish()
+    assert not decoder.truncated
+
+
+def test_error_messages_name_the_problem() -> None:
+    with pytest.raises(SSEProtocolError) as info:
+        SSEDecoder().feed(b"data: \xff\n\n")
+    assert info.value.message == "the event stream is not valid UTF-8"
+    with pytest.raises(SSEProtocolError) as info:
+        SSEDecoder(max_line_bytes=8).feed(b"data: 123\n")  # a whole line over the limit
+    assert info.value.message == "an upstream event-stream line exceeds the size limit of 8 bytes"
+    with pytest.raises(SSEProtocolError) as info:
+        SSEDecoder(max_line_bytes=8).feed(b"data: 123")  # an unterminated one
+    assert info.value.message == "an upstream event-stream line exceeds the size limit of 8 bytes"
+
+
+def test_the_decoder_reads_on_after_finish() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: a\n\ndata: cut\r") == [SSEEvent(data="a")]
+    decoder.finish()
+    assert decoder.truncated
+    # the partial event is gone, and so is the pending CR: a line end at the first byte counts
+    assert decoder.feed(b"\ndata: b\n\n") == [SSEEvent(data="b")]
+    assert decoder.feed(b"\rdata: c\r\r") == [SSEEvent(data="c")]
+
+
+def test_finish_forgets_a_pending_cr_even_before_the_first_line() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"\xef\xbb\xbf")  # the stream is cut inside its first line
+    decoder.finish()
+    # the LF is a line end of its own (a blank line), so the BOM after it is not the start
+    assert decoder.feed(b"\n\xef\xbb\xbfdata: x\n\n") == []
+
+
+class CountingBuffer(bytearray):
+    """A bytearray that counts the bytes ``find`` looks at (up to the match, or to the end)."""
+
+    examined = 0
+
+    def find(self, sub: Any, start: Any = None, end: Any = None) -> int:
+        found = super().find(sub, start, end)
+        first = 0 if start is None else start
+        CountingBuffer.examined += (found + 1 if found != -1 else len(self)) - first
+        return found
+
+
+def _examined(chunks: list[bytes]) -> tuple[int, list[SSEEvent]]:
+    decoder = SSEDecoder()
+    decoder._buf = CountingBuffer()
+    CountingBuffer.examined = 0
+    events = [event for chunk in chunks for event in decoder.feed(chunk)]
+    return CountingBuffer.examined, events
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"data: " + b"ab" * 50] * 1 + [b"ab"] * 2_000 + [b"\n\n"],  # a long line in tiny feeds
+        [b"data: x\n" * 2_000 + b"\n"],  # many LF lines in one feed, no CR at all
+        [b"data: x\r" * 2_000 + b"\r"],  # many CR lines in one feed, no LF at all
+        [b"data: x\r\n" * 1_000 + b"\r\n"],
+        [bytes([byte]) for byte in b"data: x\r\ndata: y\n\r\n" * 50],
+    ],
+    ids=["tiny-feeds", "lf-lines", "cr-lines", "crlf-lines", "byte-at-a-time"],
+)
+def test_each_byte_is_searched_at_most_once_per_line_end_kind(chunks: list[bytes]) -> None:
+    # A decoder that searched the buffer again on each feed or each line would be quadratic: a
+    # hostile upstream could make the proxy burn CPU with a long line sent in tiny pieces.
+    examined, events = _examined(chunks)
+    assert events == one_shot(b"".join(chunks))
+    assert examined <= 2 * sum(len(chunk) for chunk in chunks)
+
+
+def test_encode_json_with_lone_surrogate_is_still_compact() -> None:
+    obj = json.loads('{"t":"x\\ud800y","n":[1,2],"o":{"k":null}}')
+    assert encode_json(obj) == b'data: {"t":"x\\ud800y","n":[1,2],"o":{"k":null}}\n\n'
