@@ -18,10 +18,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from proxy.core.errors import ProxyError
 from proxy.core.responses import ResponseBuilder, ResponsesRequest, translate_request
+from proxy.http.answers import CLIENT_CLOSED_REQUEST, answer_headers, whole_answer
 from proxy.http.body import read_json
 from proxy.http.disconnect import until_disconnect
 from proxy.http.request_log import RequestRecord
@@ -31,7 +32,6 @@ from proxy.service.responses import responses_object, responses_sse
 
 router = APIRouter()
 
-CLIENT_CLOSED_REQUEST = 499
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -61,41 +61,19 @@ async def create_response(request: Request) -> Response:
         record.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
         raise
     except ProxyError as exc:
-        return record.fail(
-            _in_responses_terms(exc, translated), {"x-request-id": record.request_id}
-        )
+        return record.fail(_in_responses_terms(exc, translated), {})
     record.attach(outcome)
 
-    headers = {**outcome.headers, "x-request-id": record.request_id}
+    headers = answer_headers(outcome)
     builder = ResponseBuilder(model=translated.chat["model"], echo=translated.echo)
-    signatures = services.signatures
-    mode = signatures.mode_for(outcome)
     if translated.stream:
         return StreamingResponse(
             _stream_body(record, outcome, builder),
             media_type="text/event-stream",
             headers={**_SSE_HEADERS, **headers},
         )
-    try:
-        body = await until_disconnect(
-            request, responses_object(outcome.first, outcome.rest, builder, stats=outcome.stats)
-        )
-        if mode == "strict":
-            failure = await signatures.strict_failure(outcome, record.request_id)
-            if failure is not None:
-                raise failure
-    except asyncio.CancelledError:
-        record.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
-        raise
-    except ProxyError as exc:
-        return record.fail(exc, headers)
-    finally:
-        await outcome.aclose()
-    if mode == "async":
-        services.spawn(signatures.check(outcome, record.request_id))
-    record.first_byte()
-    record.finish(200)
-    return JSONResponse(body, headers=headers)
+    gather = responses_object(outcome.first, outcome.rest, builder, stats=outcome.stats)
+    return await whole_answer(request, record, outcome, gather, headers)
 
 
 async def _stream_body(

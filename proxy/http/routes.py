@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from proxy.core.errors import ModelNotFoundError, ProxyError
+from proxy.http.answers import CLIENT_CLOSED_REQUEST, answer_headers, whole_answer
 from proxy.http.body import read_json
 from proxy.http.disconnect import until_disconnect
 from proxy.http.request_log import RequestRecord
@@ -31,7 +32,6 @@ from proxy.service.relay import aggregate, sse_to_client
 
 router = APIRouter()
 
-CLIENT_CLOSED_REQUEST = 499  # the de facto status for "the client hung up first"
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _MAX_SHOWN_MODEL = 64
 
@@ -63,38 +63,15 @@ async def chat_completions(request: Request) -> Response:
         return record.fail(exc, {})
     record.attach(outcome)
 
-    headers = dict(outcome.headers)
-    if outcome.key is not None and outcome.key.report.trust_level:
-        # What the encryption ends at: the model's own host (enclave) or only a gateway.
-        headers["x-venice-proxy-trust"] = outcome.key.report.trust_level
-    signatures = services.signatures
-    mode = signatures.mode_for(outcome)
+    headers = answer_headers(outcome)
     if outcome.client_stream:
         return StreamingResponse(
             _stream_body(record, outcome),
             media_type="text/event-stream",
             headers={**_SSE_HEADERS, **headers},
         )
-    try:
-        completion = await until_disconnect(
-            request, aggregate(outcome.first, outcome.rest, outcome.stats)
-        )
-        if mode == "strict":
-            failure = await signatures.strict_failure(outcome, record.request_id)
-            if failure is not None:
-                raise failure
-    except asyncio.CancelledError:
-        record.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
-        raise
-    except ProxyError as exc:
-        return record.fail(exc, headers)
-    finally:
-        await outcome.aclose()
-    if mode == "async":
-        services.spawn(signatures.check(outcome, record.request_id))
-    record.first_byte()
-    record.finish(200)
-    return JSONResponse(completion, headers=headers)
+    gather = aggregate(outcome.first, outcome.rest, outcome.stats)
+    return await whole_answer(request, record, outcome, gather, headers)
 
 
 async def _stream_body(record: RequestRecord, outcome: ChatOutcome) -> AsyncIterator[bytes]:

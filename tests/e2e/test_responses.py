@@ -391,3 +391,15 @@ def test_errors_before_the_stream_are_plain_http_errors(
     with pytest.raises(openai.NotFoundError) as info:
         client(proxy).responses.create(model="no-such-model", input=CANARY)
     assert info.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_carry_the_e2ee_and_trust_headers(proxy: ThreadedServer, stream: bool) -> None:
+    body = {"model": E2EE_MODEL, "input": f"headers {CANARY}", "stream": stream}
+    with httpx.stream("POST", proxy.url + "/v1/responses", json=body, timeout=30) as answer:
+        answer.read()
+    assert answer.status_code == 200
+    assert answer.headers["x-venice-proxy-e2ee"] == "true"
+    assert answer.headers["x-venice-proxy-trust"] == "enclave"
+    assert answer.headers["x-venice-proxy-signing-address"].startswith("0x")
+    assert answer.headers["x-request-id"]
