@@ -252,6 +252,9 @@ def test_request_log_line(proxy: ThreadedServer, log_lines: Callable[[], list[st
     received = list(
         client.chat.completions.create(model=E2EE_MODEL, messages=MESSAGES, stream=True)
     )
+    # The request's line is written when the stream's generator ends, which can be just after
+    # the client read [DONE]: wait for it.
+    assert _wait_for(lambda: bool(_chat_records(log_lines)))
     record = _chat_records(log_lines)[-1]
     assert record["status"] == 200
     assert record["upstream_status"] == 200
