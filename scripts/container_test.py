@@ -54,6 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import check_compose
 
+from proxy.simulator import SIMULATED_MEASUREMENTS
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -682,6 +684,12 @@ def check_secret_key_and_drain(results: Results, containers: Containers, workdir
         "VENICE_PROXY_ATTESTATION__DCAP=off",
         "-e",
         "VENICE_PROXY_ATTESTATION__NVIDIA=nonce",
+        # The simulator's made-up TDX module and firmware are not real releases: accepted here
+        # as the compose demo profile does (proxy.simulator.SIMULATED_MEASUREMENTS).
+        "-e",
+        f'VENICE_PROXY_ATTESTATION__EXTRA_MRSEAM=["{SIMULATED_MEASUREMENTS["mrseam"]}"]',
+        "-e",
+        f'VENICE_PROXY_ATTESTATION__EXTRA_MRTD=["{SIMULATED_MEASUREMENTS["mrtd"]}"]',
         IMAGE,
     )
     # The simulator shares the proxy's network namespace: upstream is 127.0.0.1:8001.
