@@ -20,12 +20,12 @@ from fastapi.responses import JSONResponse, Response
 from proxy.core.errors import ProxyError
 from proxy.http.disconnect import until_disconnect
 from proxy.http.request_log import RequestRecord
-from proxy.service.chat import ChatOutcome
+from proxy.service.chat import OpenedAnswer
 
 CLIENT_CLOSED_REQUEST = 499  # the de facto status for "the client hung up first"
 
 
-def answer_headers(outcome: ChatOutcome) -> dict[str, str]:
+def answer_headers(outcome: OpenedAnswer) -> dict[str, str]:
     """The answer's own headers, with the trust level when the attestation names one."""
     headers = dict(outcome.headers)
     if outcome.key is not None and outcome.key.report.trust_level:
@@ -36,7 +36,7 @@ def answer_headers(outcome: ChatOutcome) -> dict[str, str]:
 async def whole_answer(
     request: Request,
     record: RequestRecord,
-    outcome: ChatOutcome,
+    outcome: OpenedAnswer,
     gather: Awaitable[dict[str, Any]],
     headers: dict[str, str],
 ) -> Response:

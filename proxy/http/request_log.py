@@ -28,7 +28,7 @@ from proxy.http.errors import proxy_error_response
 from proxy.http.services import Services
 from proxy.observability.logs import clip, get_logger
 from proxy.observability.metrics import DecryptionKind
-from proxy.service.chat import ChatOutcome
+from proxy.service.chat import OpenedAnswer
 from proxy.venice.headers import UpstreamHeaders
 
 log = get_logger("proxy.request")
@@ -44,7 +44,7 @@ class RequestRecord:
     client_request_id: str | None = None  # the client's: logged and echoed, never sent upstream
     model: str | None = None
     stream: bool = False
-    outcome: ChatOutcome | None = None
+    outcome: OpenedAnswer | None = None
     upstream: UpstreamHeaders | None = None
     ttfb_s: float | None = None
 
@@ -61,7 +61,7 @@ class RequestRecord:
         own = fresh_request_id() if client_id is not None else request_id(request)
         return cls(services, own, time.perf_counter(), client_request_id=client_id)
 
-    def attach(self, outcome: ChatOutcome) -> None:
+    def attach(self, outcome: OpenedAnswer) -> None:
         """Remember the opened upstream stream and read its account headers."""
         self.outcome = outcome
         self.model = outcome.model

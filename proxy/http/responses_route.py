@@ -27,7 +27,7 @@ from proxy.http.body import read_json
 from proxy.http.disconnect import until_disconnect
 from proxy.http.request_log import RequestRecord
 from proxy.http.services import Services
-from proxy.service.chat import ChatOutcome
+from proxy.service.chat import OpenedAnswer
 from proxy.service.responses import responses_object, responses_sse
 
 router = APIRouter()
@@ -77,7 +77,7 @@ async def create_response(request: Request) -> Response:
 
 
 async def _stream_body(
-    record: RequestRecord, outcome: ChatOutcome, builder: ResponseBuilder
+    record: RequestRecord, outcome: OpenedAnswer, builder: ResponseBuilder
 ) -> AsyncIterator[bytes]:
     services = record.services
     signatures = services.signatures

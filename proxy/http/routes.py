@@ -27,7 +27,7 @@ from proxy.http.disconnect import until_disconnect
 from proxy.http.request_log import RequestRecord
 from proxy.http.services import Services, model_trust
 from proxy.service.catalog import resolve_alias
-from proxy.service.chat import ChatOutcome
+from proxy.service.chat import OpenedAnswer
 from proxy.service.relay import aggregate, sse_to_client
 
 router = APIRouter()
@@ -74,7 +74,7 @@ async def chat_completions(request: Request) -> Response:
     return await whole_answer(request, record, outcome, gather, headers)
 
 
-async def _stream_body(record: RequestRecord, outcome: ChatOutcome) -> AsyncIterator[bytes]:
+async def _stream_body(record: RequestRecord, outcome: OpenedAnswer) -> AsyncIterator[bytes]:
     services = record.services
     signatures = services.signatures
     mode = signatures.mode_for(outcome)

@@ -81,8 +81,9 @@ def _dumps(body: Mapping[str, Any]) -> bytes:
 
 
 @dataclass(slots=True)
-class ChatOutcome:
-    """An upstream stream that has been opened and read ahead, ready to relay."""
+class OpenedAnswer:
+    """One answer on its way: the upstream stream opened, read ahead until its first decrypted
+    text (``first``), the rest still to relay (``rest``), with the key that attested it."""
 
     model: str
     e2ee: bool
@@ -123,7 +124,7 @@ class _StaleKeyError(Exception):
         self.error = error
 
 
-Attempt = Callable[[int], Awaitable[ChatOutcome]]
+Attempt = Callable[[int], Awaitable[OpenedAnswer]]
 
 
 DEFAULT_MAX_READ_AHEAD_BYTES = 512 * 1024
@@ -205,7 +206,7 @@ class ChatService:
             and not model.startswith(E2EE_PREFIX)
         )
 
-    async def start(self, payload: Any, *, request_id: str | None = None) -> ChatOutcome:
+    async def start(self, payload: Any, *, request_id: str | None = None) -> OpenedAnswer:
         """Apply the policy, attest, encrypt, open and read ahead. Raises before any client
         byte. ``request_id`` is the proxy's own id, sent upstream (never the client's).
 
@@ -248,7 +249,7 @@ class ChatService:
 
     async def _start_emulated(
         self, payload: Mapping[str, Any], extra: Mapping[str, str]
-    ) -> ChatOutcome | None:
+    ) -> OpenedAnswer | None:
         """The emulated request's outcome, or None when the model is not E2EE (the policy then
         decides, as for any request)."""
         model = resolve_alias(payload["model"], self.aliases)
@@ -276,7 +277,7 @@ class ChatService:
             )
         )
 
-        async def reopen(body: dict[str, Any]) -> ChatOutcome:
+        async def reopen(body: dict[str, Any]) -> OpenedAnswer:
             if self._on_retry:
                 self._on_retry("tool_repair")
             again = parse_chat_request(body, forward_fields=self.forward_fields)
@@ -304,7 +305,7 @@ class ChatService:
         outcome.plan = plan
         return outcome
 
-    async def _with_retries(self, attempt_once: Attempt) -> ChatOutcome:
+    async def _with_retries(self, attempt_once: Attempt) -> OpenedAnswer:
         """Run attempts: one re-attestation for a stale key, bounded retries for transient
         upstream faults. Every attempt encrypts afresh."""
         started = time.monotonic()
@@ -354,7 +355,7 @@ class ChatService:
         *,
         emulated: bool = False,
         stats: StreamStats | None = None,
-    ) -> ChatOutcome:
+    ) -> OpenedAnswer:
         """One encrypted attempt, opened and read ahead. ``emulated``: stop sequences are left
         to the caller (they apply after tool emulation); ``stats`` continues a request's
         counters across re-asks."""
@@ -394,7 +395,7 @@ class ChatService:
         except BaseException:
             await upstream.aclose()
             raise
-        return ChatOutcome(
+        return OpenedAnswer(
             model=model,
             e2ee=True,
             client_stream=request.client_stream,
@@ -414,14 +415,14 @@ class ChatService:
 
     async def _attempt_plaintext(
         self, request: ChatRequest, model: str, attempt: int, extra: Mapping[str, str]
-    ) -> ChatOutcome:
+    ) -> OpenedAnswer:
         body = plaintext_body(request, upstream_model=model)
         upstream = await self.upstream.open_chat(_dumps(body), dict(extra))
         stats = StreamStats()
         batches = decrypted_batches(
             upstream.iter_bytes(), ChunkRebuilder(), stats, max_event_bytes=self.max_event_bytes
         )
-        return ChatOutcome(
+        return OpenedAnswer(
             model=model,
             e2ee=False,
             client_stream=request.client_stream,

@@ -33,7 +33,7 @@ from proxy.observability.logs import get_logger
 
 if TYPE_CHECKING:
     from proxy.observability.metrics import Metrics
-    from proxy.service.chat import ChatOutcome
+    from proxy.service.chat import OpenedAnswer
 
 SignatureMode = Literal["async", "strict", "off"]
 SignatureFetcher = Callable[[str, str], Awaitable[Any]]
@@ -106,11 +106,11 @@ class SignaturePolicy:
         self.mode: SignatureMode = mode
         self._metrics = metrics
 
-    def mode_for(self, outcome: ChatOutcome) -> SignatureMode:
+    def mode_for(self, outcome: OpenedAnswer) -> SignatureMode:
         """The mode that applies to one answer (plaintext passthrough answers have no signer)."""
         return self.mode if outcome.e2ee else "off"
 
-    async def check(self, outcome: ChatOutcome, request_id: str) -> SignatureResult | None:
+    async def check(self, outcome: OpenedAnswer, request_id: str) -> SignatureResult | None:
         """Verify the enclave's signature over a completed answer; log and count the outcome.
 
         None when there is nothing to check (no attested key or no completion id)."""
@@ -132,7 +132,7 @@ class SignaturePolicy:
         )
         return result
 
-    async def strict_failure(self, outcome: ChatOutcome, request_id: str) -> ProxyError | None:
+    async def strict_failure(self, outcome: OpenedAnswer, request_id: str) -> ProxyError | None:
         """For ``strict`` mode: the error to answer with unless the attested enclave signed."""
         result = await self.check(outcome, request_id)
         if result is None:

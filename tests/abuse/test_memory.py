@@ -53,7 +53,7 @@ CYCLE = (
 REPETITIONS = 200
 CONCURRENCY = 8
 # Bound on the traced growth over all repetitions, net of the test log buffer (about 1 KB a
-# request). Measured: about 0.2 MiB; with every request's ChatOutcome kept alive: 2.4 MiB.
+# request). Measured: about 0.2 MiB; with every request's OpenedAnswer kept alive: 2.4 MiB.
 GROWTH_LIMIT = 1 * MiB
 
 
