@@ -137,20 +137,26 @@ def test_a_local_stop_cancels_the_generation(
 
 
 def test_raw_stream_ends_cleanly_after_the_stop(
-    proxy: ThreadedServer, log_lines: Callable[[], list[str]]
+    proxy: ThreadedServer, sim_state: SimulatorState, log_lines: Callable[[], list[str]]
 ) -> None:
-    with httpx.stream(
-        "POST",
-        proxy.url + "/v1/chat/completions",
-        json={
-            "model": E2EE_MODEL,
-            "messages": [{"role": "user", "content": f"one two three {CANARY}"}],
-            "stop": ["two"],
-            "stream": True,
-        },
-        headers={"x-request-id": "stop-clean-end"},
-    ) as response:
-        body = response.read()
+    # Tokens 20 ms apart, so the stop is met before the upstream's [DONE] can arrive (with no
+    # delay one read may carry the whole answer, which is then complete upstream).
+    sim_state.token_delay_s = 0.02
+    try:
+        with httpx.stream(
+            "POST",
+            proxy.url + "/v1/chat/completions",
+            json={
+                "model": E2EE_MODEL,
+                "messages": [{"role": "user", "content": f"one two three {CANARY}"}],
+                "stop": ["two"],
+                "stream": True,
+            },
+            headers={"x-request-id": "stop-clean-end"},
+        ) as response:
+            body = response.read()
+    finally:
+        sim_state.token_delay_s = 0.0
     assert body.endswith(b"data: [DONE]\n\n")
     events = [json.loads(e[6:]) for e in body.split(b"\n\n") if e.startswith(b"data: {")]
     assert not any("error" in event for event in events)
