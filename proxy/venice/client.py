@@ -43,12 +43,14 @@ from proxy.core.errors import (
     UpstreamTimeoutError,
     UpstreamTooLargeError,
 )
+from proxy.venice.transport import Wire
 
 _MAX_ERROR_MESSAGE = 500
 _MAX_ERROR_BODY = 64 * 1024
 _PIECE_BYTES = 64 * 1024
 DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024
 ACCEPT_ENCODING = "gzip"
+USER_AGENT = "venice-e2ee-proxy"  # constant: nothing about the client or the machine
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,13 +240,11 @@ class UpstreamClient:
         self.max_json_bytes = max_json_bytes
         self._api_key = api_key
         self.timeouts = timeouts or UpstreamTimeouts()
-        self._owns_client = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(
+        self._wire = Wire(
+            http_client,
+            httpx.Timeout(
                 connect=self.timeouts.connect_s, read=None, write=60.0, pool=self.timeouts.connect_s
             ),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            follow_redirects=False,
         )
 
     @property
@@ -253,7 +253,11 @@ class UpstreamClient:
         return bool(self._api_key)
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {"accept": "application/json", "accept-encoding": ACCEPT_ENCODING}
+        headers = {
+            "user-agent": USER_AGENT,
+            "accept": "application/json",
+            "accept-encoding": ACCEPT_ENCODING,
+        }
         if self._api_key:
             headers["authorization"] = f"Bearer {self._api_key}"
         if extra:
@@ -262,15 +266,14 @@ class UpstreamClient:
 
     async def aclose(self) -> None:
         """Close the connection pool if this object created it."""
-        if self._owns_client:
-            await self._http.aclose()
+        await self._wire.aclose()
 
     async def _get_json(self, path: str, params: Mapping[str, str]) -> Any:
-        request = self._http.build_request(
-            "GET", self.base_url + path, params=dict(params), headers=self._headers()
+        request = self._wire.request(
+            "GET", self.base_url + path, params=params, headers=self._headers()
         )
         return await _send_for_json(
-            self._http, request, self.timeouts.first_byte_s, path, self.max_json_bytes
+            self._wire, request, self.timeouts.first_byte_s, path, self.max_json_bytes
         )
 
     async def get_attestation(self, model: str, nonce_hex: str) -> Any:
@@ -292,7 +295,7 @@ class UpstreamClient:
 
         A non-2xx answer is read (bounded), closed and raised as :class:`UpstreamStatusError`.
         """
-        request = self._http.build_request(
+        request = self._wire.request(
             "POST",
             self.base_url + "/chat/completions",
             content=body,
@@ -306,7 +309,7 @@ class UpstreamClient:
         )
         try:
             async with asyncio.timeout(self.timeouts.first_byte_s):
-                response = await self._http.send(request, stream=True)
+                response = await self._wire.send(request)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(
                 "the upstream did not answer in time", code="upstream_timeout"
@@ -378,38 +381,38 @@ class ServiceClient:
         http_client: httpx.AsyncClient | None = None,
         max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     ) -> None:
-        self._owns_client = http_client is None
         self._timeout_s = timeout_s
         self._max_json_bytes = max_json_bytes
-        self._http = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s), follow_redirects=False
-        )
+        self._wire = Wire(http_client, httpx.Timeout(timeout_s))
 
     async def aclose(self) -> None:
         """Close the connection pool if this object created it."""
-        if self._owns_client:
-            await self._http.aclose()
+        await self._wire.aclose()
 
     async def request_json(self, method: str, url: str, body: Any = None) -> Any:
         """``method url`` with an optional JSON body; the JSON answer."""
-        request = self._http.build_request(
-            method,
-            url,
-            json=body,
-            headers={"accept": "application/json", "accept-encoding": ACCEPT_ENCODING},
-        )
-        return await _send_for_json(self._http, request, self._timeout_s, url, self._max_json_bytes)
+        headers = {
+            "user-agent": USER_AGENT,
+            "accept": "application/json",
+            "accept-encoding": ACCEPT_ENCODING,
+        }
+        content: bytes | None = None
+        if body is not None:
+            content = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            headers["content-type"] = "application/json"
+        request = self._wire.request(method, url, headers=headers, content=content)
+        return await _send_for_json(self._wire, request, self._timeout_s, url, self._max_json_bytes)
 
 
 async def _send_for_json(
-    http: httpx.AsyncClient, request: httpx.Request, timeout_s: float, what: str, limit: int
+    wire: Wire, request: httpx.Request, timeout_s: float, what: str, limit: int
 ) -> Any:
     """Send ``request`` and parse its JSON answer (at most ``limit`` bytes, read within
     ``timeout_s`` like the headers); the response is always closed; every failure in our error
     tree."""
     try:
         async with asyncio.timeout(timeout_s):
-            response = await http.send(request, stream=True)
+            response = await wire.send(request)
             try:
                 if response.status_code >= 400:
                     raise status_error(

@@ -1,0 +1,320 @@
+"""The upstream client on its real wire (aiohttp under httpx's API), against a raw TCP server.
+
+Each test runs a tiny asyncio server on loopback that records the exact request bytes and
+answers with bytes the test chooses, so what the proxy sends, keeps and closes is observed on
+the socket, not through any HTTP library's view of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from proxy.core.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from proxy.http.loopback import free_port
+from proxy.venice.client import ServiceClient, UpstreamClient, UpstreamTimeouts
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Wire"], Awaitable[None]]
+
+
+@dataclass
+class Wire:
+    """What the server saw: each request's head (bytes) and body, and connections opened."""
+
+    heads: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    connections: int = 0
+    peer_closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def read_request(reader: asyncio.StreamReader, wire: Wire) -> bool:
+    """One request off the connection (False at EOF)."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return False
+    wire.heads.append(head)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    wire.bodies.append(await reader.readexactly(length) if length else b"")
+    return True
+
+
+def header_lines(head: bytes) -> list[tuple[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return [
+        (name.strip().lower(), value.strip())
+        for name, _, value in (line.partition(":") for line in lines if line)
+    ]
+
+
+def answer(status: str, headers: dict[str, str], body: bytes) -> bytes:
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines.append(f"content-length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, Wire]]:
+    wire = Wire()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        wire.connections += 1
+        try:
+            await handler(reader, writer, wire)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/api/v1", wire
+    finally:
+        server.close()
+
+
+def json_handler(document: object, *, extra: dict[str, str] | None = None) -> Handler:
+    """Answers every request on the connection with ``document`` (keep-alive)."""
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        while await read_request(reader, wire):
+            body = json.dumps(document).encode()
+            headers = {"content-type": "application/json", **(extra or {})}
+            writer.write(answer("200 OK", headers, body))
+            await writer.drain()
+
+    return handler
+
+
+async def test_the_request_on_the_wire_is_exactly_what_the_client_built() -> None:
+    async with raw_server(json_handler({"data": []})) as (url, wire):
+        client = UpstreamClient(url, "sk-test")
+        try:
+            assert await client.get_attestation("e2ee-x", "ab" * 32) == {"data": []}
+        finally:
+            await client.aclose()
+    head = wire.heads[0]
+    assert head.startswith(
+        b"GET /api/v1/tee/attestation?model=e2ee-x&nonce=" + b"ab" * 32 + b" HTTP/1.1\r\n"
+    )
+    headers = header_lines(head)
+    names = [name for name, _ in headers]
+    assert names.count("host") == 1
+    assert dict(headers)["authorization"] == "Bearer sk-test"
+    assert dict(headers)["accept-encoding"] == "gzip"  # only what the client can bound
+    assert dict(headers)["accept"] == "application/json"
+    assert dict(headers)["user-agent"] == "venice-e2ee-proxy"  # nothing about the machine
+    assert names.count("user-agent") == 1
+    assert "cookie" not in names
+
+
+async def test_a_posted_body_arrives_whole_with_its_length() -> None:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        await read_request(reader, wire)
+        writer.write(answer("200 OK", {"content-type": "text/event-stream"}, b"data: [DONE]\n\n"))
+        await writer.drain()
+
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "é" * 5000}]})
+    async with raw_server(handler) as (url, wire):
+        client = UpstreamClient(url, "k")
+        try:
+            stream = await client.open_chat(body.encode(), {"x-venice-tee-client-pub-key": "04ab"})
+            pieces = [piece async for piece in stream.iter_bytes()]
+            await stream.aclose()
+        finally:
+            await client.aclose()
+    assert b"".join(pieces) == b"data: [DONE]\n\n"
+    assert wire.bodies == [body.encode()]
+    headers = dict(header_lines(wire.heads[0]))
+    assert headers["content-length"] == str(len(body.encode()))
+    assert headers["content-type"] == "application/json"
+    assert headers["accept"] == "text/event-stream"
+    assert headers["x-venice-tee-client-pub-key"] == "04ab"
+    assert "transfer-encoding" not in headers
+
+
+async def test_cookies_the_upstream_sets_are_never_sent_back() -> None:
+    handler = json_handler({"ok": True}, extra={"set-cookie": "__cf_bm=tracker; Path=/"})
+    async with raw_server(handler) as (url, wire):
+        client = UpstreamClient(url, "k")
+        try:
+            await client.list_models()
+            await client.list_models()
+        finally:
+            await client.aclose()
+    assert len(wire.heads) == 2
+    assert all("cookie" not in dict(header_lines(head)) for head in wire.heads)
+
+
+async def test_a_gzipped_answer_is_handed_over_compressed_and_inflated_by_the_client() -> None:
+    document = {"data": [{"id": f"model-{i}"} for i in range(500)]}
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        await read_request(reader, wire)
+        body = gzip.compress(json.dumps(document).encode())
+        headers = {"content-type": "application/json", "content-encoding": "gzip"}
+        writer.write(answer("200 OK", headers, body))
+        await writer.drain()
+
+    async with raw_server(handler) as (url, _):
+        client = UpstreamClient(url, None)
+        try:
+            assert await client.list_models() == document
+        finally:
+            await client.aclose()
+
+
+async def test_a_body_read_to_its_end_leaves_the_connection_for_the_next_request() -> None:
+    async with raw_server(json_handler({"n": 1})) as (url, wire):
+        client = UpstreamClient(url, "k")
+        try:
+            for _ in range(3):
+                await client.list_models()
+        finally:
+            await client.aclose()
+    assert len(wire.heads) == 3
+    assert wire.connections == 1
+
+
+async def test_closing_an_unread_stream_hangs_up_so_the_upstream_stops_generating() -> None:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        await read_request(reader, wire)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        event = b'data: {"n": 1}\n\n'
+        writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+        await writer.drain()
+        # Generating forever, until the proxy hangs up.
+        if await reader.read(1) == b"":
+            wire.peer_closed.set()
+
+    async with raw_server(handler) as (url, wire):
+        client = UpstreamClient(url, "k")
+        try:
+            stream = await client.open_chat(b"{}", {})
+            pieces = stream.iter_bytes()
+            assert await anext(pieces) == b'data: {"n": 1}\n\n'
+            await stream.aclose()
+            await asyncio.wait_for(wire.peer_closed.wait(), 5.0)
+        finally:
+            await client.aclose()
+
+
+async def test_a_connection_cut_mid_stream_is_a_broken_stream() -> None:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        await read_request(reader, wire)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b'transfer-encoding: chunked\r\n\r\n10\r\ndata: {"n": 1}\n\n\r\n'
+        )
+        await writer.drain()
+        writer.transport.abort()
+
+    async with raw_server(handler) as (url, _):
+        client = UpstreamClient(url, "k")
+        try:
+            stream = await client.open_chat(b"{}", {})
+            with pytest.raises(UpstreamError) as info:
+                async for _ in stream.iter_bytes():
+                    pass
+            await stream.aclose()
+        finally:
+            await client.aclose()
+    assert info.value.code == "upstream_stream_broken"
+
+
+async def test_a_malformed_answer_is_a_broken_stream_not_a_crash() -> None:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        await read_request(reader, wire)
+        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await writer.drain()
+
+    async with raw_server(handler) as (url, _):
+        client = UpstreamClient(url, "k")
+        try:
+            with pytest.raises(UpstreamError) as info:
+                await client.open_chat(b"{}", {})
+        finally:
+            await client.aclose()
+    assert info.value.code == "upstream_stream_broken"
+
+
+async def test_an_error_status_is_read_and_reported() -> None:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        await read_request(reader, wire)
+        body = json.dumps({"error": "Rate limit exceeded"}).encode()
+        writer.write(answer("429 Too Many Requests", {"retry-after": "3"}, body))
+        await writer.drain()
+
+    async with raw_server(handler) as (url, _):
+        client = UpstreamClient(url, "k")
+        try:
+            with pytest.raises(UpstreamStatusError) as info:
+                await client.open_chat(b"{}", {})
+        finally:
+            await client.aclose()
+    assert info.value.upstream_status == 429
+    assert info.value.retry_after == "3"
+    assert "Rate limit exceeded" in info.value.message
+
+
+async def test_nobody_listening_is_unreachable() -> None:
+    client = UpstreamClient(f"http://127.0.0.1:{free_port()}/api/v1", "k")
+    try:
+        with pytest.raises(UpstreamConnectError) as info:
+            await client.list_models()
+    finally:
+        await client.aclose()
+    assert info.value.code == "upstream_unreachable"
+
+
+async def test_a_silent_server_times_out() -> None:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        await read_request(reader, wire)
+        await asyncio.sleep(30)
+
+    async with raw_server(handler) as (url, _):
+        service = ServiceClient(timeout_s=0.3)
+        upstream = UpstreamClient(url, "k", timeouts=UpstreamTimeouts(first_byte_s=0.3))
+        try:
+            with pytest.raises(UpstreamTimeoutError):
+                await service.request_json("GET", url + "/jwks")
+            with pytest.raises(UpstreamTimeoutError):
+                await upstream.open_chat(b"{}", {})
+        finally:
+            await service.aclose()
+            await upstream.aclose()
