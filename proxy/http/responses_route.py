@@ -15,16 +15,17 @@ paths (see :mod:`proxy.http.endpoints`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from proxy.core.errors import ProxyError
 from proxy.core.responses import ResponseBuilder, ResponsesRequest, translate_request
 from proxy.http.answers import CLIENT_CLOSED_REQUEST, answer_headers, whole_answer
 from proxy.http.body import read_json
 from proxy.http.disconnect import until_disconnect
+from proxy.http.event_stream import EventStream
 from proxy.http.request_log import RequestRecord
 from proxy.http.services import Services
 from proxy.service.chat import OpenedAnswer
@@ -67,18 +68,14 @@ async def create_response(request: Request) -> Response:
     headers = answer_headers(outcome)
     builder = ResponseBuilder(model=translated.chat["model"], echo=translated.echo)
     if translated.stream:
-        return StreamingResponse(
-            _stream_body(record, outcome, builder),
-            media_type="text/event-stream",
-            headers={**_SSE_HEADERS, **headers},
-        )
+        return EventStream(_stream_body(record, outcome, builder), {**_SSE_HEADERS, **headers})
     gather = responses_object(outcome.first, outcome.rest, builder, stats=outcome.stats)
     return await whole_answer(request, record, outcome, gather, headers)
 
 
 async def _stream_body(
     record: RequestRecord, outcome: OpenedAnswer, builder: ResponseBuilder
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     services = record.services
     signatures = services.signatures
     mode = signatures.mode_for(outcome)

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from proxy.core.errors import ModelNotFoundError, ProxyError
 from proxy.http.answers import CLIENT_CLOSED_REQUEST, answer_headers, whole_answer
 from proxy.http.body import read_json
 from proxy.http.disconnect import until_disconnect
+from proxy.http.event_stream import EventStream
 from proxy.http.request_log import RequestRecord
 from proxy.http.services import Services, model_trust
 from proxy.service.catalog import resolve_alias
@@ -65,16 +66,12 @@ async def chat_completions(request: Request) -> Response:
 
     headers = answer_headers(outcome)
     if outcome.client_stream:
-        return StreamingResponse(
-            _stream_body(record, outcome),
-            media_type="text/event-stream",
-            headers={**_SSE_HEADERS, **headers},
-        )
+        return EventStream(_stream_body(record, outcome), {**_SSE_HEADERS, **headers})
     gather = aggregate(outcome.first, outcome.rest, outcome.stats)
     return await whole_answer(request, record, outcome, gather, headers)
 
 
-async def _stream_body(record: RequestRecord, outcome: OpenedAnswer) -> AsyncIterator[bytes]:
+async def _stream_body(record: RequestRecord, outcome: OpenedAnswer) -> AsyncGenerator[bytes, None]:
     services = record.services
     signatures = services.signatures
     mode = signatures.mode_for(outcome)

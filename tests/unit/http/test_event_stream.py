@@ -1,0 +1,117 @@
+"""EventStream on a bare ASGI interface: framing, hang-ups and foreign cancellations."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, MutableMapping
+from typing import Any
+
+import pytest
+
+from proxy.http.event_stream import EventStream
+
+SCOPE: dict[str, Any] = {"type": "http", "asgi": {"spec_version": "2.3"}}
+
+
+class Peer:
+    """The server side: records what was sent; ``hang_up`` makes receive report it."""
+
+    def __init__(self) -> None:
+        self.sent: list[MutableMapping[str, Any]] = []
+        self.first_part = asyncio.Event()
+        self._gone = asyncio.Event()
+
+    def hang_up(self) -> None:
+        self._gone.set()
+
+    async def receive(self) -> dict[str, Any]:
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        self.sent.append(message)
+        if message["type"] == "http.response.body":
+            self.first_part.set()
+
+
+async def test_parts_are_sent_as_they_come_then_an_empty_closing_body() -> None:
+    async def body() -> AsyncGenerator[bytes, None]:
+        yield b"data: 1\n\n"
+        yield b"data: [DONE]\n\n"
+
+    peer = Peer()
+    await EventStream(body(), {"x-venice-proxy-e2ee": "true"})(SCOPE, peer.receive, peer.send)
+    start, *parts = peer.sent
+    assert start["type"] == "http.response.start"
+    assert start["status"] == 200
+    headers = dict(start["headers"])
+    assert headers[b"content-type"] == b"text/event-stream; charset=utf-8"
+    assert headers[b"x-venice-proxy-e2ee"] == b"true"
+    assert parts == [
+        {"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True},
+        {"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True},
+        {"type": "http.response.body", "body": b"", "more_body": False},
+    ]
+
+
+async def test_a_hang_up_cancels_the_body_where_it_waits_and_the_answer_just_ends() -> None:
+    cleaned = asyncio.Event()
+    cancelled = False
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        nonlocal cancelled
+        try:
+            yield b"data: 1\n\n"
+            await asyncio.sleep(30)  # the upstream thinking
+            yield b"never"
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            cleaned.set()
+
+    peer = Peer()
+    stream = asyncio.create_task(EventStream(body(), {})(SCOPE, peer.receive, peer.send))
+    await peer.first_part.wait()
+    peer.hang_up()
+    await asyncio.wait_for(stream, 5.0)  # ends without an exception
+    assert cancelled
+    assert cleaned.is_set()
+    assert b"never" not in [message.get("body") for message in peer.sent]
+    assert stream.cancelling() == 0  # the task is not left marked as cancelled
+
+
+async def test_the_body_is_closed_when_the_stream_ends_between_parts() -> None:
+    closed = asyncio.Event()
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        try:
+            yield b"data: 1\n\n"
+            yield b"data: 2\n\n"
+        finally:
+            closed.set()
+
+    peer = Peer()
+
+    async def failing_send(message: MutableMapping[str, Any]) -> None:
+        peer.sent.append(message)
+        if message.get("body") == b"data: 1\n\n":
+            raise OSError("the socket is gone")
+
+    with pytest.raises(OSError, match="the socket is gone"):
+        await EventStream(body(), {})(SCOPE, peer.receive, failing_send)
+    assert closed.is_set()  # not left for the garbage collector
+
+
+async def test_a_cancellation_from_elsewhere_propagates() -> None:
+    async def body() -> AsyncGenerator[bytes, None]:
+        yield b"data: 1\n\n"
+        await asyncio.sleep(30)
+        yield b"never"
+
+    peer = Peer()
+    stream = asyncio.create_task(EventStream(body(), {})(SCOPE, peer.receive, peer.send))
+    await peer.first_part.wait()
+    stream.cancel()  # a server shutting down, not the client
+    with pytest.raises(asyncio.CancelledError):
+        await stream
