@@ -50,6 +50,7 @@ _PIECE_BYTES = 64 * 1024
 # Written by aiohttp for the body it sends; httpx's copies would disagree or repeat them.
 _FRAMING_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
 _SET_COOKIE = b"set-cookie"
+_MAX_PARSED_URLS = 32  # the endpoints a client calls: a handful (query strings are not kept)
 _NO_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 
 
@@ -174,6 +175,8 @@ class Wire:
         self._client = http_client
         self._transport = AiohttpTransport() if http_client is None else None
         self._timeout = timeout.as_dict()
+        # Parsed once: httpx parses a URL string in pure Python on every request otherwise.
+        self._urls: dict[str, httpx.URL] = {}
 
     def request(
         self,
@@ -185,9 +188,14 @@ class Wire:
         content: bytes | None = None,
     ) -> httpx.Request:
         """A request with this wire's timeouts."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = httpx.URL(url)
+            if len(self._urls) < _MAX_PARSED_URLS:
+                self._urls[url] = parsed
         return httpx.Request(
             method,
-            url,
+            parsed,
             params=dict(params) if params else None,
             headers=headers,
             content=content,
