@@ -151,6 +151,11 @@ def _event_log_replay(
         return _skipped(EVENT_LOG_REPLAY, quote_failure, enforced), None
     logs: list[EventLog] = []
     for source, value in sources:
+        if logs and value == sources[0][1]:
+            # The same entries under a second name (Venice repeats the log in tcb_info): the
+            # same parse, checked against the quote under its own name below.
+            logs.append(EventLog(source, logs[0].events))
+            continue
         try:
             logs.append(parse_event_log(value, source))
         except EventLogError as exc:
