@@ -185,12 +185,18 @@ def start_simulator(log_dir: Path, *, token_delay_s: float, phala: bool = False)
 
 
 def start_proxy(
-    log_dir: Path, *, upstream_url: str, max_in_flight: int | None = None, workers: int = 1
+    log_dir: Path,
+    *,
+    upstream_url: str,
+    max_in_flight: int | None = None,
+    workers: int = 1,
+    launcher: tuple[str, ...] = ("-m", "proxy"),
 ) -> ManagedProcess:
     """The proxy in its own process, in front of ``upstream_url`` (``.../api/v1``).
 
     ``max_in_flight`` raises ``server.max_in_flight`` (default 256) when a test needs more
-    concurrent streams than that; otherwise the proxy's default applies.
+    concurrent streams than that; otherwise the proxy's default applies. ``launcher`` is what
+    runs ``serve`` (``benchmarks.profile`` runs it under its profiler).
     """
     port = free_port()
     env = _clean_env() | {
@@ -213,7 +219,7 @@ def start_proxy(
         env["VENICE_PROXY_SERVER__WORKERS"] = str(workers)
     spec = ProcessSpec(
         name="proxy",
-        argv=(sys.executable, "-m", "proxy", "serve", "--port", str(port)),
+        argv=(sys.executable, *launcher, "serve", "--port", str(port)),
         env=env,
         port=port,
         ready_path="/healthz",
