@@ -1,4 +1,4 @@
-"""The Venice client: the only module that imports httpx.
+"""The Venice clients (with their wire, :mod:`proxy.venice.transport`: what sends them).
 
 Every transport failure is translated once, here, into the proxy's error tree
 (``raise UpstreamTimeoutError(...) from exc``), the way httpx maps httpcore's exceptions.
@@ -43,7 +43,7 @@ from proxy.core.errors import (
     UpstreamTimeoutError,
     UpstreamTooLargeError,
 )
-from proxy.venice.transport import Wire
+from proxy.venice.transport import Wire, WireRequest, WireResponse
 
 _MAX_ERROR_MESSAGE = 500
 _MAX_ERROR_BODY = 64 * 1024
@@ -114,7 +114,7 @@ def status_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstre
     )
 
 
-def _inflater(response: httpx.Response) -> Any:
+def _inflater(response: WireResponse) -> Any:
     """A zlib decompressor for the response's ``Content-Encoding`` (None for identity)."""
     encoding = response.headers.get("content-encoding", "").strip().lower()
     if encoding in ("", "identity"):
@@ -127,17 +127,11 @@ def _inflater(response: httpx.Response) -> Any:
     )
 
 
-async def _decoded(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body, decompressed, in pieces of at most 64 KiB (raw pieces as httpcore reads them,
+async def _decoded(response: WireResponse) -> AsyncIterator[bytes]:
+    """The body, decompressed, in pieces of at most 64 KiB (raw pieces as the wire reads them,
     at most 64 KiB too). Transport failures are raised as httpx errors."""
-    if response.is_stream_consumed:
-        # A response built with its whole (already decoded) content: in-memory transports.
-        content = response.content
-        for start in range(0, len(content), _PIECE_BYTES):
-            yield content[start : start + _PIECE_BYTES]
-        return
-    inflater = _inflater(response)
-    async for raw in response.aiter_raw():
+    inflater = None if response.already_decoded else _inflater(response)
+    async for raw in response.pieces():
         if inflater is None:
             if raw:
                 yield raw
@@ -162,7 +156,7 @@ async def _decoded(response: httpx.Response) -> AsyncIterator[bytes]:
 class UpstreamStream:
     """An open streaming response. Use as an async context manager; always closed on exit."""
 
-    def __init__(self, response: httpx.Response, timeouts: UpstreamTimeouts) -> None:
+    def __init__(self, response: WireResponse, timeouts: UpstreamTimeouts) -> None:
         self._response = response
         self._timeouts = timeouts
         self.headers: Mapping[str, str] = response.headers
@@ -269,9 +263,7 @@ class UpstreamClient:
         await self._wire.aclose()
 
     async def _get_json(self, path: str, params: Mapping[str, str]) -> Any:
-        request = self._wire.request(
-            "GET", self.base_url + path, params=params, headers=self._headers()
-        )
+        request = WireRequest("GET", self.base_url + path, self._headers(), params=params)
         return await _send_for_json(
             self._wire, request, self.timeouts.first_byte_s, path, self.max_json_bytes
         )
@@ -295,7 +287,7 @@ class UpstreamClient:
 
         A non-2xx answer is read (bounded), closed and raised as :class:`UpstreamStatusError`.
         """
-        request = self._wire.request(
+        request = WireRequest(
             "POST",
             self.base_url + "/chat/completions",
             content=body,
@@ -333,7 +325,7 @@ class UpstreamClient:
         return UpstreamStream(response, self.timeouts)
 
 
-async def _read_bounded(response: httpx.Response) -> bytes:
+async def _read_bounded(response: WireResponse) -> bytes:
     """Up to 64 KiB of an error body (what could be read of it; never an error)."""
     data = bytearray()
     try:
@@ -346,7 +338,7 @@ async def _read_bounded(response: httpx.Response) -> bytes:
     return bytes(data[:_MAX_ERROR_BODY])
 
 
-async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
+async def _read_capped(response: WireResponse, limit: int, what: str) -> bytes:
     """The whole body if it holds at most ``limit`` decoded bytes, else
     :class:`UpstreamTooLargeError` as soon as it is known (declared length or bytes read)."""
 
@@ -400,12 +392,12 @@ class ServiceClient:
         if body is not None:
             content = json.dumps(body, separators=(",", ":")).encode("utf-8")
             headers["content-type"] = "application/json"
-        request = self._wire.request(method, url, headers=headers, content=content)
+        request = WireRequest(method, url, headers, content=content)
         return await _send_for_json(self._wire, request, self._timeout_s, url, self._max_json_bytes)
 
 
 async def _send_for_json(
-    wire: Wire, request: httpx.Request, timeout_s: float, what: str, limit: int
+    wire: Wire, request: WireRequest, timeout_s: float, what: str, limit: int
 ) -> Any:
     """Send ``request`` and parse its JSON answer (at most ``limit`` bytes, read within
     ``timeout_s`` like the headers); the response is always closed; every failure in our error

@@ -1,93 +1,114 @@
-"""httpx's transport interface on aiohttp: the upstream's bytes parsed in C.
+"""The wire under the Venice clients: aiohttp's connection pool and C HTTP/1.1 parser.
 
-httpx's own transport parses every upstream read in pure Python (httpcore + h11) and wraps each
-in several layers of async context managers; on a token stream that is most of the proxy's
-per-chunk cost (benchmarks/README.md, "Where the time goes"). :class:`AiohttpTransport` keeps
-the httpx API the rest of :mod:`proxy.venice` and the tests use (requests, responses, errors,
-in-memory transports in tests) and hands the wire to aiohttp's connection pool and its C
-HTTP/1.1 parser.
+httpx parses every upstream read in pure Python (httpcore + h11), builds a request, URL and
+header object per call in pure Python, and runs its client layers (cookies, redirects, auth
+hooks) on every request; on a token stream that was most of the proxy's CPU per request and per
+chunk (benchmarks/README.md, "Where the time goes"). :class:`Wire` sends the clients' requests
+on aiohttp directly. When a caller hands in an :class:`httpx.AsyncClient` (the tests'
+in-memory upstreams), that client sends instead, through the same two calls, so the code
+above the wire (:mod:`proxy.venice.client`) is the same on both.
 
-What it does, and what it deliberately does not:
+What the wire does, and what it deliberately does not:
 
-- **Bytes as received.** Bodies are never decompressed here (``auto_decompress=False``): the
-  client inflates them itself within its size bounds (:mod:`proxy.venice.client`). Pieces are at
-  most 64 KiB, as httpcore reads them.
-- **No cookies.** Nothing the upstream sets is stored or sent back (aiohttp's dummy jar), so no
-  cookie links one client's request to another's at Venice; httpx's own client jar sees no
-  ``Set-Cookie`` either (those headers are dropped from the response handed to httpx).
-- **Headers**: the request's headers as httpx built them (user agent, accept, authorization,
-  ...) minus the framing ones (``host``, ``content-length``, ``transfer-encoding``,
-  ``connection``) that aiohttp writes itself for the body it sends. No automatic headers are
-  added (``skip_auto_headers``).
-- **Timeouts** from the request's httpx timeouts: ``connect`` bounds the TCP/TLS connect,
+- **Headers**: exactly the ones the request was built with, plus ``host`` and
+  ``content-length`` (``transfer-encoding`` never: bodies are bytes of known length); aiohttp
+  adds none of its own (no user agent, ``accept`` or ``accept-encoding`` defaults).
+- **Bytes as received.** Bodies are never decompressed here: the client inflates them itself
+  within its size bounds. :meth:`WireResponse.pieces` yields at most 64 KiB at a time.
+- **No cookies.** Nothing the upstream sets is stored or sent back (a dummy jar), so no cookie
+  links one client's request to another's at Venice.
+- **Timeouts** (from the :class:`httpx.Timeout` given): ``connect`` bounds the TCP/TLS connect,
   ``pool`` the wait for a connection plus the connect, ``read`` every socket read (``None``:
-  unbounded; the client's own deadlines bound a stream). ``write`` has no aiohttp equivalent
-  and is not enforced here.
-- **Errors** become the httpx exceptions :func:`proxy.venice.client._translate` reads: a
-  connect timeout :class:`httpx.ConnectTimeout`, a refused or unresolvable host
-  :class:`httpx.ConnectError`, a read timeout :class:`httpx.ReadTimeout`, a connection that
-  broke or a malformed answer :class:`httpx.RemoteProtocolError`, anything else from aiohttp
-  :class:`httpx.TransportError`.
+  unbounded; the client's own deadlines bound a stream). ``write`` is not enforced by aiohttp.
+- **Errors** are raised as the httpx exceptions :func:`proxy.venice.client._translate` reads,
+  whichever path sent: a connect timeout :class:`httpx.ConnectTimeout`, a refused or
+  unresolvable host :class:`httpx.ConnectError`, a read timeout :class:`httpx.ReadTimeout`, a
+  connection that broke or a malformed answer :class:`httpx.RemoteProtocolError`, anything else
+  from aiohttp :class:`httpx.TransportError`.
 - **Closing** a response that was not read to its end closes its connection (the upstream sees
   the disconnect and stops generating); one read to its end goes back to the pool.
-- TLS: httpx's trust store (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
-- Proxies from the environment (``HTTPS_PROXY`` ...) are honoured, as httpx does by default.
-  HTTP/2 is not spoken (neither did the proxy's httpx client).
+- TLS with httpx's trust store (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``); proxies from
+  the environment (``HTTPS_PROXY`` ...) are honoured, as httpx does by default. HTTP/2 is not
+  spoken (neither did the proxy's httpx client).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import aiohttp
 import httpx
 from yarl import URL
 
-_PIECE_BYTES = 64 * 1024
-# Written by aiohttp for the body it sends; httpx's copies would disagree or repeat them.
-_FRAMING_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
-_SET_COOKIE = b"set-cookie"
+PIECE_BYTES = 64 * 1024
 _MAX_PARSED_URLS = 32  # the endpoints a client calls: a handful (query strings are not kept)
-_NO_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+
+
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """One request as the client built it (URL without its query, which is ``params``)."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    params: Mapping[str, str] | None = None
+    content: bytes | None = None
 
 
 @contextmanager
-def _as_httpx_errors(request: httpx.Request, *, connecting: bool) -> Iterator[None]:
+def as_httpx_errors(*, connecting: bool) -> Iterator[None]:
     """aiohttp's failures as the httpx exceptions the client translates."""
     try:
         yield
     except aiohttp.ConnectionTimeoutError as exc:
-        raise httpx.ConnectTimeout(str(exc) or "connect timed out", request=request) from exc
+        raise httpx.ConnectTimeout(str(exc) or "connect timed out") from exc
     except aiohttp.SocketTimeoutError as exc:
-        raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
+        raise httpx.ReadTimeout(str(exc) or "read timed out") from exc
     except aiohttp.ServerTimeoutError as exc:
         kind = httpx.ConnectTimeout if connecting else httpx.ReadTimeout
-        raise kind(str(exc) or "timed out", request=request) from exc
+        raise kind(str(exc) or "timed out") from exc
     except aiohttp.ClientConnectorError as exc:
-        raise httpx.ConnectError(str(exc), request=request) from exc
+        raise httpx.ConnectError(str(exc)) from exc
     except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
-        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+        raise httpx.RemoteProtocolError(str(exc)) from exc
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+        raise httpx.RemoteProtocolError(str(exc)) from exc
     except aiohttp.InvalidURL as exc:
-        raise httpx.UnsupportedProtocol(str(exc), request=request) from exc
+        raise httpx.UnsupportedProtocol(str(exc)) from exc
     except aiohttp.ClientError as exc:
-        raise httpx.TransportError(str(exc), request=request) from exc
+        raise httpx.TransportError(str(exc)) from exc
 
 
-class _Body(httpx.AsyncByteStream):
-    """An aiohttp response body as httpx's byte stream."""
+class WireResponse:
+    """An open response: status, headers (case-insensitive) and the raw body, once."""
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    status_code: int
+    headers: Mapping[str, str]
+    # True when the body was decoded before it reached the wire (an in-memory httpx response
+    # built with its content): the client must not inflate it again.
+    already_decoded: bool = False
+
+    def pieces(self) -> AsyncIterator[bytes]:
+        """The body as received, compressed or not, in pieces of at most 64 KiB."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Done with the response (see the module docstring for what closing does)."""
+        raise NotImplementedError
+
+
+class _AiohttpResponse(WireResponse):
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
-        self._request = request
+        self.status_code = response.status
+        self.headers = response.headers
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _as_httpx_errors(self._request, connecting=False):
-            async for piece in self._response.content.iter_chunked(_PIECE_BYTES):
+    async def pieces(self) -> AsyncIterator[bytes]:
+        with as_httpx_errors(connecting=False):
+            async for piece in self._response.content.iter_chunked(PIECE_BYTES):
                 yield piece
 
     async def aclose(self) -> None:
@@ -98,119 +119,89 @@ class _Body(httpx.AsyncByteStream):
             response.close()  # unread: drop the connection, the upstream stops generating
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """An httpx transport whose wire is an aiohttp session (created on first use, inside the
-    running loop; closed by :meth:`aclose`)."""
+class _HttpxResponse(WireResponse):
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status_code = response.status_code
+        self.headers = response.headers
+        self.already_decoded = response.is_stream_consumed
 
-    def __init__(self, *, max_keepalive: int = 64, ssl_context: ssl.SSLContext | None = None):
-        self._max_keepalive = max_keepalive
-        # httpx's own trust store (certifi, or SSL_CERT_FILE / SSL_CERT_DIR): unchanged by the
-        # switch of transport.
-        self._ssl = ssl_context if ssl_context is not None else httpx.create_ssl_context()
+    async def pieces(self) -> AsyncIterator[bytes]:
+        response = self._response
+        if response.is_stream_consumed:
+            # A response built with its whole (already decoded) content: in-memory transports.
+            content = response.content
+            for start in range(0, len(content), PIECE_BYTES):
+                yield content[start : start + PIECE_BYTES]
+            return
+        async for piece in response.aiter_raw():
+            yield piece
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class Wire:
+    """How the Venice clients send a request: the proxy's own aiohttp session (created on first
+    use, inside the running loop), or a handed-in httpx client (which its owner closes)."""
+
+    def __init__(self, http_client: httpx.AsyncClient | None, timeout: httpx.Timeout) -> None:
+        self._client = http_client
         self._session: aiohttp.ClientSession | None = None
+        self._httpx_timeout = timeout.as_dict()
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout.pool, sock_connect=timeout.connect, sock_read=timeout.read
+        )
+        self._urls: dict[str, URL] = {}
 
     def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=self._ssl)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=httpx.create_ssl_context())
         self._session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=True,
             auto_decompress=False,
-            skip_auto_headers=_NO_AUTO_HEADERS,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
         return self._session
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def _url(self, url: str) -> URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = URL(url, encoded=False)
+            if len(self._urls) < _MAX_PARSED_URLS:
+                self._urls[url] = parsed
+        return parsed
+
+    async def send(self, request: WireRequest) -> WireResponse:
+        """Send ``request``; the response is open (its body unread) until closed."""
+        if self._client is not None:
+            built = httpx.Request(
+                request.method,
+                request.url,
+                params=dict(request.params) if request.params else None,
+                headers=dict(request.headers),
+                content=request.content,
+                extensions={"timeout": self._httpx_timeout},
+            )
+            return _HttpxResponse(await self._client.send(built, stream=True))
         session = self._session if self._session is not None else self._open()
-        timeouts = request.extensions.get("timeout", {})
-        headers = [
-            (key.decode("latin-1"), value.decode("latin-1"))
-            for key, value in request.headers.raw
-            if key.lower() not in _FRAMING_HEADERS
-        ]
-        body = await request.aread()
-        with _as_httpx_errors(request, connecting=True):
+        with as_httpx_errors(connecting=True):
             response = await session.request(
                 request.method,
-                URL(str(request.url), encoded=True),
-                headers=headers,
-                data=body or None,
+                self._url(request.url),
+                params=request.params,
+                headers=request.headers,
+                data=request.content,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeouts.get("pool"),
-                    sock_connect=timeouts.get("connect"),
-                    sock_read=timeouts.get("read"),
-                ),
+                timeout=self._timeout,
             )
-        return httpx.Response(
-            status_code=response.status,
-            headers=[
-                (key, value) for key, value in response.raw_headers if key.lower() != _SET_COOKIE
-            ],
-            stream=_Body(response, request),
-            extensions={"http_version": b"HTTP/1.1"},
-            request=request,
-        )
+        return _AiohttpResponse(response)
 
     async def aclose(self) -> None:
+        """Close the connection pool if this wire created it."""
         session, self._session = self._session, None
         if session is not None:
             await session.close()
             # Let the transports' close callbacks run (aiohttp's advice for a clean shutdown).
             await asyncio.sleep(0)
-
-
-class Wire:
-    """How the Venice clients send a request.
-
-    By default through the proxy's own :class:`AiohttpTransport`, called directly: none of an
-    httpx client's layers run (no cookie jar, redirects, auth hooks or default headers; the
-    request carries exactly the headers its builder gave, plus ``host`` and
-    ``content-length``). When a caller hands in an :class:`httpx.AsyncClient` (the tests'
-    in-memory upstreams), that client sends instead and the caller owns it.
-    """
-
-    def __init__(self, http_client: httpx.AsyncClient | None, timeout: httpx.Timeout) -> None:
-        self._client = http_client
-        self._transport = AiohttpTransport() if http_client is None else None
-        self._timeout = timeout.as_dict()
-        # Parsed once: httpx parses a URL string in pure Python on every request otherwise.
-        self._urls: dict[str, httpx.URL] = {}
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: dict[str, str],
-        params: Mapping[str, str] | None = None,
-        content: bytes | None = None,
-    ) -> httpx.Request:
-        """A request with this wire's timeouts."""
-        parsed = self._urls.get(url)
-        if parsed is None:
-            parsed = httpx.URL(url)
-            if len(self._urls) < _MAX_PARSED_URLS:
-                self._urls[url] = parsed
-        return httpx.Request(
-            method,
-            parsed,
-            params=dict(params) if params else None,
-            headers=headers,
-            content=content,
-            extensions={"timeout": self._timeout},
-        )
-
-    async def send(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request``; the response is open (its body unread) until closed."""
-        if self._transport is not None:
-            return await self._transport.handle_async_request(request)
-        assert self._client is not None
-        return await self._client.send(request, stream=True)
-
-    async def aclose(self) -> None:
-        """Close the connection pool if this wire created it (a handed-in client is not
-        closed: its owner closes it)."""
-        if self._transport is not None:
-            await self._transport.aclose()
