@@ -153,6 +153,8 @@ class LongStreamFigures:
     interval_us: dict[str, float]
     chunks_per_s: dict[str, float]
     proxy_cpu_us_per_chunk: dict[str, float]
+    # The kernel's part of proxy_cpu_us_per_chunk (socket reads and writes, epoll wake-ups).
+    proxy_system_us_per_chunk: dict[str, float]
     simulator_cpu_us_per_chunk: dict[str, float]
     tokens: int
     runs: int
@@ -172,13 +174,16 @@ async def measure_long_stream(
     intervals: dict[str, list[float]] = {target.name: [] for target in targets}
     sim_cpu: dict[str, list[float]] = {target.name: [] for target in targets}
     proxy_cpu: dict[str, list[float]] = {t.name: [] for t in targets if t.name.startswith("proxy")}
+    proxy_sys: dict[str, list[float]] = {name: [] for name in proxy_cpu}
     errors = 0
     for _ in range(runs):
         for target in targets:
             proxy_before, sim_before = proxy.cpu_seconds(), simulator.cpu_seconds()
+            system_before = proxy.system_seconds()
             expected = prompt.answer
             result = await stream_once(client, target, prompt, expected=expected)
             proxy_used = proxy.cpu_seconds() - proxy_before
+            system_used = proxy.system_seconds() - system_before
             sim_used = simulator.cpu_seconds() - sim_before
             if not result.ok or result.ttft_s is None or result.ttlt_s is None:
                 errors += 1
@@ -188,11 +193,13 @@ async def measure_long_stream(
             sim_cpu[target.name].append(sim_used / result.events * 1e6)
             if target.name in proxy_cpu:
                 proxy_cpu[target.name].append(proxy_used / result.events * 1e6)
+                proxy_sys[target.name].append(system_used / result.events * 1e6)
     interval_us = {name: median_of_runs(values) for name, values in intervals.items()}
     return LongStreamFigures(
         interval_us=interval_us,
         chunks_per_s={name: 1e6 / value for name, value in interval_us.items() if value > 0},
         proxy_cpu_us_per_chunk={name: median_of_runs(v) for name, v in proxy_cpu.items()},
+        proxy_system_us_per_chunk={name: median_of_runs(v) for name, v in proxy_sys.items()},
         simulator_cpu_us_per_chunk={name: median_of_runs(v) for name, v in sim_cpu.items()},
         tokens=prompt.tokens,
         runs=runs,

@@ -52,10 +52,16 @@ def vm_hwm_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds ``pid`` has used so far."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system (kernel: syscalls, interrupts on its behalf) CPU seconds of ``pid``."""
     text = Path(f"/proc/{pid}/stat").read_text()
     # The command name in field 2 may contain spaces; fields after its ")" are fixed.
     fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +131,10 @@ class ManagedProcess:
     def cpu_seconds(self) -> float:
         """CPU time of the process and its workers."""
         return sum(cpu_seconds(pid) for pid in self.pids())
+
+    def system_seconds(self) -> float:
+        """Kernel CPU time of the process and its workers (part of :meth:`cpu_seconds`)."""
+        return sum(cpu_split(pid)[1] for pid in self.pids())
 
     def log_tail(self, lines: int = 20) -> str:
         self._log.flush()

@@ -3,9 +3,10 @@
 Usage (from the repository root; not part of ``make bench``)::
 
     .venv/bin/python -m benchmarks.profile [--model e2ee|plain] [--requests N] [--tokens T]
-                                           [--top K]
+                                           [--top K] [--token-delay S]
 
-It starts the simulator (no token delay) and the proxy in separate processes exactly as
+It starts the simulator (no token delay unless ``--token-delay``: events that far apart wake
+the proxy one by one, as a real token pace does) and the proxy in separate processes exactly as
 ``make bench`` does, except that the proxy runs under :mod:`cProfile` with a **CPU-time** clock
 (``time.process_time``), so time the process spends descheduled on a busy machine is not
 counted. Profiling covers only the measured requests: it is switched on by ``SIGUSR1`` after a
@@ -124,6 +125,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--token-delay", type=float, default=0.0, help="seconds between the simulator's events"
+    )
     args = parser.parse_args()
     model = E2EE_MODEL if args.model == "e2ee" else PLAIN_MODEL
 
@@ -131,7 +135,7 @@ def main() -> None:
         log_dir = Path(tmp)
         out = log_dir / "proxy.prof"
         os.environ["BENCH_PROFILE_OUT"] = str(out)
-        with procs.start_simulator(log_dir, token_delay_s=0.0) as sim:
+        with procs.start_simulator(log_dir, token_delay_s=args.token_delay) as sim:
             launcher = ("-m", "benchmarks.profile", "--serve-profiled")
             with procs.start_proxy(
                 log_dir, upstream_url=sim.url + "/api/v1", launcher=launcher
@@ -165,7 +169,8 @@ def _report(stats: pstats.Stats, args: argparse.Namespace, cpu_ms: float) -> Non
             by_area[area_of(filename)] += tottime
     print(
         f"{args.model} model, {args.requests} sequential streamed requests of {args.tokens} "
-        f"tokens: proxy CPU per request {cpu_ms:.2f} ms (unprofiled, from /proc)"
+        f"tokens, events {args.token_delay * 1000:g} ms apart: proxy CPU per request "
+        f"{cpu_ms:.2f} ms (unprofiled, from /proc)"
     )
     print("profiled self time by area (shares; cProfile inflates Python more than C):")
     for area, seconds in sorted(by_area.items(), key=lambda item: -item[1]):

@@ -379,6 +379,9 @@ async def run_paced(plan: Plan, results: Results, log_dir: Path) -> None:
     note = f"{paced.tokens} tokens {PACED_DELAY_S * 1000:g} ms apart"
     for name, micros in paced.proxy_cpu_us_per_chunk.items():
         results.row(f"proxy CPU per chunk, paced, {name}", _fmt(micros, 1), "", note)
+        system = paced.proxy_system_us_per_chunk.get(name)
+        if system is not None:
+            results.row("    of which in the kernel", _fmt(system, 1), "", "syscalls, wake-ups")
     if paced.errors:
         results.row("  paced errors", str(paced.errors), "0")
 
