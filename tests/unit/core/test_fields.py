@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -26,6 +27,8 @@ from proxy.core.fields import (
     forward_fields_problem,
     holds_text,
     policy_markdown,
+    same_json,
+    value_of_kind,
 )
 from tests.support.openai_types import (
     content_part_types,
@@ -161,3 +164,62 @@ def test_readme_table_is_the_policy() -> None:
         "  python -c 'from proxy.core.fields import policy_markdown; print(policy_markdown())'\n"
         "and paste it between the fields:begin / fields:end markers"
     )
+
+
+# --- pinned by mutation testing ----------------------------------------------------------------
+
+
+def test_same_json_ignores_key_order_only() -> None:
+    assert same_json({"a": 1, "b": 2}, {"b": 2, "a": 1})
+    assert same_json({"b": 2, "a": 1}, {"a": 1, "b": 2})
+    assert not same_json({"a": 1}, {"a": True})
+
+
+def test_holds_text_in_any_mapping() -> None:
+    assert holds_text(MappingProxyType({"k": "x"}))
+    assert not holds_text(MappingProxyType({"k": ""}))
+    assert not holds_text(MappingProxyType({"k": 5}))
+    assert holds_text(("", ["x"]))
+    assert not holds_text(None)
+    assert not holds_text(1.5)
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "accepted"),
+    [
+        ({"a": 1}, Kind.OBJECT, True),
+        (MappingProxyType({}), Kind.OBJECT, True),
+        ([], Kind.OBJECT, False),
+        ("text", Kind.OBJECT, False),
+        ("anything", Kind.ANY, True),
+        (None, Kind.ANY, True),
+        (True, Kind.INTEGER, False),
+        (2, Kind.INTEGER, True),
+        (1.0, Kind.NUMBER, True),
+        (False, Kind.NUMBER, False),
+        (0, Kind.BOOLEAN, False),
+    ],
+)
+def test_value_of_kind(value: object, kind: Kind, accepted: bool) -> None:
+    assert value_of_kind(value, kind) is accepted
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("user", "'user' has its own rule (local only) that this setting does not change"),
+        (
+            "venice_parameters.enable_web_search",
+            "'venice_parameters.enable_web_search' has its own rule (refused) that this setting "
+            "does not change",
+        ),
+        ("metadata.key", "'metadata.key': only 'venice_parameters.<key>' may be given with a dot"),
+        (
+            "venice_parameters.Key",
+            "'venice_parameters.Key': only 'venice_parameters.<key>' may be given with a dot",
+        ),
+        ("Upper", "'Upper' is not a lower-case field name"),
+    ],
+)
+def test_what_forward_fields_may_not_list_is_explained(name: str, problem: str) -> None:
+    assert forward_fields_problem(name) == problem

@@ -15,7 +15,15 @@ import pytest
 
 from proxy.core import crypto
 from proxy.core.errors import InvalidRequestError, UnsupportedForE2EEError
-from proxy.core.fields import REQUEST_FIELDS, Rule
+from proxy.core.fields import (
+    CONTENT_PART_TYPES,
+    REQUEST_FIELDS,
+    UNKNOWN_MESSAGE_KEY,
+    UNKNOWN_PART_TYPE,
+    VENICE_PARAMETERS,
+    FieldRule,
+    Rule,
+)
 from proxy.core.request import (
     CLIENT_KEY_HEADER,
     MODEL_KEY_HEADER,
@@ -662,3 +670,231 @@ def test_messages_tool_emulation_rebuilds_keep_the_policy() -> None:
     with pytest.raises(UnsupportedForE2EEError) as info:
         check_messages_for_emulation(history)
     assert info.value.param == "messages[2].x_note"
+
+
+# --- what the user reads (pinned by mutation testing) ---------------------------------------
+
+_E2EE = "cannot be used with an end-to-end encrypted model"
+_UNKNOWN = (
+    "is not a field this proxy knows, and it can hold text that would travel to Venice "
+    "unencrypted; list it in privacy.forward_fields to send it in plaintext (unknown numbers "
+    "and booleans are forwarded)"
+)
+_ROLES = "assistant, developer, function, system, tool, user"
+
+
+@pytest.mark.parametrize(
+    ("payload", "param", "message"),
+    [
+        ([], None, "the request body must be a JSON object"),
+        ({"messages": USER}, "model", "'model' is required and must be a non-empty string"),
+        (
+            {"model": 5, "messages": USER},
+            "model",
+            "'model' is required and must be a non-empty string",
+        ),
+        ({"model": "m" * 257, "messages": USER}, "model", "'model' is longer than 256 characters"),
+        (body_with(USER, stream="yes"), "stream", "'stream' must be a boolean"),
+        (body_with(USER, stream_options=1), "stream_options", "'stream_options' must be an object"),
+        (
+            body_with(USER, stream_options={"include_usage": 1}),
+            "stream_options.include_usage",
+            "'stream_options.include_usage' must be a boolean",
+        ),
+        (body_with(USER, n=0), "n", "'n' must be an integer from 1 to 128"),
+        (body_with(USER, n=1.0), "n", "'n' must be an integer from 1 to 128"),
+        (body_with(USER, stop=5), "stop", "'stop' must be a string or an array of strings"),
+        (
+            body_with(USER, stop=["x" * 257]),
+            "stop",
+            "each 'stop' string must be at most 256 characters",
+        ),
+        (body_with(USER, temperature="hot"), "temperature", "'temperature' must be a number"),
+        (body_with(USER, max_tokens=True), "max_tokens", "'max_tokens' must be an integer"),
+        (
+            body_with(USER, reasoning_effort="x"),
+            "reasoning_effort",
+            "'reasoning_effort' must be one of none, minimal, low, medium, high, xhigh, max",
+        ),
+        (
+            body_with(USER, venice_parameters=1),
+            "venice_parameters",
+            "'venice_parameters' must be an object",
+        ),
+        (
+            body_with(USER, venice_parameters={"disable_thinking": "y"}),
+            "venice_parameters.disable_thinking",
+            "'venice_parameters.disable_thinking' must be a boolean",
+        ),
+        (body_with(None), "messages", "'messages' is required and must be a non-empty array"),
+        (body_with([1]), "messages[0]", "messages[0] must be an object"),
+        (
+            body_with([{"role": "x"}]),
+            "messages[0].role",
+            f"messages[0].role must be one of {_ROLES}",
+        ),
+        (
+            body_with([{"role": "user", "content": 5}]),
+            "messages[0].content",
+            "messages[0].content must be a string, an array or null",
+        ),
+        (
+            body_with([{"role": "user", "content": [{"type": 5}]}]),
+            "messages[0].content[0]",
+            "'messages[0].content[0]' must be an object with a string 'type'",
+        ),
+    ],
+)
+def test_invalid_requests_say_what_is_wrong(payload: Any, param: str | None, message: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        parse(payload)
+    assert not isinstance(info.value, UnsupportedForE2EEError)
+    assert (info.value.param, info.value.message) == (param, message)
+
+
+def test_too_many_stops_has_its_own_code() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        parse(body_with(USER, stop=["a", "b", "c", "d", "e"]))
+    assert (info.value.param, info.value.code) == ("stop", "too_many_stops")
+    assert info.value.message == "'stop' takes at most 4 strings"
+
+
+def test_a_lone_surrogate_in_the_model_is_named() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        parse(json.loads('{"model": "x\\ud800", "messages": [{"role": "user"}]}'))
+    assert (info.value.param, info.value.code) == ("model", "invalid_unicode")
+    assert info.value.message == "'model' contains invalid Unicode (a lone surrogate)"
+
+
+def test_lone_surrogate_content_says_which_message() -> None:
+    body = json.loads(
+        '{"model":"m","messages":[{"role":"user","content":"ok"},'
+        '{"role":"user","content":"x\\ud800"}]}'
+    )
+    with pytest.raises(InvalidRequestError) as info:
+        encrypt_request(parse(body), model_key=MODEL_PUBLIC, upstream_model="m")
+    assert info.value.message == "messages[1].content is not valid Unicode"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "suffix"),
+    [
+        ({"logprobs": True}, "logprobs", "; no setting allows it"),
+        (
+            {"logit_bias": {"1": 1}},
+            "logit_bias",
+            "; list 'logit_bias' in privacy.forward_fields to send it to Venice in plaintext",
+        ),
+        ({"tools": [{"type": "function"}]}, "tools", ""),  # its why names tools.mode
+        (
+            {"venice_parameters": {"enable_web_search": "on"}},
+            "venice_parameters.enable_web_search",
+            "; no setting allows it",
+        ),
+    ],
+)
+def test_a_refusal_names_the_field_why_and_what_allows_it(
+    extra: dict[str, Any], param: str, suffix: str
+) -> None:
+    with pytest.raises(UnsupportedForE2EEError) as info:
+        parse(body_with(USER, **extra))
+    top, _, key = param.partition(".")
+    rule = VENICE_PARAMETERS[key] if key else REQUEST_FIELDS[top]
+    assert info.value.param == param
+    assert info.value.message == f"'{param}' {_E2EE}: {rule.why}{suffix}"
+
+
+@pytest.mark.parametrize(
+    ("messages", "param", "rule"),
+    [
+        (
+            [{"role": "user", "content": "x", "x_note": "y"}],
+            "messages[0].x_note",
+            UNKNOWN_MESSAGE_KEY,
+        ),
+        (
+            [{"role": "user", "content": [{"type": "file", "file": {}}]}],
+            "messages[0].content[0]",
+            CONTENT_PART_TYPES["file"],
+        ),
+        (
+            [{"role": "user", "content": [{"type": "video_url"}]}],
+            "messages[0].content[0]",
+            UNKNOWN_PART_TYPE,
+        ),
+    ],
+)
+def test_message_refusals_say_why_and_that_no_setting_allows_them(
+    messages: list[Any], param: str, rule: FieldRule
+) -> None:
+    with pytest.raises(UnsupportedForE2EEError) as info:
+        parse(body_with(messages))
+    assert info.value.message == f"'{param}' {_E2EE}: {rule.why}; no setting allows it"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"foo": "x"}, "foo"),
+        ({"venice_parameters": {"web_query": "x"}}, "venice_parameters.web_query"),
+    ],
+)
+def test_an_unknown_field_that_can_hold_text_says_how_to_send_it(
+    extra: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(UnsupportedForE2EEError) as info:
+        parse(body_with(USER, **extra))
+    assert (info.value.param, info.value.message) == (param, f"'{param}' {_UNKNOWN}")
+
+
+def test_a_model_feature_suffix_says_what_to_do() -> None:
+    with pytest.raises(UnsupportedForE2EEError) as info:
+        check_upstream_model("e2ee-glm-5-1:enable_web_search=on")
+    assert info.value.message == (
+        "'e2ee-glm-5-1:enable_web_search=on' carries a Venice model feature suffix (after ':'), "
+        "which would switch on Venice features outside this proxy's field policy; use the plain "
+        "model id and the fields the proxy forwards"
+    )
+
+
+def test_limits_are_inclusive() -> None:
+    assert parse({"model": "m" * 256, "messages": USER}).model == "m" * 256
+    assert parse(body_with(USER, stop=["x" * 256])).stops == ("x" * 256,)
+    assert parse(body_with(USER, n=128)).n == 128
+    request = parse(body_with(USER, n=1))
+    assert (request.n, request.forwarded) == (1, {"n": 1})
+
+
+def test_the_parsed_request_keeps_the_model_and_n() -> None:
+    request = parse(body_with(USER))
+    assert (request.model, request.n, request.forwarded) == ("e2ee-glm-5-1", 1, {})
+    assert parse(body_with(USER, n=3)).n == 3
+
+
+def test_a_null_venice_parameter_is_skipped_not_the_rest() -> None:
+    out = encrypt(
+        body_with(
+            USER, venice_parameters={"disable_thinking": None, "strip_thinking_response": True}
+        )
+    )
+    assert out["venice_parameters"] == {"strip_thinking_response": True}
+
+
+def test_emulation_checks_every_message_after_one_it_skips() -> None:
+    check_messages_for_emulation([])  # not a request: left to parse_chat_request
+    check_messages_for_emulation({"messages": "x"})
+    history: dict[str, Any] = {
+        "model": "m",
+        "messages": ["not an object", {"role": "wizard"}, {"role": "user", "x_note": "text"}],
+    }
+    with pytest.raises(UnsupportedForE2EEError) as info:
+        check_messages_for_emulation(history)
+    assert info.value.param == "messages[2].x_note"
+
+
+@pytest.mark.parametrize("text", ["", 5, None, {"nested": CANARY}])
+def test_a_text_part_of_any_value_travels_only_inside_the_encryption(text: Any) -> None:
+    parts = [{"type": "text", "text": text}, {"type": "text", "text": CANARY}]
+    out = encrypt(body_with([{"role": "user", "content": parts}]))
+    assert json.loads(enclave_open(out["messages"][0]["content"])) == parts
+    assert CANARY not in json.dumps(out)

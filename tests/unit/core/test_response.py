@@ -9,6 +9,7 @@ closed instead of being decrypted or passed through.
 from __future__ import annotations
 
 import copy
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from proxy.core.errors import (
     DecryptionError,
     PlaintextInStreamError,
     ProxyError,
+    SSEProtocolError,
 )
 from proxy.core.response import ChunkDecryptor, ChunkRebuilder, has_text
 
@@ -376,3 +378,174 @@ def test_has_text() -> None:
     assert has_text(rebuild(delta_chunk(reasoning=sealed("a"))))
     assert not has_text(rebuild(delta_chunk(role="assistant", content="")))
     assert not has_text(rebuild({"choices": [], "usage": {"total_tokens": 1}}))
+
+
+# --- what the client reads when the answer ends (pinned by mutation testing) -------------------
+
+
+def _leak(where: str | None) -> str:
+    what = f"'{where}'" if where else "an unexpected field"
+    return (
+        f"the upstream sent {what} holding text the proxy did not decrypt, for an end-to-end "
+        "encrypted request; the response was discarded"
+    )
+
+
+_FINE = {"index": 0, "delta": {"content": ""}}
+
+
+def _second(choice: Any) -> dict[str, Any]:
+    """A chunk whose second choice is ``choice`` (positions in messages count from 0)."""
+    return {"id": "c", "choices": [_FINE, choice]}
+
+
+@pytest.mark.parametrize(
+    ("chunk", "error", "message"),
+    [
+        ({"choices": "leak"}, PlaintextInStreamError, _leak("choices")),
+        ({"choices": 5}, SSEProtocolError, "the upstream sent 'choices' that is not an array"),
+        ({"choices": [], "metadata": {"k": "leak"}}, PlaintextInStreamError, _leak("metadata")),
+        ({"choices": [], "notice": ["leak"]}, PlaintextInStreamError, _leak(None)),
+        (
+            {"choices": [], "venice_parameters": {"web_search_citations": [{"url": "u"}]}},
+            PlaintextInStreamError,
+            "the upstream reports a web search for this request: it ran outside the enclave; "
+            "the response was discarded",
+        ),
+        ({"choices": [], "usage": "leak"}, PlaintextInStreamError, _leak("usage")),
+        (
+            {"choices": [], "usage": 5},
+            SSEProtocolError,
+            "the upstream sent a 'usage' that is not an object",
+        ),
+        ({"choices": [], "usage": {"note": "leak"}}, PlaintextInStreamError, _leak("usage")),
+        (_second("leak"), PlaintextInStreamError, _leak("choices[1]")),
+        (_second(5), SSEProtocolError, "the upstream sent a choice that is not an object"),
+        (
+            _second({"index": "1"}),
+            SSEProtocolError,
+            "the upstream sent a choice without a valid index",
+        ),
+        (_second({"index": 1, "delta": "leak"}), PlaintextInStreamError, _leak("choices[1].delta")),
+        (
+            _second({"index": 1, "message": 5}),
+            SSEProtocolError,
+            "the upstream sent a 'message' that is not an object",
+        ),
+        (
+            _second({"index": 1, "finish_reason": "tool_calls"}),
+            PlaintextInStreamError,
+            _leak("choices[1].finish_reason"),
+        ),
+        (
+            _second({"index": 1, "finish_reason": "function_call"}),
+            PlaintextInStreamError,
+            _leak("choices[1].finish_reason"),
+        ),
+        (
+            _second({"index": 1, "finish_reason": "eos"}),
+            PlaintextInStreamError,
+            "the upstream ended choices[1] with a finish_reason the proxy does not relay; the "
+            "response was discarded",
+        ),
+        (
+            _second({"index": 1, "logprobs": {"content": [{"token": "leak"}]}}),
+            PlaintextInStreamError,
+            _leak("choices[1].logprobs"),
+        ),
+        (_second({"index": 1, "note": "leak"}), PlaintextInStreamError, _leak(None)),
+        (
+            _second({"index": 1, "delta": {"role": "system"}}),
+            PlaintextInStreamError,
+            _leak("choices[1].delta.role"),
+        ),
+        (
+            _second({"index": 1, "message": {"reasoning": 5}}),
+            PlaintextInStreamError,
+            _leak("choices[1].message.reasoning"),
+        ),
+        (
+            _second({"index": 1, "delta": {"refusal": "leak"}}),
+            PlaintextInStreamError,
+            _leak("choices[1].delta.refusal"),
+        ),
+        (_second({"index": 1, "delta": {"note": "leak"}}), PlaintextInStreamError, _leak(None)),
+        (
+            _second({"index": 1, "delta": {"content": [{"type": "image_url"}]}}),
+            PlaintextInStreamError,
+            _leak("choices[1].delta.content"),
+        ),
+        (
+            _second({"index": 1, "message": {"content": [{"type": "text", "text": 5}]}}),
+            PlaintextInStreamError,
+            _leak("choices[1].message.content"),
+        ),
+        (
+            _second(
+                {"index": 1, "delta": {"content": [{"type": "text", "text": "", "x": "leak"}]}}
+            ),
+            PlaintextInStreamError,
+            _leak(None),
+        ),
+    ],
+)
+def test_the_error_names_only_the_proxys_own_field_names(
+    chunk: dict[str, Any], error: type[ProxyError], message: str
+) -> None:
+    for rebuilder in (ChunkDecryptor(CLIENT.private), ChunkRebuilder()):
+        with pytest.raises(error) as info:
+            rebuilder.rebuild(copy.deepcopy(chunk))
+        assert type(info.value) is error
+        assert info.value.message == message
+
+
+def test_empty_text_parts_add_nothing_and_harmless_part_keys_are_dropped() -> None:
+    content = [
+        {"type": "text", "text": ""},
+        {"type": "text", "text": sealed("a"), "cache": {"n": 1}},
+        {"type": "text", "text": None},
+        {"type": "text"},
+    ]
+    assert first_delta(delta_chunk(content=content)) == {"content": "a"}
+    assert first_delta(delta_chunk(content=[])) == {"content": ""}
+
+
+def test_an_empty_reasoning_field_is_dropped_and_the_next_one_still_read() -> None:
+    delta = first_delta(delta_chunk(reasoning_content="", reasoning=sealed("r")))
+    assert delta == {"reasoning": "r"}
+    delta = first_delta(delta_chunk(content=None, reasoning_content=None, reasoning=sealed("r")))
+    assert delta == {"content": None, "reasoning": "r"}
+
+
+def test_an_empty_role_is_dropped() -> None:
+    assert first_delta(delta_chunk(role="", content=sealed("x"))) == {"content": "x"}
+
+
+def test_a_chunk_without_choices_or_index_gets_defaults() -> None:
+    assert rebuild({"id": "c"}) == {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "",
+        "choices": [],
+    }
+    choice = rebuild({"choices": [{"delta": {}}]})["choices"][0]
+    assert choice == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": None}
+
+
+def test_any_mapping_is_rebuilt() -> None:
+    chunk = MappingProxyType(
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": sealed("x")}}]}
+    )
+    assert ChunkDecryptor(CLIENT.private).rebuild(chunk)["choices"][0]["delta"] == {"content": "x"}
+
+
+def test_has_text_of_anything() -> None:
+    assert not has_text({})
+    assert not has_text({"choices": "x"})
+    assert not has_text({"choices": ["x", {"delta": "x"}]})
+    assert has_text({"choices": ["x", {"message": {"reasoning_content": "r"}}]})
+
+
+def test_the_decryptors_repr() -> None:
+    assert repr(ChunkDecryptor(CLIENT.private)) == "ChunkDecryptor(<redacted>)"

@@ -212,3 +212,113 @@ def test_done_needs_a_local_stop() -> None:
     stops = ChoiceStops(["never"])
     run(stops, [chunk(0, content="abc"), chunk(0, "stop")])
     assert not stops.done
+
+
+# --- what a client sees, chunk by chunk (pinned by mutation testing) ----------------------------
+
+
+def test_a_stop_is_decided_as_soon_as_nothing_can_start_earlier() -> None:
+    # "ab" is complete at 1 and "abcd" could only start there too: cut now, not at the end.
+    cutter = StopCutter(["ab", "abcd"])
+    assert cutter.feed("xab") == "x"
+    assert cutter.matched
+    assert cutter.feed("cd") == ""
+
+
+def test_text_is_held_back_only_while_it_can_still_start_a_stop() -> None:
+    cutter = StopCutter(["abc"])
+    assert cutter.feed("zb") == "zb"  # ends in a letter of the stop, but not in its start
+    assert cutter.feed("za") == "z"  # "a" could start "abc"
+    assert cutter.feed("bz") == "abz"
+
+
+def test_the_finishing_chunk_carries_its_own_text_and_the_held_back_tail() -> None:
+    stops = ChoiceStops(["STOP"])
+    assert stops.apply(chunk(0, content="a S")) is not None
+    last = stops.apply(chunk(0, "length", content="T and S"))
+    assert last is not None
+    assert last["choices"] == [
+        {"index": 0, "delta": {"content": "ST and S"}, "logprobs": None, "finish_reason": "length"}
+    ]
+    assert stops.flush() is None  # nothing was left for the end of the stream
+    assert not stops.stopped
+
+
+def test_a_choice_finished_upstream_says_nothing_more() -> None:
+    stops = ChoiceStops(["X"], choices=2)
+    run(stops, [chunk(0, "stop", content="a0"), chunk(1, content="b0 X b1")])
+    assert stops.apply(chunk(0, content="late")) is None
+    assert stops.done  # choice 0 ended upstream, choice 1 here
+
+
+def test_a_chunk_whose_choices_all_ended_is_not_relayed_unless_it_has_usage() -> None:
+    stops = ChoiceStops(["X"])
+    run(stops, [chunk(0, content="aX")])
+    assert stops.apply(chunk(0, content="more")) is None
+    with_usage = {**chunk(0, content="more"), "usage": {"total_tokens": 5}}
+    assert stops.apply(with_usage) == {**with_usage, "choices": []}
+
+
+def test_chunks_without_choices_pass_unchanged() -> None:
+    stops = ChoiceStops(["x"])
+    for passing in ({"id": "c", "choices": []}, {"id": "c"}, {"id": "c", "choices": "odd"}):
+        assert stops.apply(passing) == passing
+
+
+def test_a_choice_without_an_index_is_choice_zero() -> None:
+    stops = ChoiceStops(["STOP"])
+    out = stops.apply({"id": "c", "choices": [{"delta": {"content": "a STOP b"}}]})
+    assert out == {"id": "c", "choices": [{"delta": {"content": "a "}, "finish_reason": "stop"}]}
+    assert stops.done
+
+
+def test_a_whole_message_is_cut_like_a_delta() -> None:
+    stops = ChoiceStops(["STOP"])
+    choice = {"index": 0, "message": {"role": "assistant", "content": "a STOP b"}}
+    out = stops.apply({"id": "c", "choices": [{**choice, "finish_reason": "length"}]})
+    assert out == {
+        "id": "c",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "a "}, "finish_reason": "stop"}
+        ],
+    }
+
+
+def test_the_final_flush_chunk() -> None:
+    stops = ChoiceStops(["STOP"])
+    stops.apply(chunk(0, content="almost ST"))
+    assert stops.flush() == {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "delta": {"content": "ST"}, "logprobs": None, "finish_reason": None}
+        ],
+    }
+
+
+def test_a_stop_decided_by_the_final_flush_ends_the_choice_with_stop() -> None:
+    stops = ChoiceStops(["bc", "abcd"])  # "abcd" could start at "a" until the stream ends
+    stops.apply(chunk(0, content="ab"))
+    stops.apply(chunk(0, content="c"))
+    tail = stops.flush()
+    assert tail is not None
+    assert tail["choices"] == [
+        {"index": 0, "delta": {"content": "a"}, "logprobs": None, "finish_reason": "stop"}
+    ]
+    assert stops.done
+    assert stops.flush() is None
+
+
+def test_the_final_flush_skips_finished_choices_but_not_the_others() -> None:
+    stops = ChoiceStops(["STOP"], choices=3)
+    stops.apply(chunk(0, "stop", content="done"))
+    stops.apply(chunk(1, content="b ST"))
+    stops.apply(chunk(2, content="c ST"))
+    tail = stops.flush()
+    assert tail is not None
+    assert [(c["index"], c["delta"]) for c in tail["choices"]] == [
+        (1, {"content": "ST"}),
+        (2, {"content": "ST"}),
+    ]
