@@ -127,7 +127,10 @@ def load_targets(path: Path = TARGETS_FILE) -> tuple[Settings, list[Target]]:
     )
 
 
-REASON_KINDS = ("equivalent", "message")
+# equivalent: no input tells the mutant apart; message: only unpinned wording changes;
+# import-time: the mutated code runs only while the module is imported, before mutmut switches a
+# mutant on, so mutmut cannot test it at all (what it builds is pinned by other tests).
+REASON_KINDS = ("equivalent", "message", "import-time")
 
 
 @dataclass(slots=True)
@@ -147,7 +150,8 @@ class Accepted:
 
 
 def load_accepted(path: Path = SURVIVORS_FILE) -> Accepted:
-    """The accepted survivors; each reason starts with "equivalent:" or "message:"."""
+    """The accepted survivors; each reason starts with "equivalent:", "message:" or
+    "import-time:"."""
     accepted = Accepted()
     if not path.exists():
         return accepted
@@ -279,7 +283,7 @@ def accepted_block(key: SurvivorKey, count: int) -> str:
     ]
     if count > 1:
         lines.append(f"count = {count}")
-    lines.append('reason = "equivalent: ... | message: ..."')
+    lines.append('reason = "equivalent: ... | message: ... | import-time: ..."')
     return "\n".join(lines)
 
 
@@ -287,7 +291,7 @@ def report(outcomes: list[Outcome], accepted: Accepted, total_seconds: float) ->
     """Print the table and the lists; return the exit status."""
     header = (
         f"{'module':<30} {'mutants':>7} {'killed':>6} {'survived':>8} {'equiv':>5} "
-        f"{'message':>7} {'new':>4} {'score':>6} {'time':>6}"
+        f"{'message':>7} {'import':>6} {'new':>4} {'score':>6} {'time':>6}"
     )
     print(header)
     print("-" * len(header))
@@ -301,13 +305,15 @@ def report(outcomes: list[Outcome], accepted: Accepted, total_seconds: float) ->
         new += sorted(fresh.items())
         equivalent = accepted.of_kind(outcome.survivors, "equivalent")
         message = accepted.of_kind(outcome.survivors, "message")
-        # The usual mutation score: killed / (mutants - equivalent mutants).
-        tested = outcome.mutants - equivalent
+        untestable = accepted.of_kind(outcome.survivors, "import-time")
+        # The usual mutation score: killed / (mutants - equivalent mutants), with the mutants
+        # mutmut cannot switch on (import-time) left out like the equivalent ones.
+        tested = outcome.mutants - equivalent - untestable
         score = 100.0 * outcome.killed / tested if tested else 100.0
         print(
             f"{outcome.target.module:<30} {outcome.mutants:>7} {outcome.killed:>6} "
-            f"{outcome.survived:>8} {equivalent:>5} {message:>7} {fresh.total():>4} "
-            f"{score:>5.1f}% {outcome.seconds:>5.0f}s"
+            f"{outcome.survived:>8} {equivalent:>5} {message:>7} {untestable:>6} "
+            f"{fresh.total():>4} {score:>5.1f}% {outcome.seconds:>5.0f}s"
         )
         for key, count in sorted(accepted.counts.items()):
             if key.module == outcome.target.module and outcome.survivors[key] < count:
