@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import replace
 from typing import Any
@@ -18,7 +19,12 @@ from proxy.attestation import (
     verify_evidence,
 )
 from proxy.attestation import checks as checks_module
+from proxy.attestation.compose import app_compose_of, parse_compose
 from proxy.attestation.dcap import DcapResult, verify_quote_dcap
+from proxy.attestation.measurements import known_status
+from proxy.attestation.policy import NvidiaMode
+from proxy.attestation.quote import parse_tdx_quote
+from proxy.attestation.trust import ATTESTED, NOT_ATTESTED
 from proxy.core.crypto import KeyPair, address_hex, generate_keypair, keypair_from_private
 from tests.support.attestation_helpers import (
     FIXTURES_BY_NAME,
@@ -29,6 +35,7 @@ from tests.support.attestation_helpers import (
     load_json,
     nonce_of,
     policy_for,
+    quote_of,
     spdm_evidence,
     synthetic_body,
     time_of,
@@ -745,3 +752,221 @@ def test_the_report_names_the_model_provider_and_upstream_model() -> None:
     )
     pinned = report.check("measurements_pinned")
     assert pinned.detail.startswith("no pins for 'e2ee-glm-5-1'; seen ")
+
+
+# --- the report's facts, and how verify_evidence wires the measured and trust checks ----------
+
+ACI = FIXTURES_BY_NAME["live_evidence_aci"]  # the gateway: no GPU, no compose, a key custody chain
+GEMMA = FIXTURES_BY_NAME["gemma_3_27b_p"]  # a compose that names its models, unpinned images
+
+
+def check_of(report: AttestationReport, code: str) -> tuple[bool | None, bool, str, str]:
+    check = report.check(code)
+    return check.ok, check.enforced, check.tier, check.detail
+
+
+def test_the_facts_of_a_near_report_are_what_its_quote_and_compose_show() -> None:
+    body = body_of(GLM)
+    report = run(GLM, body)
+    facts = report.facts
+    assert set(facts) == {
+        "classification",
+        "measurements",
+        "compose",
+        "compose_bound",
+        "compose_manager",
+        "gateway",
+    }
+    assert facts["classification"] == ["a near report from the model's own CVM"]
+    td = parse_tdx_quote(quote_of(body)).report
+    app_compose = app_compose_of(parse_attestation(body).info)
+    assert app_compose is not None
+    measurements = dict(facts["measurements"])
+    known = measurements.pop("known")
+    assert measurements == {
+        "mrseam": td.mr_seam.hex(),
+        "mrtd": td.mr_td.hex(),
+        "rtmr0": td.rtmr0.hex(),
+        "rtmr1": td.rtmr1.hex(),
+        "rtmr2": td.rtmr2.hex(),
+        "rtmr3": td.rtmr3.hex(),
+        "compose_hash": hashlib.sha256(app_compose.encode()).hexdigest(),
+        "os_image_hash": "9b69bb1698bacbb6985409a2c272bcb892e09cdcea63d5399c6768b67d3ff677",
+    }
+    assert known == {
+        name: known_status(measurements[name], name)
+        for name in ("rtmr0", "rtmr1", "rtmr2", "compose_hash")
+    }
+    assert known["compose_hash"] == "e2ee-glm-5-1 (near-ai, compose-manager) 2026-06-04"
+    assert known["rtmr1"] == "near-ai on dstack-nvidia-0.5.5, 2026-04-24 .. 2026-06-04"
+    assert facts["compose"] == parse_compose(app_compose).to_dict()
+    assert facts["compose_bound"] is True
+    assert facts["compose_manager"] == {
+        "deployed": [
+            "GLM-5.1.yaml (proxy-glm51)",
+            "GLM-5.1.yaml (model-proxy-registrar)",
+            "GLM-5.1.yaml (proxy-glm51, model-proxy-registrar)",
+        ],
+        "actions_authenticated": True,
+    }
+    assert facts["gateway"] is None
+    assert (report.attested, report.not_attested) == (ATTESTED["enclave"], NOT_ATTESTED["enclave"])
+
+
+def test_the_measured_checks_of_a_near_report_see_its_compose_and_deployment() -> None:
+    report = run(GLM, body_of(GLM))
+    assert check_of(report, "compose_images_pinned") == (
+        True,
+        True,
+        "software",
+        "4 of 4 images pinned by digest",
+    )
+    ok, enforced, _, detail = check_of(report, "model_binding")
+    assert (ok, enforced) == (None, False)
+    assert detail.startswith(
+        "nothing measured names the served model: model_match rests on Venice's unauthenticated "
+        "label (upstream model zai-org/GLM-5.1-FP8); the measured deployment ran "
+        "GLM-5.1.yaml (proxy-glm51)"
+    )
+    assert report.check("measurements_known").detail.startswith("all known; rtmr0 known (")
+    assert "compose_hash known (e2ee-glm-5-1" in report.check("measurements_known").detail
+    assert report.check("trust_not_downgraded").detail == (
+        "no earlier trust level known for 'e2ee-glm-5-1'; enclave will be remembered"
+    )
+
+
+def test_a_compose_the_quote_does_not_bind_is_reported_but_not_bound() -> None:
+    body = body_of(GLM)
+    tcb = body["info"]["tcb_info"]
+    tcb["app_compose"] += " "
+    changed = tcb["app_compose"]
+    facts = run(GLM, body).facts
+    assert facts["compose"] == parse_compose(changed).to_dict()
+    assert facts["compose_bound"] is False
+
+
+def test_the_facts_of_the_gateway_name_its_custody_and_no_compose() -> None:
+    report = run(ACI, body_of(ACI), policy=policy_for(ACI))
+    facts = report.facts
+    assert facts["classification"] == [
+        "an aci/1 report: the attested CVM is the private-ai-gateway",
+        "the attested VM declares no GPU, so it cannot be running the model",
+    ]
+    assert (facts["compose"], facts["compose_bound"], facts["compose_manager"]) == (
+        None,
+        False,
+        None,
+    )
+    assert facts["gateway"]["app_id"] == "fdb7a14e5a6675f752e2cb69c9067a98ca402918"
+    assert facts["measurements"]["os_image_hash"] == (
+        "de9c74f0c85d0820ce075cb4a99f8e39f7b681be632907c5bf8bdc95ea72feb9"
+    )
+    assert (report.attested, report.not_attested) == (ATTESTED["gateway"], NOT_ATTESTED["gateway"])
+    for code in ("keyset_digest", "keyset_membership", "custody_app_key", "gateway_app_id"):
+        assert report.check(code).ok is True, code
+
+
+def test_a_compose_that_names_the_model_binds_it_and_its_unpinned_images_are_named() -> None:
+    strict = replace(policy_for(GEMMA), allow_unpinned_images=False)
+    report = run(GEMMA, body_of(GEMMA), policy=strict)
+    assert check_of(report, "model_binding")[:2] == (True, True)
+    assert report.check("model_binding").detail.startswith(
+        "the measured compose serves google/gemma-3-27b-it"
+    )
+    ok, enforced, _, detail = check_of(report, "compose_images_pinned")
+    assert (ok, enforced) == (False, True)
+    assert detail.startswith("0 of 11 images pinned by digest; not pinned: ")
+
+
+def test_the_requested_model_binds_when_venice_names_no_upstream_model() -> None:
+    body = body_of(GEMMA)
+    for name in ("upstream_model", "model_name"):
+        body.pop(name, None)
+    report = run(GEMMA, body, expected_model="google/gemma-3-27b-it")
+    assert report.check("model_binding").ok is True
+
+
+@pytest.mark.parametrize("nvidia", ["nonce", "nras"])
+def test_gpu_checks_on_a_gateway_that_relays_no_gpu_evidence_are_not_evaluated(
+    nvidia: NvidiaMode,
+) -> None:
+    report = run(ACI, body_of(ACI), policy=replace(policy_for(ACI), nvidia=nvidia))
+    detail = (
+        "not evaluated: the gateway relayed no GPU evidence (and relayed evidence would not be "
+        "bound to the attested CPU: the inference host is not attested either way)"
+    )
+    codes = ["gpu_nonce", "gpu_nras"] if nvidia == "nras" else ["gpu_nonce"]
+    assert [check.code for check in report.checks if check.tier == "gpu"] == codes
+    for code in codes:
+        assert check_of(report, code) == (None, False, "gpu", detail)
+
+
+def test_gpu_evidence_a_gateway_relays_is_checked() -> None:
+    body = with_payload(body_of(ACI), {"nonce": nonce_of(ACI).hex(), "evidence_list": []})
+    report = run(ACI, body, policy=replace(policy_for(ACI), nvidia="nonce"))
+    assert report.check("gpu_nonce").ok is False
+    assert report.check("gpu_nonce").enforced is True
+
+
+def test_a_compose_manager_quote_under_a_failed_dcap_is_not_counted_twice() -> None:
+    report = run(GLM, body_of(GLM), collateral=load_json(GLM.other_collateral))
+    assert report.check("dcap").failed
+    assert check_of(report, "compose_manager_quote") == (
+        False,
+        False,
+        "quote",
+        "not evaluated: dcap failed (its quote: DCAP verification failed: Signature is invalid "
+        "for qe_report in quote)",
+    )
+
+
+def test_the_measured_checks_name_a_quote_that_does_not_parse() -> None:
+    report = run(GLM, _cut_quote(body_of(GLM)))
+    for code in ("compose_manager_quote", "mrseam_allowed", "measurements_known"):
+        assert report.check(code).detail == "not evaluated: quote_parse failed", code
+    assert report.facts["measurements"] == {}
+
+
+def test_a_downgrade_names_where_the_earlier_level_was_remembered() -> None:
+    report = run(ACI, body_of(ACI), policy=policy_for(ACI), remembered_trust="enclave")
+    assert report.check("trust_not_downgraded").failed
+    assert report.check("trust_not_downgraded").detail.startswith(
+        f"DOWNGRADE: {ACI.model!r} was attested as enclave (the trust state file) and now"
+    )
+    elsewhere = run(
+        ACI,
+        body_of(ACI),
+        policy=policy_for(ACI),
+        remembered_trust="enclave",
+        remembered_source="/var/lib/proxy/trust.json",
+    )
+    assert (
+        "as enclave (/var/lib/proxy/trust.json)" in elsewhere.check("trust_not_downgraded").detail
+    )
+
+
+@pytest.mark.parametrize("software", ["require", "off"])
+def test_a_gateway_log_that_does_not_replay_is_enforced_once(software: Any) -> None:
+    # The app id comes from the event log; when the log fails, event_log_replay is the enforced
+    # failure and the custody checks that needed the app id fail without being enforced. With
+    # the software checks off, those custody checks are what refuses the report.
+    body = body_of(ACI)
+    evidence = body["attestation"]["evidence"]
+    log = json.loads(evidence["event_log"])
+    log[-1]["event_payload"] = "00" + log[-1]["event_payload"]
+    evidence["event_log"] = json.dumps(log)
+    report = run(ACI, body, policy=replace(policy_for(ACI), software=software))
+    replay_enforced = software != "off"
+    assert report.check("event_log_replay").enforced is replay_enforced
+    assert report.check("event_log_replay").ok is False
+    for code in ("gateway_app_id", "custody_kms_root"):
+        ok, enforced, _, detail = check_of(report, code)
+        assert (ok, enforced) == (False, not replay_enforced), code
+        assert detail.startswith("not evaluated: no authenticated app id"), code
+
+
+def test_a_gateway_quote_that_does_not_parse_leaves_the_app_id_unevaluated() -> None:
+    body = body_of(ACI)
+    body["intel_quote"] = body["attestation"]["evidence"]["quote"] = body["intel_quote"][:1000]
+    report = run(ACI, body, policy=policy_for(ACI))
+    assert check_of(report, "gateway_app_id")[::3] == (False, "not evaluated: quote_parse failed")

@@ -695,6 +695,12 @@ def test_x5c_refusals() -> None:
             "nras_jwks_invalid",
             bad,
         )
+    # At most 8 certificates are read (NRAS sends 2): a 9th is refused before any is parsed.
+    assert verify(response, {"keys": [only_x5c | {"x5c": [leaf] * 8}]}).overall_result
+    assert failure(response, {"keys": [only_x5c | {"x5c": [leaf] * 9}]}) == (
+        "nras_jwks_invalid",
+        bad,
+    )
     p256 = ec.generate_private_key(ec.SECP256R1())
     other_curve = only_x5c | {"x5c": [self_signed(p256, IAT - DAY, EXP + DAY)]}
     assert failure(response, {"keys": [other_curve]}) == (

@@ -264,3 +264,144 @@ def test_a_choice_without_an_index_is_choice_0() -> None:
 def test_missing_id_created_and_model_have_neutral_defaults() -> None:
     result = aggregate([{"choices": [delta(content="x", finish="stop")]}]).result()
     assert (result["id"], result["created"], result["model"]) == ("", 0, "")
+
+
+# --- tool calls (the proxy's own tool emulation), and whole-message choices -------------------
+
+
+def call(index: int, **fields: Any) -> dict[str, Any]:
+    return {"index": index, **fields}
+
+
+def test_tool_call_fragments_are_joined_per_call_in_index_order() -> None:
+    result = aggregate(
+        [
+            chunk([delta(role="assistant", content="")]),
+            chunk([delta(tool_calls=[call(1, function={"arguments": '{"b":'})])]),
+            chunk(
+                [
+                    delta(
+                        tool_calls=[
+                            call(0, id="call_a", type="function", function={"name": "get"}),
+                            call(1, id="call_b", function={"name": "put", "arguments": "2}"}),
+                        ]
+                    )
+                ]
+            ),
+            chunk([delta(tool_calls=[call(0, function={"arguments": '{"a":1}'})])]),
+            chunk([delta(finish="tool_calls")]),
+        ]
+    ).result()
+    assert result["choices"][0] == {
+        "index": 0,
+        "message": {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "tool_calls": [
+                {
+                    "id": "call_a",
+                    "type": "function",
+                    "function": {"name": "get", "arguments": '{"a":1}'},
+                },
+                {
+                    "id": "call_b",
+                    "type": "function",
+                    "function": {"name": "put", "arguments": '{"b":2}'},
+                },
+            ],
+        },
+        "logprobs": None,
+        "finish_reason": "tool_calls",
+    }
+
+
+def test_a_calls_id_and_name_come_from_the_first_fragment_that_has_them() -> None:
+    result = aggregate(
+        [
+            chunk([delta(tool_calls=[call(0, function={"arguments": "{"})])]),
+            chunk([delta(tool_calls=[call(0, id="call_1", function={"name": "f"})])]),
+            chunk([delta(tool_calls=[call(0, id="call_2", function={"name": "g"})])]),
+            chunk([delta(tool_calls=[call(0, function={"name": 7, "arguments": "}"})])]),
+        ]
+    ).result()
+    (tool_call,) = result["choices"][0]["message"]["tool_calls"]
+    assert tool_call == {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "f", "arguments": "{}"},
+    }
+
+
+def test_a_call_whose_fragments_name_nothing_has_empty_fields() -> None:
+    result = aggregate([chunk([delta(tool_calls=[call(0, id=5, function="f")])])]).result()
+    assert result["choices"][0]["message"]["tool_calls"] == [
+        {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    ]
+
+
+def test_content_beside_tool_calls_is_kept() -> None:
+    result = aggregate(
+        [
+            chunk([delta(content="Let me look that up.")]),
+            chunk(
+                [delta(tool_calls=[call(0, id="c", function={"name": "f"})], finish="tool_calls")]
+            ),
+        ]
+    ).result()
+    message = result["choices"][0]["message"]
+    assert message["content"] == "Let me look that up."
+    assert [c["id"] for c in message["tool_calls"]] == ["c"]
+
+
+def test_reasoning_and_tool_calls_in_one_delta_are_both_kept() -> None:
+    result = aggregate(
+        [
+            chunk(
+                [
+                    delta(
+                        reasoning_content="need data",
+                        tool_calls=[call(0, id="c", function={"name": "f", "arguments": "{}"})],
+                        finish="tool_calls",
+                    )
+                ]
+            )
+        ]
+    ).result()
+    message = result["choices"][0]["message"]
+    assert message["reasoning_content"] == "need data"
+    assert message["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
+    assert message["content"] is None
+
+
+def test_empty_content_with_no_tool_calls_is_an_empty_string_even_unfinished() -> None:
+    result = aggregate([chunk([delta(role="assistant", content="")])]).result()
+    assert result["choices"][0]["message"]["content"] == ""
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    ["x", None, {"id": "c", "function": {"name": "f"}}, {"index": "0"}],
+)
+def test_a_malformed_tool_call_fragment_raises(fragment: Any) -> None:
+    with pytest.raises(UpstreamError):
+        CompletionAggregator().add(chunk([delta(tool_calls=[fragment])]))
+
+
+def test_a_choice_with_a_whole_message_is_folded_like_a_delta() -> None:
+    whole = {
+        "index": 0,
+        "message": {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [call(0, id="c", function={"name": "f", "arguments": "{}"})],
+        },
+        "finish_reason": "tool_calls",
+    }
+    result = aggregate([chunk([whole])]).result()
+    assert result["choices"][0]["message"]["tool_calls"] == [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ]
+    assert result["choices"][0]["finish_reason"] == "tool_calls"
+    text = aggregate([chunk([{"index": 0, "message": {"content": "hi"}}])]).result()
+    assert text["choices"][0]["message"]["content"] == "hi"

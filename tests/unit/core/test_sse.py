@@ -457,3 +457,27 @@ def test_each_byte_is_searched_at_most_once_per_line_end_kind(chunks: list[bytes
 def test_encode_json_with_lone_surrogate_is_still_compact() -> None:
     obj = json.loads('{"t":"x\\ud800y","n":[1,2],"o":{"k":null}}')
     assert encode_json(obj) == b'data: {"t":"x\\ud800y","n":[1,2],"o":{"k":null}}\n\n'
+
+
+def test_an_endless_event_is_refused_with_the_event_limit_in_the_message() -> None:
+    limit = 100 * (7 + LINE_OVERHEAD)
+    decoder = SSEDecoder(max_line_bytes=1024, max_event_bytes=limit)
+    with pytest.raises(SSEProtocolError) as info:
+        decoder.feed(b"data: x\n" * 1000)
+    assert info.value.message == (
+        f"an upstream event-stream event exceeds the size limit of {limit} bytes"
+    )
+
+
+def test_data_lines_without_a_colon_count_their_own_length() -> None:
+    # "data" alone is a data line with an empty value: 4 bytes on the wire, wherever it sits in
+    # the buffer.
+    decoder = SSEDecoder(max_event_bytes=100 * (4 + LINE_OVERHEAD))
+    assert decoder.feed(b"data\n" * 100) == []
+    with pytest.raises(SSEProtocolError):
+        decoder.feed(b"data\n")
+
+
+def test_what_orjson_refuses_is_still_compact_utf_8() -> None:
+    big = 1 << 80
+    assert encode_json({"n": big, "t": "é ✓"}) == f'data: {{"n":{big},"t":"é ✓"}}\n\n'.encode()
