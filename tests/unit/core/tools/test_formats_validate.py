@@ -17,6 +17,7 @@ from proxy.core.tools.formats import (
     strip_fence,
 )
 from proxy.core.tools.validate import (
+    Problem,
     ToolSpec,
     compile_schema,
     extract_json,
@@ -142,3 +143,75 @@ def test_structured_answers() -> None:
     assert validate_structured("no json here", None).text is None
     assert validate_structured("[1, 2]", None).text is None  # json_object wants an object
     assert extract_json(" [1, 2] ")[1] == [1, 2]
+
+
+def test_call_problems_say_what_the_model_must_fix_and_the_client_may_read() -> None:
+    where = "tool call 2 ('nope')"
+    assert validate_call(ParsedCall("nope", {}), TOOLS, 2) == [
+        Problem(
+            reask=f"{where}: there is no tool named 'nope'; the tools are: 'get_weather'",
+            client="tool call 2 names a tool that was not declared",
+        )
+    ]
+    two = {"a": ToolSpec("a", None, None), "b": ToolSpec("b", None, None)}
+    assert "the tools are: 'a', 'b'" in validate_call(ParsedCall("c", {}), two, 1)[0].reask
+    assert "the tools are: none" in validate_call(ParsedCall("c", {}), {}, 1)[0].reask
+    assert validate_call(ParsedCall("get_weather", "Paris"), TOOLS, 1) == [
+        Problem(
+            reask="tool call 1 ('get_weather'): the arguments must be a JSON object, not str",
+            client="tool call 1 ('get_weather'): the arguments are not a JSON object",
+        )
+    ]
+    assert validate_call(ParsedCall("get_weather", {"city": 3}), TOOLS, 1) == [
+        Problem(
+            reask="tool call 1 ('get_weather'): at $.city: 3 is not of type 'string'",
+            client="tool call 1 ('get_weather'): $.city fails 'type'",
+        )
+    ]
+
+
+def test_schema_errors_name_the_parameter() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        compile_schema(["not", "a", "schema"], param="tools[1].function.parameters")
+    assert info.value.param == "tools[1].function.parameters"
+    assert info.value.message == "'tools[1].function.parameters' must be a JSON Schema object"
+    for unserializable in ({"minimum": float("nan")}, {"enum": [object()]}):
+        with pytest.raises(InvalidRequestError) as info:
+            compile_schema(unserializable, param="p")
+        assert info.value.param == "p"
+        assert info.value.message == "'p' is not a valid JSON Schema"
+    with pytest.raises(InvalidRequestError) as info:
+        compile_schema({"type": "float"}, param="q")
+    assert info.value.message.startswith("'q' is not a valid JSON Schema: ")
+
+
+def test_the_same_schema_in_another_key_order_is_compiled_once() -> None:
+    first = compile_schema({"type": "object", "required": ["a"]}, param="p")
+    assert compile_schema({"required": ["a"], "type": "object"}, param="p") is first
+
+
+def test_structured_answer_problems() -> None:
+    assert validate_structured("[1, 2]", None).problems == (
+        Problem(reask="the answer must be a JSON object", client="the answer is not a JSON object"),
+    )
+    assert validate_structured("no json here", None).problems == (
+        Problem(reask="the answer holds no JSON object", client="the answer is not valid JSON"),
+    )
+    broken = validate_structured('Here: {"city": ', None).problems
+    assert broken[0].reask.startswith("the answer is not valid JSON (")
+    assert broken[0].client == "the answer is not valid JSON"
+    schema = compile_schema(SCHEMA, param="p")
+    assert validate_structured('{"days": 2}', schema).problems == (
+        Problem(
+            reask="the answer: at $: 'city' is a required property",
+            client="the answer: $ fails 'required'",
+        ),
+    )
+
+
+def test_the_first_json_value_of_an_answer_is_taken() -> None:
+    assert extract_json('Result: {"a": {"b": 1}} ok') == ('{"a": {"b": 1}}', {"a": {"b": 1}})
+    assert extract_json("Values: [[1], [2]] done.") == ("[[1], [2]]", [[1], [2]])
+    assert extract_json('Pick [1] or {"a": 2}.') == ("[1]", [1])
+    listed = validate_structured("Values: [1, 2].", None, require_object=False)
+    assert (listed.text, listed.value, listed.problems) == ("[1, 2]", [1, 2], ())
