@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from proxy.core.tools.parser import collect, parse_output
 from proxy.core.tools.stream import MalformedCall, TextDelta, ToolCallFound, ToolCallScanner
@@ -146,3 +147,14 @@ def test_collect_merges_events() -> None:
     parsed = collect([TextDelta("a"), ToolCallFound(0, "f", {}), MalformedCall("r")])
     assert parsed.content == "a"
     assert parsed.malformed == ("r",)
+
+
+def test_the_tool_schemas_type_xml_and_glm_values() -> None:
+    xml = (
+        "<tool_call>\n<function=f>\n<parameter=code>\n42\n</parameter>\n</function>\n</tool_call>"
+    )
+    glm = "<tool_call>f\n<arg_key>code</arg_key>\n<arg_value>42</arg_value>\n</tool_call>"
+    schemas: dict[str, Any] = {"f": {"properties": {"code": {"type": "string"}}}}
+    for text in (xml, glm):
+        assert parse_output(text, schemas=schemas).calls[0].arguments == {"code": "42"}
+        assert parse_output(text).calls[0].arguments == {"code": 42}
