@@ -45,7 +45,7 @@ TOOLS = {"get_weather": ToolSpec("get_weather", None, SCHEMA, compile_schema(SCH
 def test_strict_json() -> None:
     with pytest.raises(ValueError, match="NaN"):
         loads('{"a": NaN}')
-    with pytest.raises(ValueError, match="deeply"):
+    with pytest.raises(ValueError, match=r"^JSON nested too deeply$"):
         loads("[" * 100_000 + "]" * 100_000)
     assert json_values('{"a": 1}; {"b": 2},\n[3]') == [{"a": 1}, {"b": 2}, [3]]
 
@@ -234,11 +234,11 @@ def _syntax_error(function: Callable[..., object], *args: Any, **kwargs: Any) ->
 
 def test_json_text_is_read_strictly() -> None:
     assert loads('  {"a": 1}\n') == {"a": 1}
-    with pytest.raises(ValueError, match="extra data after the JSON value"):
+    with pytest.raises(ValueError, match=r"^extra data after the JSON value$"):
         loads('{"a": 1} and more')
-    with pytest.raises(ValueError, match="deeply"):
+    with pytest.raises(ValueError, match=r"^JSON nested too deeply$"):
         decode_prefix("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(ValueError, match="deeply"):
+    with pytest.raises(ValueError, match=r"^JSON nested too deeply$"):
         json_values("[" * 100_000 + "]" * 100_000)
     assert decode_prefix('{"a": 1} rest') == ({"a": 1}, 8)
     assert json_values("") == []
@@ -406,9 +406,31 @@ def test_tagged_blocks_of_each_notation() -> None:
         ('{"city": "f", ', {"f"}, False),
         ('{"name": 3, ', {"f"}, False),
         ("not json", None, False),
+        ('  ```json\n{"name": "f", "arguments": {', {"f"}, True),
     ],
 )
 def test_broken_untagged_json_meant_as_a_call(
     text: str, known: set[str] | None, meant: bool
 ) -> None:
     assert looks_like_call(text, known) is meant
+
+
+def test_wrappers_and_lists_in_untagged_json() -> None:
+    # A "function" wrapper says the object is a call, like "tool_calls" does.
+    wrapper = {"function": {"name": "x"}}
+    assert calls_from_value(wrapper, known={"f"}, explicit=False) == [ParsedCall("x", {})]
+    # A bare list is a call list only when every item names a declared tool.
+    listed = [{"name": "g", "arguments": {}}]
+    assert calls_from_value(listed, known={"f"}, explicit=False) is None
+    assert calls_from_value(listed, known={"g"}, explicit=False) == [ParsedCall("g", {})]
+
+
+def test_more_values_typed_by_the_schema() -> None:
+    strings = {"f": {"properties": {"v": {"enum": ["1", "2"]}, "n": {"type": "integer"}}}}
+    text = "<function=f><parameter=v>1</parameter><parameter=n>\n abc \n</parameter></function>"
+    # An enum of strings keeps "1" as text; a bad integer is kept as written, for validation.
+    assert parse_xml_calls(text, strings) == [ParsedCall("f", {"v": "1", "n": " abc "})]
+    glm = "XRay\n<arg_key>v</arg_key><arg_value>2</arg_value>"
+    assert parse_tagged(glm, known=None, schemas={"XRay": strings["f"]}) == [
+        ParsedCall("XRay", {"v": "2"})
+    ]

@@ -150,11 +150,26 @@ def test_collect_merges_events() -> None:
 
 
 def test_the_tool_schemas_type_xml_and_glm_values() -> None:
-    xml = (
-        "<tool_call>\n<function=f>\n<parameter=code>\n42\n</parameter>\n</function>\n</tool_call>"
-    )
+    xml = "<tool_call>\n<function=f>\n<parameter=code>\n42\n</parameter>\n</function>\n</tool_call>"
     glm = "<tool_call>f\n<arg_key>code</arg_key>\n<arg_value>42</arg_value>\n</tool_call>"
     schemas: dict[str, Any] = {"f": {"properties": {"code": {"type": "string"}}}}
     for text in (xml, glm):
         assert parse_output(text, schemas=schemas).calls[0].arguments == {"code": "42"}
         assert parse_output(text).calls[0].arguments == {"code": 42}
+
+
+def test_every_convention_is_read_whatever_the_chunking() -> None:
+    from proxy.core.tools.conventions import CONVENTIONS
+
+    calls: list[tuple[str, Any]] = [("get_weather", {"city": "Paris", "days": 2}), ("get_time", {})]
+    schemas: dict[str, Any] = {"get_weather": {"properties": {"city": {"type": "string"}}}}
+    for convention in CONVENTIONS.values():
+        text = "I will check.\n" + convention.render_calls(calls) + "\n"
+        for cut in range(len(text) + 1):
+            scanner = ToolCallScanner(known={"get_weather", "get_time"}, schemas=schemas)
+            parsed = collect(
+                [*scanner.feed(text[:cut]), *scanner.feed(text[cut:]), *scanner.finish()]
+            )
+            assert parsed.content == "I will check.", (convention.name, cut)
+            assert [(c.name, c.arguments) for c in parsed.calls] == calls, (convention.name, cut)
+            assert not parsed.malformed
