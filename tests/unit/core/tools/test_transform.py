@@ -294,6 +294,8 @@ def test_chunks_without_choices_and_upstream_tool_deltas() -> None:
     plan = _plan(tools=[WEATHER])
     transformer = ToolStreamTransformer(plan)
     assert transformer.feed({"id": "x", "choices": []}) == []
+    assert transformer.feed({"id": "x", "choices": 1}) == []  # an odd chunk is skipped
+    assert transformer.feed({"id": "x", "choices": None}) == []
     assert not transformer.usage_seen
     out = transformer.feed(
         {
