@@ -6,7 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy.core.tools.parser import collect, parse_output
-from proxy.core.tools.stream import MalformedCall, TextDelta, ToolCallFound, ToolCallScanner
+from proxy.core.tools.stream import (
+    Event,
+    MalformedCall,
+    TextDelta,
+    ToolCallFound,
+    ToolCallScanner,
+)
 
 
 def _texts(events: Sequence[object]) -> str:
@@ -173,3 +179,59 @@ def test_every_convention_is_read_whatever_the_chunking() -> None:
             assert parsed.content == "I will check.", (convention.name, cut)
             assert [(c.name, c.arguments) for c in parsed.calls] == calls, (convention.name, cut)
             assert not parsed.malformed
+
+
+def _events_per_feed(*pieces: str) -> list[list[Event]]:
+    scanner = ToolCallScanner(known={"f"})
+    return [*(scanner.feed(piece) for piece in pieces), scanner.finish()]
+
+
+def test_trailing_whitespace_is_held_until_text_follows() -> None:
+    assert _events_per_feed("Hi  ", "there", "\n") == [
+        [TextDelta("Hi")],
+        [TextDelta("  there")],
+        [],
+        [TextDelta("\n")],
+    ]
+    assert _events_per_feed("  \n") == [[], [TextDelta("  \n")]]
+    broken = _events_per_feed('Hi <tool_call>{"name": "f", "arguments": {')
+    assert broken[0] == [TextDelta("Hi")]
+    assert [type(e) for e in broken[1]] == [MalformedCall]  # the held space went with the call
+
+
+def test_separators_after_a_call_are_dropped() -> None:
+    call = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
+    assert _events_per_feed(call + "; Then") == [
+        [ToolCallFound(0, "f", {}), TextDelta("Then")],
+        [],
+    ]
+    assert _events_per_feed("Before.\n" + call + "\n;After") == [
+        [TextDelta("Before."), ToolCallFound(0, "f", {}), TextDelta(" After")],
+        [],
+    ]
+
+
+def test_what_is_held_while_it_could_still_open_a_call() -> None:
+    assert _events_per_feed("`", "`", "x") == [[], [], [TextDelta("``x")], []]
+    assert _events_per_feed("```" + "a" * 16 + "\n") == [[], [TextDelta("```" + "a" * 16 + "\n")]]
+    assert _events_per_feed("```" + "a" * 17 + "\n")[0] == [TextDelta("```" + "a" * 17)]
+    assert _events_per_feed("{", '"tool_c', "x") == [[], [], [TextDelta('{"tool_cx')], []]
+    assert _events_per_feed('{"', "a" * 11) == [[], [TextDelta('{"' + "a" * 11)], []]
+    assert _events_per_feed('{"parameters', '": 1}')[0] == []
+    assert _events_per_feed("[", " ", "1]") == [[], [], [TextDelta("[ 1]")], []]
+    assert _events_per_feed("<", "b>") == [[], [TextDelta("<b>")], []]
+    assert _events_per_feed("[TOOL", "S]") == [[], [TextDelta("[TOOLS]")], []]
+
+
+def test_call_openings_in_pieces() -> None:
+    found = [ToolCallFound(0, "f", {})]
+    assert _events_per_feed('{ \n "name": "f", "arguments": {}}') == [found, []]
+    assert _events_per_feed('[ \n {"name": "f", "arguments": {}}]') == [found, []]
+    assert _events_per_feed('{"function', '": {"name": "f"}}') == [[], found, []]
+    assert _events_per_feed('<|python_tag|>{"name": "f", "parameters": {}}') == [found, []]
+    assert _events_per_feed("[TOOL", "_CALLS]", '[{"name": "f", "arguments": {}}]') == [
+        [],
+        [],
+        found,
+        [],
+    ]
