@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from proxy.core.tools.parser import collect, parse_output
+from proxy.core.tools.parser import ParsedOutput, collect, parse_output
 from proxy.core.tools.stream import (
     Event,
     MalformedCall,
@@ -129,6 +129,27 @@ def test_deep_json_is_bounded() -> None:
     parsed = parse_output(text, known={"f"})
     assert not parsed.calls  # too deep to be a call; reported, not crashed
     assert parsed.malformed
+
+
+def _nested(depth: int) -> str:
+    """A call whose JSON is ``depth`` levels deep, a string at the bottom."""
+    lists = depth - 2
+    return '{"name": "f", "arguments": {"a": ' + "[" * lists + '"s"' + "]" * lists + "}}"
+
+
+def test_a_call_too_deep_to_read_shows_none_of_its_text() -> None:
+    assert parse_output(f"Hi {_nested(64)} ok", known={"f"}).content == "Hi ok"
+    for depth in (65, 2000):
+        for pieces in ([f"Hi {_nested(depth)} ok"], ["Hi ", *_nested(depth), " ok"]):
+            scanner = ToolCallScanner(known={"f"})
+            parsed = collect(
+                [e for piece in pieces for e in scanner.feed(piece)] + scanner.finish()
+            )
+            assert parsed == ParsedOutput(
+                "Hi ok", (), ("the JSON is nested deeper than 64 levels",)
+            )
+    deep_text = '{"type": ' + "[" * 70 + "]" * 70 + "} ok"  # deep JSON that is no call: text
+    assert parse_output(deep_text, known={"f"}).content == deep_text
 
 
 def test_numbers_are_sequential_and_feed_after_finish_fails() -> None:
