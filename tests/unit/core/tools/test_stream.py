@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
+from proxy.core.tools.formats import ParsedCall
 from proxy.core.tools.parser import ParsedOutput, collect, parse_output
 from proxy.core.tools.stream import (
     Event,
@@ -255,4 +258,76 @@ def test_call_openings_in_pieces() -> None:
         [],
         found,
         [],
+    ]
+
+
+def test_brackets_and_quotes_inside_strings_do_not_close_a_call() -> None:
+    text = '{"name": "f", "arguments": {"q": "a } \\" ] b", "r": "\\\\"}} done'
+    for pieces in ([text], list(text)):
+        scanner = ToolCallScanner(known={"f"})
+        parsed = collect([e for piece in pieces for e in scanner.feed(piece)] + scanner.finish())
+        assert parsed == ParsedOutput("done", (ParsedCall("f", {"q": 'a } " ] b', "r": "\\"}),), ())
+
+
+def test_json_that_cannot_be_a_call_is_released_before_it_closes() -> None:
+    assert _events_per_feed('{"city": "Pa')[0] == [TextDelta('{"city": "Pa')]
+    assert _events_per_feed('[""name')[0] == [TextDelta('[""name')]
+
+
+def test_fenced_calls() -> None:
+    call = '{"name": "f", "arguments": {}}'
+    found = (ParsedCall("f", {}),)
+    assert parse_output(f"```{call}```", known={"f"}) == ParsedOutput("", found, ())
+    gemma = f"```tool_code\n{call}\n```"  # Gemma's habit
+    assert parse_output(gemma, known={"f"}) == ParsedOutput("", found, ())
+    # A fence of another language is text; a call inside it is still read.
+    assert parse_output(f"```c#\n{call}\n```", known={"f"}) == ParsedOutput("```c# ```", found, ())
+
+
+_NAMES = {"f", "g", "a", "b", "c"}
+_CALL = '{"name": "f", "arguments": {}}'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '<tool_call>{"name": "a"}\n<tool_call>{"name": "b"}\n<tool_call>{"name": "c"}',
+            ParsedOutput("", (ParsedCall("a", {}), ParsedCall("b", {}), ParsedCall("c", {})), ()),
+        ),
+        (
+            "A <function=f><parameter=x>1</parameter></function> B <function=g></function> C",
+            ParsedOutput("A B C", (ParsedCall("f", {"x": 1}), ParsedCall("g", {})), ()),
+        ),
+        (f"```json\n{_CALL}\n```Done.", ParsedOutput("Done.", (ParsedCall("f", {}),), ())),
+        (f"```{_CALL}``` Done {{x}}.", ParsedOutput("Done {x}.", (ParsedCall("f", {}),), ())),
+        (
+            f"```json\n{_CALL}\n```\n```json\n{_CALL}\n```",
+            ParsedOutput("", (ParsedCall("f", {}), ParsedCall("f", {})), ()),
+        ),
+        (
+            "<function= ></function> ok",
+            ParsedOutput(" ok", (), ("a <function=...> tag has no function name",)),
+        ),
+        (
+            'Hi <tool_call>{"name": }</tool_call> ok',
+            ParsedOutput(
+                "Hi ok",
+                (),
+                ("the tool call is not valid JSON (Expecting value: line 1 column 10 (char 9))",),
+            ),
+        ),
+    ],
+)
+def test_where_each_block_ends(text: str, expected: ParsedOutput) -> None:
+    assert parse_output(text, known=_NAMES) == expected
+    scanner = ToolCallScanner(known=_NAMES)
+    assert collect([e for char in text for e in scanner.feed(char)] + scanner.finish()) == expected
+
+
+def test_a_bare_function_block_is_a_call_as_soon_as_it_closes() -> None:
+    scanner = ToolCallScanner(known={"f"})
+    assert scanner.feed("<function=f><parameter=x>1</parameter></function> Do") == [
+        ToolCallFound(0, "f", {"x": 1}),
+        TextDelta("Do"),
     ]
