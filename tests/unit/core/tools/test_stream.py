@@ -331,3 +331,9 @@ def test_a_bare_function_block_is_a_call_as_soon_as_it_closes() -> None:
         ToolCallFound(0, "f", {"x": 1}),
         TextDelta("Do"),
     ]
+
+
+def test_only_ascii_whitespace_is_held_back() -> None:
+    # A no-break space ends the text: it is shown even when a call follows.
+    call = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
+    assert parse_output("Hi\u00a0" + call).content == "Hi\u00a0"
