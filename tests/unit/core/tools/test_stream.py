@@ -141,7 +141,8 @@ def _nested(depth: int) -> str:
 
 
 def test_a_call_too_deep_to_read_shows_none_of_its_text() -> None:
-    assert parse_output(f"Hi {_nested(64)} ok", known={"f"}).content == "Hi ok"
+    deepest = parse_output(f"Hi {_nested(64)} ok", known={"f"})
+    assert (deepest.content, len(deepest.calls), deepest.malformed) == ("Hi ok", 1, ())
     for depth in (65, 2000):
         for pieces in ([f"Hi {_nested(depth)} ok"], ["Hi ", *_nested(depth), " ok"]):
             scanner = ToolCallScanner(known={"f"})
@@ -305,6 +306,23 @@ _CALL = '{"name": "f", "arguments": {}}'
             f"```json\n{_CALL}\n```\n```json\n{_CALL}\n```",
             ParsedOutput("", (ParsedCall("f", {}), ParsedCall("f", {})), ()),
         ),
+        (
+            '{"name": "f", "arguments": X} done',
+            ParsedOutput(
+                " done",
+                (),
+                ("the tool call is not valid JSON (Expecting value: line 1 column 28 (char 27))",),
+            ),
+        ),
+        (
+            '{"name": "f", "arguments": {"a": X}} done',
+            ParsedOutput(
+                " done",
+                (),
+                ("the tool call is not valid JSON (Expecting value: line 1 column 34 (char 33))",),
+            ),
+        ),
+        (f"```\nX{_CALL}\n```", ParsedOutput("```\nX ```", (ParsedCall("f", {}),), ())),
         (
             "<function= ></function> ok",
             ParsedOutput(" ok", (), ("a <function=...> tag has no function name",)),
