@@ -544,10 +544,10 @@ def test_json_naming_an_undeclared_tool_is_text_and_xml_strings_stay_strings() -
         config=ToolsConfig(),
     ).plan
     assert plan is not None
-    xml = "<tool_call>\n<function=lookup>\n<parameter=code>\n007\n</parameter>\n</function>"
+    xml = "<tool_call>\n<function=lookup>\n<parameter=code>\n42\n</parameter>\n</function>"
     _, result = _run(plan, xml + "\n</tool_call>")
     assert isinstance(result, StreamFinished)
-    assert _tool_calls(list(result.chunks))[0]["arguments"] == '{"code":"007"}'
+    assert _tool_calls(list(result.chunks))[0]["arguments"] == '{"code":"42"}'
 
 
 def test_the_re_ask_quotes_why_a_call_could_not_be_read() -> None:
@@ -621,3 +621,13 @@ def test_call_ids_look_like_openai_ids() -> None:
         assert call_id.startswith("call_")
         assert len(call_id) == 29
         int(call_id[5:], 16)
+
+
+def test_non_streaming_plain_answers_drop_upstream_call_fields() -> None:
+    plan = _plan(tools=[WEATHER])
+    message = {"role": "assistant", "content": "Sunny.", "tool_calls": None, "function_call": None}
+    result = finish_completion(plan, {"choices": [{"message": message, "finish_reason": 1}]})
+    assert isinstance(result, CompletionFinished)
+    choice = result.completion["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": "Sunny."}
+    assert choice["finish_reason"] == "stop"  # an odd upstream finish_reason is not passed on
