@@ -838,3 +838,26 @@ def test_config_defaults_from_settings_and_the_plan_repr() -> None:
     assert repr(plan) == (
         "EmulationPlan(convention='json', tools=1, tool_choice='auto', response='json_object')"
     )
+
+
+def test_odd_ids_and_allowed_tools_are_handled_not_crashed_on() -> None:
+    time_tool = {"type": "function", "function": {"name": "get_time"}}
+    request = _request(
+        tools=[WEATHER, time_tool],
+        tool_choice={"type": "allowed_tools", "allowed_tools": {"tools": [WEATHER, time_tool]}},
+    )
+    request["messages"] += [
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": ["x"], "function": {"name": "get_time", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": ["x"], "content": "noon"},
+    ]
+    messages = prepare(request, model_id="m", config=ToolsConfig()).request["messages"]
+    assert "You may only call these functions: get_weather, get_time." in messages[0]["content"]
+    assert messages[-1] == {"role": "user", "content": "<tool_response>\nnoon\n</tool_response>"}
+    with pytest.raises(InvalidRequestError) as info:
+        prepare(
+            _request(**_allowed({"tools": ["get_weather"]})), model_id="m", config=ToolsConfig()
+        )
+    assert info.value.param == "tool_choice.allowed_tools.tools[0]"
