@@ -152,6 +152,7 @@ class ToolCallScanner:
         self._depth = 0
         self._in_string = False
         self._escape = False
+        self._too_deep = False
         self._pending_ws = ""
         self._after_call = False
         self._calls = 0
@@ -245,6 +246,7 @@ class ToolCallScanner:
         self._depth = 0
         self._in_string = False
         self._escape = False
+        self._too_deep = False
 
     def _scan_block(self, out: list[Event], *, eof: bool) -> bool:
         """Grow the open block; when it closed (or the answer ended), read it."""
@@ -301,7 +303,7 @@ class ToolCallScanner:
             elif char in "{[":
                 self._depth += 1
                 if self._depth > MAX_JSON_DEPTH:
-                    return pos + 1
+                    self._too_deep = True  # read to its end all the same: none of it is text
             elif char in "}]":
                 self._depth -= 1
                 if self._depth == 0:
@@ -318,6 +320,8 @@ class ToolCallScanner:
                 calls = parse_tagged(inner, known=self._known, schemas=self._schemas)
             elif mode == "function":
                 calls = parse_xml_calls(block, self._schemas)
+            elif self._too_deep:
+                raise CallSyntaxError(f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels")
             else:
                 calls = parse_json_calls(block, known=self._known, explicit=False)
         except CallSyntaxError as exc:

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from proxy.core.tools.parser import collect, parse_output
-from proxy.core.tools.stream import MalformedCall, TextDelta, ToolCallFound, ToolCallScanner
+import pytest
+
+from proxy.core.tools.formats import ParsedCall
+from proxy.core.tools.parser import ParsedOutput, collect, parse_output
+from proxy.core.tools.stream import (
+    Event,
+    MalformedCall,
+    TextDelta,
+    ToolCallFound,
+    ToolCallScanner,
+)
 
 
 def _texts(events: Sequence[object]) -> str:
@@ -124,6 +134,28 @@ def test_deep_json_is_bounded() -> None:
     assert parsed.malformed
 
 
+def _nested(depth: int) -> str:
+    """A call whose JSON is ``depth`` levels deep, a string at the bottom."""
+    lists = depth - 2
+    return '{"name": "f", "arguments": {"a": ' + "[" * lists + '"s"' + "]" * lists + "}}"
+
+
+def test_a_call_too_deep_to_read_shows_none_of_its_text() -> None:
+    deepest = parse_output(f"Hi {_nested(64)} ok", known={"f"})
+    assert (deepest.content, len(deepest.calls), deepest.malformed) == ("Hi ok", 1, ())
+    for depth in (65, 2000):
+        for pieces in ([f"Hi {_nested(depth)} ok"], ["Hi ", *_nested(depth), " ok"]):
+            scanner = ToolCallScanner(known={"f"})
+            parsed = collect(
+                [e for piece in pieces for e in scanner.feed(piece)] + scanner.finish()
+            )
+            assert parsed == ParsedOutput(
+                "Hi ok", (), ("the JSON is nested deeper than 64 levels",)
+            )
+    deep_text = '{"type": ' + "[" * 70 + "]" * 70 + "} ok"  # deep JSON that is no call: text
+    assert parse_output(deep_text, known={"f"}).content == deep_text
+
+
 def test_numbers_are_sequential_and_feed_after_finish_fails() -> None:
     scanner = ToolCallScanner()
     events = scanner.feed(
@@ -146,3 +178,180 @@ def test_collect_merges_events() -> None:
     parsed = collect([TextDelta("a"), ToolCallFound(0, "f", {}), MalformedCall("r")])
     assert parsed.content == "a"
     assert parsed.malformed == ("r",)
+
+
+def test_the_tool_schemas_type_xml_and_glm_values() -> None:
+    xml = "<tool_call>\n<function=f>\n<parameter=code>\n42\n</parameter>\n</function>\n</tool_call>"
+    glm = "<tool_call>f\n<arg_key>code</arg_key>\n<arg_value>42</arg_value>\n</tool_call>"
+    schemas: dict[str, Any] = {"f": {"properties": {"code": {"type": "string"}}}}
+    for text in (xml, glm):
+        assert parse_output(text, schemas=schemas).calls[0].arguments == {"code": "42"}
+        assert parse_output(text).calls[0].arguments == {"code": 42}
+
+
+def test_every_convention_is_read_whatever_the_chunking() -> None:
+    from proxy.core.tools.conventions import CONVENTIONS
+
+    calls: list[tuple[str, Any]] = [("get_weather", {"city": "Paris", "days": 2}), ("get_time", {})]
+    schemas: dict[str, Any] = {"get_weather": {"properties": {"city": {"type": "string"}}}}
+    for convention in CONVENTIONS.values():
+        text = "I will check.\n" + convention.render_calls(calls) + "\n"
+        for cut in range(len(text) + 1):
+            scanner = ToolCallScanner(known={"get_weather", "get_time"}, schemas=schemas)
+            parsed = collect(
+                [*scanner.feed(text[:cut]), *scanner.feed(text[cut:]), *scanner.finish()]
+            )
+            assert parsed.content == "I will check.", (convention.name, cut)
+            assert [(c.name, c.arguments) for c in parsed.calls] == calls, (convention.name, cut)
+            assert not parsed.malformed
+
+
+def _events_per_feed(*pieces: str) -> list[list[Event]]:
+    scanner = ToolCallScanner(known={"f"})
+    return [*(scanner.feed(piece) for piece in pieces), scanner.finish()]
+
+
+def test_trailing_whitespace_is_held_until_text_follows() -> None:
+    assert _events_per_feed("Hi  ", "there", "\n") == [
+        [TextDelta("Hi")],
+        [TextDelta("  there")],
+        [],
+        [TextDelta("\n")],
+    ]
+    assert _events_per_feed("  \n") == [[], [TextDelta("  \n")]]
+    broken = _events_per_feed('Hi <tool_call>{"name": "f", "arguments": {')
+    assert broken[0] == [TextDelta("Hi")]
+    assert [type(e) for e in broken[1]] == [MalformedCall]  # the held space went with the call
+
+
+def test_separators_after_a_call_are_dropped() -> None:
+    call = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
+    assert _events_per_feed(call + "; Then") == [
+        [ToolCallFound(0, "f", {}), TextDelta("Then")],
+        [],
+    ]
+    assert _events_per_feed("Before.\n" + call + "\n;After") == [
+        [TextDelta("Before."), ToolCallFound(0, "f", {}), TextDelta(" After")],
+        [],
+    ]
+
+
+def test_what_is_held_while_it_could_still_open_a_call() -> None:
+    assert _events_per_feed("`", "`", "x") == [[], [], [TextDelta("``x")], []]
+    assert _events_per_feed("```" + "a" * 16 + "\n") == [[], [TextDelta("```" + "a" * 16 + "\n")]]
+    assert _events_per_feed("```" + "a" * 17 + "\n")[0] == [TextDelta("```" + "a" * 17)]
+    assert _events_per_feed("{", '"tool_c', "x") == [[], [], [TextDelta('{"tool_cx')], []]
+    assert _events_per_feed('{"', "a" * 11) == [[], [TextDelta('{"' + "a" * 11)], []]
+    assert _events_per_feed('{"parameters', '": 1}')[0] == []
+    assert _events_per_feed("[", " ", "1]") == [[], [], [TextDelta("[ 1]")], []]
+    assert _events_per_feed("<", "b>") == [[], [TextDelta("<b>")], []]
+    assert _events_per_feed("[TOOL", "S]") == [[], [TextDelta("[TOOLS]")], []]
+
+
+def test_call_openings_in_pieces() -> None:
+    found = [ToolCallFound(0, "f", {})]
+    assert _events_per_feed('{ \n "name": "f", "arguments": {}}') == [found, []]
+    assert _events_per_feed('[ \n {"name": "f", "arguments": {}}]') == [found, []]
+    assert _events_per_feed('{"function', '": {"name": "f"}}') == [[], found, []]
+    assert _events_per_feed('<|python_tag|>{"name": "f", "parameters": {}}') == [found, []]
+    assert _events_per_feed("[TOOL", "_CALLS]", '[{"name": "f", "arguments": {}}]') == [
+        [],
+        [],
+        found,
+        [],
+    ]
+
+
+def test_brackets_and_quotes_inside_strings_do_not_close_a_call() -> None:
+    text = '{"name": "f", "arguments": {"q": "a } \\" ] b", "r": "\\\\"}} done'
+    for pieces in ([text], list(text)):
+        scanner = ToolCallScanner(known={"f"})
+        parsed = collect([e for piece in pieces for e in scanner.feed(piece)] + scanner.finish())
+        assert parsed == ParsedOutput("done", (ParsedCall("f", {"q": 'a } " ] b', "r": "\\"}),), ())
+
+
+def test_json_that_cannot_be_a_call_is_released_before_it_closes() -> None:
+    assert _events_per_feed('{"city": "Pa')[0] == [TextDelta('{"city": "Pa')]
+    assert _events_per_feed('[""name')[0] == [TextDelta('[""name')]
+
+
+def test_fenced_calls() -> None:
+    call = '{"name": "f", "arguments": {}}'
+    found = (ParsedCall("f", {}),)
+    assert parse_output(f"```{call}```", known={"f"}) == ParsedOutput("", found, ())
+    gemma = f"```tool_code\n{call}\n```"  # Gemma's habit
+    assert parse_output(gemma, known={"f"}) == ParsedOutput("", found, ())
+    # A fence of another language is text; a call inside it is still read.
+    assert parse_output(f"```c#\n{call}\n```", known={"f"}) == ParsedOutput("```c# ```", found, ())
+
+
+_NAMES = {"f", "g", "a", "b", "c"}
+_CALL = '{"name": "f", "arguments": {}}'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '<tool_call>{"name": "a"}\n<tool_call>{"name": "b"}\n<tool_call>{"name": "c"}',
+            ParsedOutput("", (ParsedCall("a", {}), ParsedCall("b", {}), ParsedCall("c", {})), ()),
+        ),
+        (
+            "A <function=f><parameter=x>1</parameter></function> B <function=g></function> C",
+            ParsedOutput("A B C", (ParsedCall("f", {"x": 1}), ParsedCall("g", {})), ()),
+        ),
+        (f"```json\n{_CALL}\n```Done.", ParsedOutput("Done.", (ParsedCall("f", {}),), ())),
+        (f"```{_CALL}``` Done {{x}}.", ParsedOutput("Done {x}.", (ParsedCall("f", {}),), ())),
+        (
+            f"```json\n{_CALL}\n```\n```json\n{_CALL}\n```",
+            ParsedOutput("", (ParsedCall("f", {}), ParsedCall("f", {})), ()),
+        ),
+        (
+            '{"name": "f", "arguments": X} done',
+            ParsedOutput(
+                " done",
+                (),
+                ("the tool call is not valid JSON (Expecting value: line 1 column 28 (char 27))",),
+            ),
+        ),
+        (
+            '{"name": "f", "arguments": {"a": X}} done',
+            ParsedOutput(
+                " done",
+                (),
+                ("the tool call is not valid JSON (Expecting value: line 1 column 34 (char 33))",),
+            ),
+        ),
+        (f"```\nX{_CALL}\n```", ParsedOutput("```\nX ```", (ParsedCall("f", {}),), ())),
+        (
+            "<function= ></function> ok",
+            ParsedOutput(" ok", (), ("a <function=...> tag has no function name",)),
+        ),
+        (
+            'Hi <tool_call>{"name": }</tool_call> ok',
+            ParsedOutput(
+                "Hi ok",
+                (),
+                ("the tool call is not valid JSON (Expecting value: line 1 column 10 (char 9))",),
+            ),
+        ),
+    ],
+)
+def test_where_each_block_ends(text: str, expected: ParsedOutput) -> None:
+    assert parse_output(text, known=_NAMES) == expected
+    scanner = ToolCallScanner(known=_NAMES)
+    assert collect([e for char in text for e in scanner.feed(char)] + scanner.finish()) == expected
+
+
+def test_a_bare_function_block_is_a_call_as_soon_as_it_closes() -> None:
+    scanner = ToolCallScanner(known={"f"})
+    assert scanner.feed("<function=f><parameter=x>1</parameter></function> Do") == [
+        ToolCallFound(0, "f", {"x": 1}),
+        TextDelta("Do"),
+    ]
+
+
+def test_only_ascii_whitespace_is_held_back() -> None:
+    # A no-break space ends the text: it is shown even when a call follows.
+    call = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
+    assert parse_output("Hi\u00a0" + call).content == "Hi\u00a0"

@@ -294,6 +294,8 @@ def test_chunks_without_choices_and_upstream_tool_deltas() -> None:
     plan = _plan(tools=[WEATHER])
     transformer = ToolStreamTransformer(plan)
     assert transformer.feed({"id": "x", "choices": []}) == []
+    assert transformer.feed({"id": "x", "choices": 1}) == []  # an odd chunk is skipped
+    assert transformer.feed({"id": "x", "choices": None}) == []
     assert not transformer.usage_seen
     out = transformer.feed(
         {
@@ -392,3 +394,240 @@ def test_merge_usage() -> None:
     }
     assert merge_usage(None, None) is None
     assert merge_usage(a, None) == a
+
+
+def _stream_chunk(delta: Any, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
+
+
+def test_a_fresh_transformer_relays_text_at_once_and_reports_usage() -> None:
+    transformer = ToolStreamTransformer(_plan(tools=[WEATHER]))  # attempt 0 by default
+    assert transformer.usage_seen is False
+    out = transformer.feed(_stream_chunk({"content": "Sunny"}, usage=dict(USAGE), cost={"a": 1}))
+    assert out == [
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "Sunny"}, "finish_reason": None}],
+        }
+    ]  # usage and cost are held: the summed usage closes the stream
+    assert transformer.usage_seen is True
+
+
+def test_the_upstream_finish_reason_is_held_and_kept_for_a_plain_answer() -> None:
+    plan = _plan(tools=[WEATHER])
+    transformer = ToolStreamTransformer(plan, new_id=_ids())
+    out = transformer.feed(_stream_chunk({"content": "It was cut"}, "length"))
+    assert out[0]["choices"][0]["finish_reason"] is None  # a client sees one finish_reason
+    result = transformer.finish()
+    assert isinstance(result, StreamFinished)
+    assert result.chunks == (
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}],
+        },
+    )
+    message = {"role": "assistant", "content": "Cut"}
+    completion = {"choices": [{"index": 3, "message": message, "finish_reason": "length"}]}
+    finished = finish_completion(plan, completion)
+    assert isinstance(finished, CompletionFinished)
+    assert finished.completion["choices"][0]["finish_reason"] == "length"
+    assert finished.completion["choices"][0]["index"] == 0
+
+
+def test_calls_open_with_their_id_type_and_name() -> None:
+    plan = _plan(tools=[WEATHER])
+    chunks = [
+        {"id": "c", "created": 1, "model": "m", "choices": [{"index": 0, "delta": {"content": t}}]}
+        for t in (f"<tool_call>{OSLO}", "</tool_call>")
+    ]
+    transformer = ToolStreamTransformer(plan, new_id=_ids())
+    assert [out for chunk in chunks for out in transformer.feed(chunk)] == []
+    result = transformer.finish()
+    assert isinstance(result, StreamFinished)
+    template = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    assert list(result.chunks) == [
+        {
+            **template,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_0",
+                                "type": "function",
+                                "function": {"name": "get_weather", "arguments": ""},
+                            }
+                        ]
+                    },
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        },
+        {
+            **template,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [{"index": 0, "function": {"arguments": '{"city":"Oslo"}'}}]
+                    },
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        },
+        {
+            **template,
+            "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}],
+        },
+    ]
+
+
+def test_odd_choices_and_content_parts() -> None:
+    transformer = ToolStreamTransformer(_plan(tools=[WEATHER]))
+    parts = [{"type": "text", "text": "Hel"}, {"type": "image_url"}, "x", {"text": "lo"}]
+    out = transformer.feed(
+        {
+            "id": "x",
+            "choices": [
+                "junk",
+                {"index": 0, "delta": None, "finish_reason": None},
+                {"index": 0, "delta": {"content": parts}, "finish_reason": None},
+            ],
+        }
+    )
+    assert [choice["delta"] for choice in out[0]["choices"]] == [{"content": "Hello"}]
+    held = transformer.feed(
+        {"id": "x", "choices": [{"index": 0, "delta": {"content": "<tool_call"}, "logprobs": {}}]}
+    )
+    assert held == []
+    logprobs = {"content": [{"token": "<", "logprob": -0.1}]}
+    out = transformer.feed(
+        {"id": "x", "choices": [{"index": 0, "delta": {"content": ">"}, "logprobs": logprobs}]}
+    )
+    assert out[0]["choices"] == [
+        {"index": 0, "delta": {}, "logprobs": logprobs, "finish_reason": None}
+    ]
+
+
+def test_json_naming_an_undeclared_tool_is_text_and_xml_strings_stay_strings() -> None:
+    text = 'Example: {"name": "other", "arguments": {}}'
+    live, result = _run(_plan(tools=[WEATHER]), text)
+    assert isinstance(result, StreamFinished)
+    assert _content(live) + _content(list(result.chunks)) == text
+    code = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"code": {"type": "string"}}},
+        },
+    }
+    plan = prepare(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [code]},
+        model_id="e2ee-qwen3-5-122b-a10b",
+        config=ToolsConfig(),
+    ).plan
+    assert plan is not None
+    xml = "<tool_call>\n<function=lookup>\n<parameter=code>\n42\n</parameter>\n</function>"
+    _, result = _run(plan, xml + "\n</tool_call>")
+    assert isinstance(result, StreamFinished)
+    assert _tool_calls(list(result.chunks))[0]["arguments"] == '{"code":"42"}'
+
+
+def test_the_re_ask_quotes_why_a_call_could_not_be_read() -> None:
+    plan = _plan(tools=[WEATHER])
+    _, result = _run(plan, '<tool_call>{"name": "get_weather", "arguments": {"city": }</tool_call>')
+    assert isinstance(result, RepairNeeded)
+    assert "could not be read: the tool call is not valid JSON" in result.messages[1]["content"]
+
+
+def test_an_empty_re_asked_answer_has_no_content_chunk() -> None:
+    _, result = _run(_plan(tools=[WEATHER]), "", attempt=1)
+    assert isinstance(result, StreamFinished)
+    assert [c["choices"][0]["delta"] for c in result.chunks if c["choices"]] == [{}]
+
+
+def test_closing_chunks_are_complete_when_upstream_chunks_omit_fields() -> None:
+    transformer = ToolStreamTransformer(_plan(tools=[WEATHER]))
+    transformer.feed({"choices": [{"index": 0, "delta": {"content": "Hi"}}]})
+    result = transformer.finish()
+    assert isinstance(result, StreamFinished)
+    assert result.chunks[-1]["object"] == "chat.completion.chunk"
+
+
+def test_non_streaming_text_around_a_call_and_foreign_fields() -> None:
+    plan = _plan(tools=[WEATHER])
+    message = {
+        "role": "assistant",
+        "content": [{"type": "text", "text": f"Checking. <tool_call>{OSLO}</tool_call> Done."}],
+        "refusal": None,
+        "tool_calls": [],
+        "function_call": None,
+    }
+    result = finish_completion(
+        plan,
+        {"choices": [{"message": message, "finish_reason": "stop"}], "usage": "garbage"},
+        new_id=_ids(),
+        prior_usage=USAGE,
+    )
+    assert isinstance(result, CompletionFinished)
+    assert result.completion["usage"] == USAGE  # a malformed upstream usage is ignored
+    assert result.completion["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Checking. Done.",
+        "refusal": None,
+        "tool_calls": [
+            {
+                "id": "call_0",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+            }
+        ],
+    }
+    empty = finish_completion(plan, {"choices": []})
+    assert isinstance(empty, CompletionFinished)
+    assert empty.completion["choices"][0]["message"] == {"role": "assistant", "content": ""}
+    broken = finish_completion(
+        plan,
+        {"choices": [{"message": {"content": "<tool_call>{"}}], "usage": dict(USAGE)},
+        prior_usage=USAGE,
+    )
+    assert isinstance(broken, RepairNeeded)
+    assert broken.usage == {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
+
+
+def test_call_ids_look_like_openai_ids() -> None:
+    from proxy.core.tools import new_call_id
+
+    ids = {new_call_id() for _ in range(5)}
+    assert len(ids) == 5
+    for call_id in ids:
+        assert call_id.startswith("call_")
+        assert len(call_id) == 29
+        int(call_id[5:], 16)
+
+
+def test_non_streaming_plain_answers_drop_upstream_call_fields() -> None:
+    plan = _plan(tools=[WEATHER])
+    message = {"role": "assistant", "content": "Sunny.", "tool_calls": None, "function_call": None}
+    result = finish_completion(plan, {"choices": [{"message": message, "finish_reason": 1}]})
+    assert isinstance(result, CompletionFinished)
+    choice = result.completion["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": "Sunny."}
+    assert choice["finish_reason"] == "stop"  # an odd upstream finish_reason is not passed on
