@@ -105,18 +105,22 @@ class _AiohttpResponse(WireResponse):
         self._response = response
         self.status_code = response.status
         self.headers = response.headers
+        self._read_to_end = False
 
     async def pieces(self) -> AsyncIterator[bytes]:
         with as_httpx_errors(connecting=False):
             async for piece in self._response.content.iter_chunked(PIECE_BYTES):
                 yield piece
+        self._read_to_end = True
 
     async def aclose(self) -> None:
         response = self._response
-        if response.content.is_eof():
+        if self._read_to_end:
             response.release()
         else:
-            response.close()  # unread: drop the connection, the upstream stops generating
+            # Not read to its end by us (whatever aiohttp has buffered): drop the connection at
+            # once, so the upstream sees the hang-up and stops generating.
+            response.close()
 
 
 class _HttpxResponse(WireResponse):
