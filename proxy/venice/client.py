@@ -43,14 +43,20 @@ from proxy.core.errors import (
     UpstreamTimeoutError,
     UpstreamTooLargeError,
 )
-from proxy.venice.transport import Wire, WireRequest, WireResponse
+from proxy.venice.transport import PIECE_BYTES, Wire, WireRequest, WireResponse
 
 _MAX_ERROR_MESSAGE = 500
 _MAX_ERROR_BODY = 64 * 1024
-_PIECE_BYTES = 64 * 1024
 DEFAULT_MAX_JSON_BYTES = 4 * 1024 * 1024
 ACCEPT_ENCODING = "gzip"
 USER_AGENT = "venice-e2ee-proxy"  # constant: nothing about the client or the machine
+# What every request of both clients asks for: JSON (or an event stream, set per request), only
+# the encoding the clients can bound, and the constant user agent.
+_JSON_HEADERS = {
+    "user-agent": USER_AGENT,
+    "accept": "application/json",
+    "accept-encoding": ACCEPT_ENCODING,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +145,7 @@ async def _decoded(response: WireResponse) -> AsyncIterator[bytes]:
         data = raw
         while data:
             try:
-                piece = inflater.decompress(data, _PIECE_BYTES)
+                piece = inflater.decompress(data, PIECE_BYTES)
             except zlib.error as exc:
                 raise UpstreamError(
                     "the upstream's compressed body is corrupt", code="upstream_bad_encoding"
@@ -240,6 +246,10 @@ class UpstreamClient:
                 connect=self.timeouts.connect_s, read=None, write=60.0, pool=self.timeouts.connect_s
             ),
         )
+        # The same for every request (the key included): built once, copied per request.
+        self._base_headers = {**_JSON_HEADERS}
+        if api_key:
+            self._base_headers["authorization"] = f"Bearer {api_key}"
 
     @property
     def has_api_key(self) -> bool:
@@ -247,16 +257,8 @@ class UpstreamClient:
         return bool(self._api_key)
 
     def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {
-            "user-agent": USER_AGENT,
-            "accept": "application/json",
-            "accept-encoding": ACCEPT_ENCODING,
-        }
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
-        if extra:
-            headers.update(extra)
-        return headers
+        """The headers of one request: the client's own (built once), then ``extra``."""
+        return {**self._base_headers, **extra} if extra else dict(self._base_headers)
 
     async def aclose(self) -> None:
         """Close the connection pool if this object created it."""
@@ -383,11 +385,7 @@ class ServiceClient:
 
     async def request_json(self, method: str, url: str, body: Any = None) -> Any:
         """``method url`` with an optional JSON body; the JSON answer."""
-        headers = {
-            "user-agent": USER_AGENT,
-            "accept": "application/json",
-            "accept-encoding": ACCEPT_ENCODING,
-        }
+        headers = dict(_JSON_HEADERS)
         content: bytes | None = None
         if body is not None:
             content = json.dumps(body, separators=(",", ":")).encode("utf-8")

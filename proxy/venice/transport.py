@@ -72,9 +72,12 @@ def as_httpx_errors(*, connecting: bool) -> Iterator[None]:
         raise kind(str(exc) or "timed out") from exc
     except aiohttp.ClientConnectorError as exc:
         raise httpx.ConnectError(str(exc)) from exc
-    except (aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
-        raise httpx.RemoteProtocolError(str(exc)) from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+    except (
+        aiohttp.ClientPayloadError,
+        aiohttp.ClientResponseError,
+        aiohttp.ServerDisconnectedError,
+        aiohttp.ClientOSError,
+    ) as exc:
         raise httpx.RemoteProtocolError(str(exc)) from exc
     except aiohttp.InvalidURL as exc:
         raise httpx.UnsupportedProtocol(str(exc)) from exc

@@ -104,6 +104,22 @@ def json_handler(document: object, *, extra: dict[str, str] | None = None) -> Ha
     return handler
 
 
+RATE_LIMITED = json.dumps({"error": "Rate limit exceeded"}).encode()
+
+
+def reply_once(data: bytes) -> Handler:
+    """Reads one request and answers it with exactly ``data``."""
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        await read_request(reader, wire)
+        writer.write(data)
+        await writer.drain()
+
+    return handler
+
+
 async def test_the_request_on_the_wire_is_exactly_what_the_client_built() -> None:
     async with raw_server(json_handler({"data": []})) as (url, wire):
         client = UpstreamClient(url, "sk-test")
@@ -127,15 +143,10 @@ async def test_the_request_on_the_wire_is_exactly_what_the_client_built() -> Non
 
 
 async def test_a_posted_body_arrives_whole_with_its_length() -> None:
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
-    ) -> None:
-        await read_request(reader, wire)
-        writer.write(answer("200 OK", {"content-type": "text/event-stream"}, b"data: [DONE]\n\n"))
-        await writer.drain()
-
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "é" * 5000}]})
-    async with raw_server(handler) as (url, wire):
+    async with raw_server(
+        reply_once(answer("200 OK", {"content-type": "text/event-stream"}, b"data: [DONE]\n\n"))
+    ) as (url, wire):
         client = UpstreamClient(url, "k")
         try:
             stream = await client.open_chat(body.encode(), {"x-venice-tee-client-pub-key": "04ab"})
@@ -252,14 +263,7 @@ async def test_a_connection_cut_mid_stream_is_a_broken_stream() -> None:
 
 
 async def test_a_malformed_answer_is_a_broken_stream_not_a_crash() -> None:
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
-    ) -> None:
-        await read_request(reader, wire)
-        writer.write(b"NOT HTTP AT ALL\r\n\r\n")
-        await writer.drain()
-
-    async with raw_server(handler) as (url, _):
+    async with raw_server(reply_once(b"NOT HTTP AT ALL\r\n\r\n")) as (url, _):
         client = UpstreamClient(url, "k")
         try:
             with pytest.raises(UpstreamError) as info:
@@ -270,15 +274,9 @@ async def test_a_malformed_answer_is_a_broken_stream_not_a_crash() -> None:
 
 
 async def test_an_error_status_is_read_and_reported() -> None:
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
-    ) -> None:
-        await read_request(reader, wire)
-        body = json.dumps({"error": "Rate limit exceeded"}).encode()
-        writer.write(answer("429 Too Many Requests", {"retry-after": "3"}, body))
-        await writer.drain()
-
-    async with raw_server(handler) as (url, _):
+    async with raw_server(
+        reply_once(answer("429 Too Many Requests", {"retry-after": "3"}, RATE_LIMITED))
+    ) as (url, _):
         client = UpstreamClient(url, "k")
         try:
             with pytest.raises(UpstreamStatusError) as info:
