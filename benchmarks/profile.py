@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--save", type=Path, help="keep the raw cProfile file here (pstats)")
     parser.add_argument(
         "--token-delay", type=float, default=0.0, help="seconds between the simulator's events"
     )
@@ -151,6 +152,8 @@ def main() -> None:
                 while not out.exists() and time.monotonic() < deadline:
                     time.sleep(0.1)
         stats = pstats.Stats(str(out))
+        if args.save is not None:
+            stats.dump_stats(str(args.save))
     _report(stats, args, plain_cpu_ms)
 
 

@@ -27,14 +27,21 @@ What the wire does, and what it deliberately does not:
   from aiohttp :class:`httpx.TransportError`.
 - **Closing** a response that was not read to its end closes its connection (the upstream sees
   the disconnect and stops generating); one read to its end goes back to the pool.
-- TLS with httpx's trust store (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``); proxies from
-  the environment (``HTTPS_PROXY`` ...) are honoured, as httpx does by default. HTTP/2 is not
+- TLS with httpx's trust store (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``). HTTP/2 is not
   spoken (neither did the proxy's httpx client).
+- **Proxies from the environment** as httpx honours them by default: ``HTTPS_PROXY``,
+  ``HTTP_PROXY`` (by the URL's scheme), else ``ALL_PROXY``, with ``NO_PROXY`` exempting hosts
+  and credentials taken from the proxy URL. They are read once per endpoint URL (the
+  environment does not change under a running proxy), not on every request: aiohttp's own
+  ``trust_env`` looks them up in a thread per request. **``~/.netrc`` is never read** (aiohttp's
+  ``trust_env`` would add its credentials for a matching host, e.g. NVIDIA's, to requests that
+  must carry only what the proxy built).
 """
 
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +63,51 @@ class WireRequest:
     headers: Mapping[str, str]
     params: Mapping[str, str] | None = None
     content: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """An endpoint URL parsed, and the environment's proxy for it (``None``: direct).
+
+    ``proxy_headers`` go on the ``CONNECT`` of an ``https`` URL (never inside the tunnel, where
+    Venice would read them); ``request_headers`` on the request itself for an ``http`` URL,
+    which the proxy relays in the clear.
+    """
+
+    url: URL
+    proxy: URL | None = None
+    proxy_headers: Mapping[str, str] | None = None
+    request_headers: Mapping[str, str] | None = None
+
+    @classmethod
+    def for_url(cls, url: str) -> _Route:
+        parsed = URL(url, encoded=False)
+        proxy, credentials = environment_proxy(parsed)
+        if proxy is None:
+            return cls(parsed)
+        if credentials is None or parsed.scheme == "https":
+            return cls(parsed, proxy, credentials)
+        return cls(parsed, proxy, None, credentials)
+
+
+def environment_proxy(url: URL) -> tuple[URL | None, Mapping[str, str] | None]:
+    """The proxy the environment names for ``url`` and the headers for it, or ``(None, None)``.
+
+    ``<scheme>_proxy`` (either case, lower-case first, as the standard library reads it), else
+    ``all_proxy``; ``no_proxy`` hosts go direct. The proxy URL's user and password become Basic
+    credentials for the proxy itself (``proxy-authorization``) and are taken out of the URL.
+    """
+    if url.host is not None and urllib.request.proxy_bypass(url.host):
+        return None, None
+    proxies = urllib.request.getproxies()
+    named = proxies.get(url.scheme) or proxies.get("all")
+    if not named:
+        return None, None
+    proxy = URL(named if "://" in named else f"http://{named}")
+    if proxy.user is None:
+        return proxy, None
+    credentials = aiohttp.encode_basic_auth(proxy.user, proxy.password or "")
+    return proxy.with_user(None), {"proxy-authorization": credentials}
 
 
 @contextmanager
@@ -159,26 +211,26 @@ class Wire:
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=timeout.pool, sock_connect=timeout.connect, sock_read=timeout.read
         )
-        self._urls: dict[str, URL] = {}
+        self._routes: dict[str, _Route] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=httpx.create_ssl_context())
         self._session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=True,
+            trust_env=False,  # proxies: environment_proxy; never ~/.netrc
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
         return self._session
 
-    def _url(self, url: str) -> URL:
-        parsed = self._urls.get(url)
-        if parsed is None:
-            parsed = URL(url, encoded=False)
-            if len(self._urls) < _MAX_PARSED_URLS:
-                self._urls[url] = parsed
-        return parsed
+    def _route(self, url: str) -> _Route:
+        route = self._routes.get(url)
+        if route is None:
+            route = _Route.for_url(url)
+            if len(self._routes) < _MAX_PARSED_URLS:
+                self._routes[url] = route
+        return route
 
     async def send(self, request: WireRequest) -> WireResponse:
         """Send ``request``; the response is open (its body unread) until closed."""
@@ -193,12 +245,18 @@ class Wire:
             )
             return _HttpxResponse(await self._client.send(built, stream=True))
         session = self._session if self._session is not None else self._open()
+        route = self._route(request.url)
+        headers = request.headers
+        if route.request_headers is not None:
+            headers = {**headers, **route.request_headers}
         with as_httpx_errors(connecting=True):
             response = await session.request(
                 request.method,
-                self._url(request.url),
+                route.url,
+                proxy=route.proxy,
+                proxy_headers=route.proxy_headers,
                 params=request.params,
-                headers=request.headers,
+                headers=headers,
                 data=request.content,
                 allow_redirects=False,
                 timeout=self._timeout,

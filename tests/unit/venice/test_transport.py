@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -316,3 +317,95 @@ async def test_a_silent_server_times_out() -> None:
         finally:
             await service.aclose()
             await upstream.aclose()
+
+
+def _no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+async def test_a_proxy_named_by_the_environment_carries_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _no_proxy_settings(monkeypatch)
+    async with raw_server(json_handler({"data": []})) as (proxy_url, wire):
+        proxy_origin = proxy_url.removesuffix("/api/v1")
+        monkeypatch.setenv("HTTP_PROXY", proxy_origin.replace("http://", "http://alice:s3cret@"))
+        client = UpstreamClient("http://venice.invalid/api/v1", "sk-test")
+        try:
+            assert await client.list_models() == {"data": []}
+            assert await client.list_models() == {"data": []}
+        finally:
+            await client.aclose()
+    assert len(wire.heads) == 2
+    assert wire.heads[0].startswith(b"GET http://venice.invalid/api/v1/models")
+    headers = dict(header_lines(wire.heads[0]))
+    assert headers["host"] == "venice.invalid"
+    assert headers["proxy-authorization"] == "Basic YWxpY2U6czNjcmV0"  # alice:s3cret
+    assert headers["authorization"] == "Bearer sk-test"
+
+
+async def test_all_proxy_serves_any_scheme_and_no_proxy_exempts_a_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _no_proxy_settings(monkeypatch)
+    async with (
+        raw_server(json_handler({"via": "proxy"})) as (proxy_url, proxy_wire),
+        raw_server(json_handler({"via": "direct"})) as (direct_url, direct_wire),
+    ):
+        monkeypatch.setenv("ALL_PROXY", proxy_url.removesuffix("/api/v1"))
+        monkeypatch.setenv("NO_PROXY", "localhost")
+        proxied = ServiceClient(timeout_s=5)
+        try:
+            assert await proxied.request_json("GET", "http://nras.invalid/jwks") == {"via": "proxy"}
+            local = direct_url.replace("127.0.0.1", "localhost")
+            assert await proxied.request_json("GET", local + "/x") == {"via": "direct"}
+        finally:
+            await proxied.aclose()
+    assert proxy_wire.heads[0].startswith(b"GET http://nras.invalid/jwks HTTP/1.1")
+    assert direct_wire.heads[0].startswith(b"GET /api/v1/x HTTP/1.1")
+    assert "proxy-authorization" not in dict(header_lines(proxy_wire.heads[0]))
+
+
+async def test_a_netrc_entry_for_the_host_adds_no_credentials(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _no_proxy_settings(monkeypatch)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login alice password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".netrc").write_text(netrc.read_text())
+    async with raw_server(json_handler({"keys": []})) as (url, wire):
+        service = ServiceClient(timeout_s=5)
+        try:
+            assert await service.request_json("GET", url + "/jwks") == {"keys": []}
+        finally:
+            await service.aclose()
+    headers = dict(header_lines(wire.heads[0]))
+    assert "authorization" not in headers
+    assert "proxy-authorization" not in headers
+
+
+async def test_an_https_endpoint_behind_a_proxy_gets_its_credentials_only_on_connect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _no_proxy_settings(monkeypatch)
+    async with raw_server(reply_once(answer("403 Forbidden", {}, b"no tunnels here"))) as (
+        proxy_url,
+        wire,
+    ):
+        origin = proxy_url.removesuffix("/api/v1")
+        monkeypatch.setenv("HTTPS_PROXY", origin.replace("http://", "http://alice:s3cret@"))
+        client = UpstreamClient("https://venice.invalid/api/v1", "sk-test")
+        try:
+            with pytest.raises(UpstreamError):
+                await client.list_models()
+        finally:
+            await client.aclose()
+    assert wire.heads[0].startswith(b"CONNECT venice.invalid:443 HTTP/1.1")
+    headers = dict(header_lines(wire.heads[0]))
+    assert headers["proxy-authorization"] == "Basic YWxpY2U6czNjcmV0"
+    assert "authorization" not in headers  # the Venice key only ever travels inside the tunnel
