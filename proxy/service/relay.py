@@ -30,7 +30,7 @@ from typing import Any
 
 from proxy.core.aggregate import CompletionAggregator
 from proxy.core.errors import ProxyError, SSEProtocolError, UpstreamError
-from proxy.core.response import ChunkRebuilder
+from proxy.core.response import ChunkRebuilder, has_text
 from proxy.core.sse import DEFAULT_MAX_EVENT_BYTES, DONE, SSEDecoder, decode_json, encode_json
 from proxy.core.stop import ChoiceStops
 
@@ -101,7 +101,10 @@ async def decrypted_batches(
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> AsyncGenerator[Batch, None]:
     """Parse, decrypt and rebuild the upstream event stream until ``[DONE]``, one batch per
-    upstream read (so the client gets one write per read, not one per chunk).
+    upstream read (so the client gets one write per read, not one per chunk), except that the
+    first batch ends at the answer's first text: its first words go out before the rest of a
+    buffered read is opened (on an E2EE stream every chunk costs an ECDH, so a burst of N
+    chunks would otherwise delay the first token by N of them).
 
     One event (and one line) may hold at most ``max_event_bytes`` (``upstream.max_event_bytes``,
     see :class:`~proxy.core.sse.SSEDecoder`); beyond that the stream fails with
@@ -109,6 +112,7 @@ async def decrypted_batches(
     are yielded first, then the error is raised.
     """
     decoder = SSEDecoder(max_line_bytes=max_event_bytes, max_event_bytes=max_event_bytes)
+    awaiting_text = True
     async for data in body:
         batch: Batch = []
         try:
@@ -116,7 +120,12 @@ async def decrypted_batches(
                 if event.data == "[DONE]":
                     stats.completed = True
                     break
-                batch.append(_parse_event(event.data, rebuilder, stats))
+                chunk = _parse_event(event.data, rebuilder, stats)
+                batch.append(chunk)
+                if awaiting_text and has_text(chunk):
+                    awaiting_text = False
+                    yield batch
+                    batch = []
         except ProxyError:
             if batch:
                 yield batch

@@ -1,0 +1,101 @@
+"""The relay's batching of upstream reads (``decrypted_batches``), with real sealing.
+
+One batch per upstream read, so a burst becomes one client write; but the first batch ends at
+the answer's first text, so its first words go out before the rest of a buffered read is
+opened (each E2EE chunk costs an ECDH).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from proxy.core.crypto import keypair_from_private, seal_text
+from proxy.core.errors import PlaintextInStreamError, UpstreamError
+from proxy.core.response import ChunkDecryptor
+from proxy.service.relay import StreamStats, decrypted_batches
+
+CLIENT = keypair_from_private(bytes.fromhex("5c" * 32))
+
+
+def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "e2ee-m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+def sealed(text: str) -> bytes:
+    return event({"content": seal_text(CLIENT.public, text)})
+
+
+ROLE = event({"role": "assistant", "content": ""})
+DONE = b"data: [DONE]\n\n"
+
+
+async def reads(*pieces: bytes) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+def words(batch: list[dict[str, Any]]) -> list[str]:
+    return [chunk["choices"][0]["delta"].get("content", "") for chunk in batch]
+
+
+async def test_the_first_batch_ends_at_the_first_text_before_the_rest_is_opened() -> None:
+    stats = StreamStats()
+    burst = ROLE + sealed("Hello") + sealed(" big") + sealed(" world")
+    batches = decrypted_batches(reads(burst, DONE), ChunkDecryptor(CLIENT.private), stats)
+    first = await anext(batches)
+    assert words(first) == ["", "Hello"]
+    assert stats.chunks == 2  # " big" and " world" are still sealed
+    assert [words(batch) async for batch in batches] == [[" big", " world"]]
+    assert stats.chunks == 4
+    assert stats.completed
+
+
+async def test_after_the_first_text_each_read_is_one_batch() -> None:
+    stats = StreamStats()
+    upstream = reads(
+        ROLE,
+        sealed("a") + sealed("b"),
+        sealed("c") + sealed("d") + event({}, "stop") + DONE,
+    )
+    got = [
+        words(batch)
+        async for batch in decrypted_batches(upstream, ChunkDecryptor(CLIENT.private), stats)
+    ]
+    assert got == [[""], ["a"], ["b"], ["c", "d", ""]]
+    assert stats.completed
+
+
+async def test_chunks_before_a_refused_one_in_the_same_read_are_relayed_first() -> None:
+    stats = StreamStats()
+    leak = event({"content": "PLAINTEXT"})
+    batches = decrypted_batches(
+        reads(ROLE + sealed("ok") + sealed("fine") + leak + DONE),
+        ChunkDecryptor(CLIENT.private),
+        stats,
+    )
+    assert words(await anext(batches)) == ["", "ok"]
+    assert words(await anext(batches)) == ["fine"]
+    with pytest.raises(PlaintextInStreamError):
+        await anext(batches)
+    assert not stats.completed
+
+
+async def test_a_stream_without_done_is_truncated_not_complete() -> None:
+    stats = StreamStats()
+    batches = decrypted_batches(reads(ROLE + sealed("cut")), ChunkDecryptor(CLIENT.private), stats)
+    assert words(await anext(batches)) == ["", "cut"]
+    with pytest.raises(UpstreamError) as info:
+        await anext(batches)
+    assert info.value.code == "upstream_stream_truncated"
+    assert not stats.completed
