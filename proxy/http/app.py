@@ -25,6 +25,7 @@ from proxy.http.guard import (
     InFlightLimitMiddleware,
     LocalAuthMiddleware,
 )
+from proxy.http.hot_routes import HotRoutes, hot_endpoints
 from proxy.http.metrics_middleware import RequestMetricsMiddleware
 from proxy.http.request_id import RequestIdMiddleware
 from proxy.http.responses_route import router as responses_router
@@ -74,6 +75,10 @@ def create_app(
         if isinstance(route, APIRoute)
     )
     install_error_handlers(app)
+    # Innermost, inside every guard: the chat endpoints without the router's matching.
+    app.add_middleware(
+        HotRoutes, endpoints=hot_endpoints([*router.routes, *responses_router.routes])
+    )
     _add_guards(app, settings, services)
     return app
 

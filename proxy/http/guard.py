@@ -49,6 +49,7 @@ configured host name is compared as text, never resolved.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -88,10 +89,13 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+@functools.lru_cache(maxsize=256)
 def host_part(value: str) -> str | None:
     """The canonical host of a ``Host`` header value or allowlist entry, or None if malformed.
 
-    ``Example.COM.:8000`` -> ``example.com``; ``[::1]:8000`` and ``::1`` -> ``::1``.
+    ``Example.COM.:8000`` -> ``example.com``; ``[::1]:8000`` and ``::1`` -> ``::1``. Remembered
+    for the last 256 values (a client sends the same ``Host`` on every request; parsing an IP
+    literal costs more than the rest of the guard).
     """
     text = value.strip()
     if text.startswith("["):
