@@ -41,7 +41,7 @@ def hot_endpoints(routes: Iterable[BaseRoute]) -> dict[tuple[str, str], Endpoint
     for route in routes:
         if not isinstance(route, APIRoute) or route.path not in CHAT_PATHS:
             continue
-        if "POST" not in route.methods or not _takes_request_alone(route):
+        if "POST" not in (route.methods or ()) or not _takes_request_alone(route):
             continue
         found[("POST", route.path)] = route.endpoint
     return found
