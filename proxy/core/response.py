@@ -64,6 +64,8 @@ _CONTAINERS = ("delta", "message")
 # Phala legacy reuses one server ephemeral per response; NEAR and aci never repeat one, so a few
 # entries are enough and the bound keeps a long NEAR stream from growing the cache.
 _KEY_CACHE_SIZE = 8
+# id, model and system_fingerprint repeat on every chunk of a response; a few spare entries.
+_TOKEN_CACHE_SIZE = 8
 
 
 def _not_decrypted(where: str | None) -> PlaintextInStreamError:
@@ -146,9 +148,26 @@ def _check_rest(
 
 class ChunkRebuilder:
     """Rebuilds upstream chunks from the allowlist. Text fields are taken as plaintext (for
-    passthrough models); :class:`ChunkDecryptor` decrypts them."""
+    passthrough models); :class:`ChunkDecryptor` decrypts them.
 
-    __slots__ = ()
+    One rebuilder serves one response: it remembers the few metadata tokens it already accepted
+    (every chunk of a stream repeats the same ``id``, ``model`` and ``system_fingerprint``), so
+    each is checked once, not once per chunk.
+    """
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self) -> None:
+        self._tokens: set[str] = set()
+
+    def _token(self, value: Any) -> str | None:
+        """A metadata value the client may see: a short token, else nothing."""
+        if isinstance(value, str) and value in self._tokens:
+            return value
+        token = _token(value)
+        if token is not None and len(self._tokens) < _TOKEN_CACHE_SIZE:
+            self._tokens.add(token)
+        return token
 
     def rebuild(self, chunk: Mapping[str, Any]) -> dict[str, Any]:
         """The chunk to relay, rebuilt; raises when the upstream sent text it must not."""
@@ -163,12 +182,12 @@ class ChunkRebuilder:
             )
         created = chunk.get("created")
         rebuilt: dict[str, Any] = {
-            "id": _token(chunk.get("id")) or "",
+            "id": self._token(chunk.get("id")) or "",
             "object": CHUNK_OBJECT,
             "created": created if type(created) is int else 0,
-            "model": _token(chunk.get("model")) or "",
+            "model": self._token(chunk.get("model")) or "",
         }
-        fingerprint = _token(chunk.get("system_fingerprint"))
+        fingerprint = self._token(chunk.get("system_fingerprint"))
         if fingerprint is not None:
             rebuilt["system_fingerprint"] = fingerprint
         choices = chunk.get("choices")
@@ -266,6 +285,7 @@ class ChunkDecryptor(ChunkRebuilder):
     __slots__ = ("_keys", "_private")
 
     def __init__(self, client_private: bytes) -> None:
+        super().__init__()
         self._private = client_private
         self._keys: dict[bytes, bytes] = {}
 

@@ -133,15 +133,18 @@ def _inflater(response: WireResponse) -> Any:
     )
 
 
-async def _decoded(response: WireResponse) -> AsyncIterator[bytes]:
+def _body(response: WireResponse) -> AsyncIterator[bytes]:
     """The body, decompressed, in pieces of at most 64 KiB (raw pieces as the wire reads them,
-    at most 64 KiB too). Transport failures are raised as httpx errors."""
+    at most 64 KiB too; an uncompressed body is the wire's own iterator, one layer less on
+    every chunk). Transport failures are raised as httpx errors."""
     inflater = None if response.already_decoded else _inflater(response)
+    if inflater is None:
+        return response.pieces()
+    return _inflated(response, inflater)
+
+
+async def _inflated(response: WireResponse, inflater: Any) -> AsyncIterator[bytes]:
     async for raw in response.pieces():
-        if inflater is None:
-            if raw:
-                yield raw
-            continue
         data = raw
         while data:
             try:
@@ -153,10 +156,9 @@ async def _decoded(response: WireResponse) -> AsyncIterator[bytes]:
             if piece:
                 yield piece
             data = inflater.unconsumed_tail
-    if inflater is not None:
-        tail = inflater.flush()
-        if tail:
-            yield tail
+    tail = inflater.flush()
+    if tail:
+        yield tail
 
 
 class UpstreamStream:
@@ -191,7 +193,7 @@ class UpstreamStream:
         and reverted: a body abandoned without being closed kept its task alive through the
         timer until the idle limit passed (memory held under repeated faults).
         """
-        iterator = _decoded(self._response)
+        iterator = _body(self._response)
         limit = self._timeouts.first_byte_s
         while True:
             try:
@@ -331,7 +333,7 @@ async def _read_bounded(response: WireResponse) -> bytes:
     """Up to 64 KiB of an error body (what could be read of it; never an error)."""
     data = bytearray()
     try:
-        async for chunk in _decoded(response):
+        async for chunk in _body(response):
             data += chunk
             if len(data) >= _MAX_ERROR_BODY:
                 break
@@ -356,7 +358,7 @@ async def _read_capped(response: WireResponse, limit: int, what: str) -> bytes:
     # Pieces joined once at the end: no reallocation copies while reading.
     pieces: list[bytes] = []
     size = 0
-    async for chunk in _decoded(response):
+    async for chunk in _body(response):
         pieces.append(chunk)
         size += len(chunk)
         if size > limit:

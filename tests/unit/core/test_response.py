@@ -549,3 +549,28 @@ def test_has_text_of_anything() -> None:
 
 def test_the_decryptors_repr() -> None:
     assert repr(ChunkDecryptor(CLIENT.private)) == "ChunkDecryptor(<redacted>)"
+
+
+def test_one_rebuilder_checks_each_metadata_value_itself_across_a_stream() -> None:
+    rebuilder = ChunkRebuilder()
+    good = {"id": "chatcmpl-1", "model": "e2ee-m", "system_fingerprint": "fp_1", "choices": []}
+    for _ in range(3):
+        out = rebuilder.rebuild(dict(good))
+        assert (out["id"], out["model"], out["system_fingerprint"]) == (
+            "chatcmpl-1",
+            "e2ee-m",
+            "fp_1",
+        )
+    # A later chunk with other values is judged on its own: a bad token is still dropped.
+    bad = {"id": "chatcmpl 1 <x>", "model": "e2ee-m\n", "system_fingerprint": "x" * 300}
+    out = rebuilder.rebuild({**bad, "choices": []})
+    assert (out["id"], out["model"]) == ("", "")
+    assert "system_fingerprint" not in out
+
+
+def test_a_stream_of_ever_new_ids_keeps_the_rebuilder_small_and_still_checks_each() -> None:
+    rebuilder = ChunkRebuilder()
+    for i in range(100):
+        assert rebuilder.rebuild({"id": f"chatcmpl-{i}", "choices": []})["id"] == f"chatcmpl-{i}"
+        assert rebuilder.rebuild({"id": f"bad id {i}", "choices": []})["id"] == ""
+    assert len(rebuilder._tokens) <= 8  # remembered tokens are bounded (one response's few)
