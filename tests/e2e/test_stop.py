@@ -140,6 +140,36 @@ def test_a_local_stop_cancels_the_generation(
         sim_state.token_delay_s = 0.0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("n", [1, 3])
+def test_every_choice_stopped_cancels_the_generation_streaming_or_not(
+    proxy: ThreadedServer, sim_state: SimulatorState, stream: bool, n: int
+) -> None:
+    # Tokens 10 ms apart: the upstream is still generating when every choice has met its stop.
+    # (With no delay the simulator writes its whole answer without ever yielding, so it cannot
+    # see a hang-up before it is done, like any server whose writes never block.)
+    sim_state.token_delay_s = 0.01
+    try:
+        answer = client(proxy).chat.completions.create(
+            model=E2EE_MODEL,
+            messages=[{"role": "user", "content": f"{CANARY} " + "word " * 200}],
+            stop="said",
+            n=n,
+            stream=stream,
+        )
+        if stream:
+            chunks = list(answer)
+            own = chunks[0].id
+            finishes = [c.index for chunk in chunks for c in chunk.choices if c.finish_reason]
+            assert sorted(finishes) == list(range(n))
+        else:
+            own = answer.id
+            assert [c.finish_reason for c in answer.choices] == ["stop"] * n
+        assert wait_for(lambda: sim_state.stream_outcomes.get(own) is StreamOutcome.CANCELLED)
+    finally:
+        sim_state.token_delay_s = 0.0
+
+
 def test_raw_stream_ends_cleanly_after_the_stop(
     proxy: ThreadedServer, sim_state: SimulatorState, log_lines: Callable[[], list[str]]
 ) -> None:
