@@ -150,19 +150,15 @@ def test_every_choice_stopped_cancels_the_generation_streaming_or_not(
     # see a hang-up before it is done, like any server whose writes never block.)
     sim_state.token_delay_s = 0.01
     try:
-        answer = client(proxy).chat.completions.create(
-            model=E2EE_MODEL,
-            messages=[{"role": "user", "content": f"{CANARY} " + "word " * 200}],
-            stop="said",
-            n=n,
-            stream=stream,
-        )
+        messages: Any = [{"role": "user", "content": f"{CANARY} " + "word " * 200}]
         if stream:
-            chunks = list(answer)
+            _texts, finishes, chunks = ask_streaming(proxy, messages[0]["content"], "said", n=n)
             own = chunks[0].id
-            finishes = [c.index for chunk in chunks for c in chunk.choices if c.finish_reason]
-            assert sorted(finishes) == list(range(n))
+            assert finishes == dict.fromkeys(range(n), "stop")
         else:
+            answer = client(proxy).chat.completions.create(
+                model=E2EE_MODEL, messages=messages, stop="said", n=n
+            )
             own = answer.id
             assert [c.finish_reason for c in answer.choices] == ["stop"] * n
         assert wait_for(lambda: sim_state.stream_outcomes.get(own) is StreamOutcome.CANCELLED)
