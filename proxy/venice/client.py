@@ -189,27 +189,106 @@ class UpstreamStream:
         """The body as it arrives; the first chunk within the first-byte limit, later ones
         within the idle limit (the time the consumer spends between reads does not count).
 
-        One ``asyncio.timeout`` per read (~5 us a chunk). A cheaper single armed timer was tried
-        and reverted: a body abandoned without being closed kept its task alive through the
-        timer until the idle limit passed (memory held under repeated faults).
+        The limits are kept by one :class:`_ReadDeadline` per body, not an ``asyncio.timeout``
+        per read: that one schedules and cancels a timer and makes three ``getpid`` system calls
+        (``get_running_loop``'s fork check) on every token of every stream.
         """
         iterator = _body(self._response)
         limit = self._timeouts.first_byte_s
-        while True:
-            try:
-                async with asyncio.timeout(limit):
+        deadline = _ReadDeadline(asyncio.get_running_loop())
+        try:
+            while True:
+                cancelling = deadline.start(limit)
+                try:
                     chunk = await anext(iterator)
-            except StopAsyncIteration:
-                return
-            except TimeoutError as exc:
-                raise UpstreamTimeoutError(
-                    f"the upstream sent nothing for {limit:g} s", code="upstream_idle_timeout"
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise _translate(exc) from exc
-            limit = self._timeouts.idle_s
-            if chunk:
-                yield chunk
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError as exc:
+                    if deadline.expired(cancelling):
+                        raise UpstreamTimeoutError(
+                            f"the upstream sent nothing for {limit:g} s",
+                            code="upstream_idle_timeout",
+                        ) from exc
+                    raise
+                except httpx.HTTPError as exc:
+                    raise _translate(exc) from exc
+                finally:
+                    deadline.stop()
+                limit = self._timeouts.idle_s
+                if chunk:
+                    yield chunk
+        finally:
+            deadline.close()
+
+
+# A timer that fires this close to its deadline counts as on time (loop clock granularity).
+_TIMER_SLACK_S = 0.001
+
+
+class _ReadDeadline:
+    """The read deadline of one streamed body.
+
+    One timer stays armed while reads keep coming: each read only moves the deadline, and a
+    timer that fires early re-arms itself at the current one. Past the deadline it cancels the
+    reading task; :meth:`expired` tells that cancellation apart from any other (the bookkeeping
+    of ``asyncio.timeout``: the task's cancellation count). Between reads (the consumer's time)
+    the timer holds no task: a firing then does nothing, and a body abandoned unclosed keeps
+    nothing alive through it. The reading task is looked up on every read (a body may be read
+    by one task, then another), with the loop given, so no ``getpid``.
+    """
+
+    __slots__ = ("_deadline", "_fired", "_handle", "_loop", "_task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._fired = False
+
+    def start(self, limit: float) -> int:
+        """A read starts in the current task; returns that task's cancellation count."""
+        task = asyncio.current_task(self._loop)
+        if task is None:
+            raise RuntimeError("an upstream body must be read from a task")
+        self._task = task
+        deadline = self._loop.time() + limit
+        self._deadline = deadline
+        handle = self._handle
+        if handle is None or handle.when() > deadline + _TIMER_SLACK_S:
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(deadline, self._check)
+        return task.cancelling()
+
+    def stop(self) -> None:
+        """The read returned (or failed): nothing is timed until the next :meth:`start`."""
+        self._task = None
+
+    def expired(self, cancelling: int) -> bool:
+        """True when the deadline cancelled the read (and no one else asked to cancel)."""
+        if not self._fired or self._task is None:
+            return False
+        self._fired = False
+        return self._task.uncancel() <= cancelling
+
+    def close(self) -> None:
+        """The body ended: disarm."""
+        self._task = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        self._handle = None
+        task = self._task
+        if task is None:
+            return  # between reads; the next start() arms the timer again
+        if self._deadline - self._loop.time() > _TIMER_SLACK_S:
+            self._handle = self._loop.call_at(self._deadline, self._check)
+            return
+        self._fired = True
+        task.cancel()
 
 
 def _translate(exc: httpx.HTTPError) -> ProxyError:
