@@ -13,6 +13,13 @@ nothing per part but the ``send``:
   ``except``/``finally`` record the hang-up and close the upstream), and the cancellation is
   absorbed here, so the server sees an answer that simply ended. A cancellation from anywhere
   else (server shutdown) propagates unchanged.
+- The event loop runs between two parts, so a hang-up is seen at once: when the body's parts
+  come from bytes already buffered upstream, nothing would suspend, the server's
+  ``connection_lost`` could not run, every later part would go to a dead socket (asyncio logs
+  "socket.send() raised exception." for each) and the whole answer would be read. After a
+  part, the writer yields to the loop once, unless ``source_waits`` (a count the body's source
+  moves whenever a read had to wait for the network, so the loop ran) moved since the part
+  before: one system call and one loop pass per token saved at a real pace.
 - Parts must be ``bytes``; nothing is encoded or buffered here. The body generator is closed
   when the stream ends, however it ends.
 """
@@ -20,7 +27,7 @@ nothing per part but the ``send``:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -31,8 +38,15 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, body: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        body: AsyncGenerator[bytes, None],
+        headers: Mapping[str, str],
+        *,
+        source_waits: Callable[[], int] | None = None,
+    ) -> None:
         self.body_iterator = body
+        self._source_waits = source_waits
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
@@ -52,8 +66,16 @@ class EventStream(Response):
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            source_waits = self._source_waits
+            waits = -1
             async for part in self.body_iterator:
                 await send({"type": "http.response.body", "body": part, "more_body": True})
+                if source_waits is None:
+                    await asyncio.sleep(0)
+                    continue
+                seen, waits = waits, source_waits()
+                if seen == waits:
+                    await asyncio.sleep(0)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not hung_up:

@@ -68,7 +68,11 @@ async def create_response(request: Request) -> Response:
     headers = answer_headers(outcome)
     builder = ResponseBuilder(model=translated.chat["model"], echo=translated.echo)
     if translated.stream:
-        return EventStream(_stream_body(record, outcome, builder), {**_SSE_HEADERS, **headers})
+        return EventStream(
+            _stream_body(record, outcome, builder),
+            {**_SSE_HEADERS, **headers},
+            source_waits=lambda: outcome.upstream.reads_waited,
+        )
     gather = responses_object(outcome.first, outcome.rest, builder, stats=outcome.stats)
     return await whole_answer(request, record, outcome, gather, headers)
 

@@ -66,7 +66,11 @@ async def chat_completions(request: Request) -> Response:
 
     headers = answer_headers(outcome)
     if outcome.client_stream:
-        return EventStream(_stream_body(record, outcome), {**_SSE_HEADERS, **headers})
+        return EventStream(
+            _stream_body(record, outcome),
+            {**_SSE_HEADERS, **headers},
+            source_waits=lambda: outcome.upstream.reads_waited,
+        )
     gather = aggregate(outcome.first, outcome.rest, outcome.stats)
     return await whole_answer(request, record, outcome, gather, headers)
 
@@ -89,12 +93,6 @@ async def _stream_body(record: RequestRecord, outcome: OpenedAnswer) -> AsyncGen
         ):
             record.first_byte()
             yield part
-            # Let the event loop run between writes. When the upstream's bytes are already
-            # buffered, nothing here would suspend, so the server's connection_lost callback
-            # could not run: every later chunk would go to a dead socket (asyncio logs
-            # "socket.send() raised exception." for each) and the whole answer would be
-            # read. One pass of the loop lets the disconnect cancel this body at once.
-            await asyncio.sleep(0)
     except (asyncio.CancelledError, GeneratorExit):
         outcome.stats.error_code = "client_disconnected"
         raise

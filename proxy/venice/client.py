@@ -169,6 +169,9 @@ class UpstreamStream:
         self._timeouts = timeouts
         self.headers: Mapping[str, str] = response.headers
         self.status_code = response.status_code
+        # Pieces for which the read had to wait for the network: while this count moves, the
+        # event loop runs between pieces (a writer relaying them need not yield on its own).
+        self.reads_waited = 0
 
     async def __aenter__(self) -> UpstreamStream:
         return self
@@ -215,6 +218,8 @@ class UpstreamStream:
                 finally:
                     deadline.stop()
                 limit = self._timeouts.idle_s
+                if self._response.waited:
+                    self.reads_waited += 1
                 if chunk:
                     yield chunk
         finally:

@@ -145,6 +145,9 @@ class WireResponse:
     # True when the body was decoded before it reached the wire (an in-memory httpx response
     # built with its content): the client must not inflate it again.
     already_decoded: bool = False
+    # True when the last piece had to wait for the network (so the event loop ran meanwhile);
+    # False when it came from bytes already buffered, or when the wire cannot tell (httpx).
+    waited: bool = False
 
     def pieces(self) -> AsyncIterator[bytes]:
         """The body as received, compressed or not, in pieces of at most 64 KiB."""
@@ -163,8 +166,15 @@ class _AiohttpResponse(WireResponse):
         self._read_to_end = False
 
     async def pieces(self) -> AsyncIterator[bytes]:
+        content = self._response.content
         with as_httpx_errors(connecting=False):
-            async for piece in self._response.content.iter_chunked(PIECE_BYTES):
+            while True:
+                received = content.total_bytes
+                piece = await content.read(PIECE_BYTES)
+                if not piece:
+                    break
+                # Bytes arrived during the read only if the loop ran while it waited.
+                self.waited = content.total_bytes != received
                 yield piece
         self._read_to_end = True
 

@@ -115,3 +115,40 @@ async def test_a_cancellation_from_elsewhere_propagates() -> None:
     stream.cancel()  # a server shutting down, not the client
     with pytest.raises(asyncio.CancelledError):
         await stream
+
+
+def buffered_parts(count: int) -> AsyncGenerator[bytes, None]:
+    """A body whose parts are all ready at once: it never suspends (bytes already buffered)."""
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        for i in range(count):
+            yield b"data: %d\n\n" % i
+
+    return body()
+
+
+async def test_a_hang_up_is_seen_at_once_when_the_body_never_suspends() -> None:
+    peer = Peer()
+    peer.hang_up()  # the client is already gone; only a loop pass can tell the writer
+    # No source: the writer yields after every part. A source whose reads never waited: after
+    # every part but the first (the loop ran while the answer was opened).
+    for source_waits, written in ((None, 1), (lambda: 7, 2)):
+        peer.sent.clear()
+        await EventStream(buffered_parts(100), {}, source_waits=source_waits)(
+            SCOPE, peer.receive, peer.send
+        )
+        parts = [m for m in peer.sent if m["type"] == "http.response.body"]
+        assert len(parts) == written
+
+
+async def test_no_extra_loop_pass_while_the_source_says_its_reads_waited() -> None:
+    moving = iter(range(1000))
+    peer = Peer()
+    peer.hang_up()
+    await EventStream(buffered_parts(5), {}, source_waits=lambda: next(moving))(
+        SCOPE, peer.receive, peer.send
+    )
+    # The source claims every read waited (the loop ran), so the writer never yields itself;
+    # this body never actually suspends, so all five parts and the end were written.
+    bodies = [m["body"] for m in peer.sent if m["type"] == "http.response.body"]
+    assert bodies == [b"data: %d\n\n" % i for i in range(5)] + [b""]

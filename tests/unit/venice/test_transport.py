@@ -409,3 +409,38 @@ async def test_an_https_endpoint_behind_a_proxy_gets_its_credentials_only_on_con
     headers = dict(header_lines(wire.heads[0]))
     assert headers["proxy-authorization"] == "Basic YWxpY2U6czNjcmV0"
     assert "authorization" not in headers  # the Venice key only ever travels inside the tunnel
+
+
+async def test_a_piece_that_had_to_wait_for_the_network_is_counted_as_such() -> None:
+    release = asyncio.Event()
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        await read_request(reader, wire)
+        first = b'data: {"n": 1}\n\n'
+        later = b'data: {"n": 2}\n\n'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(first) + len(later), first)
+        )
+        await writer.drain()
+        await release.wait()
+        writer.write(later)
+        await writer.drain()
+
+    async with raw_server(handler) as (url, _):
+        client = UpstreamClient(url, "k")
+        try:
+            stream = await client.open_chat(b"{}", {})
+            pieces = stream.iter_bytes()
+            assert await anext(pieces) == b'data: {"n": 1}\n\n'
+            assert stream.reads_waited == 0  # it came with the headers: already buffered
+            waiting = asyncio.ensure_future(anext(pieces))
+            await asyncio.sleep(0.05)
+            release.set()
+            assert await waiting == b'data: {"n": 2}\n\n'
+            assert stream.reads_waited == 1
+            await stream.aclose()
+        finally:
+            await client.aclose()
