@@ -141,9 +141,12 @@ _PART_PASSING = frozenset({"type", "text"})
 def _check_rest(
     obj: dict[str, Any], passing: frozenset[str], table: Mapping[str, Any], where: str
 ) -> None:
-    """Every key of ``obj`` outside ``passing`` must hold no text (it is dropped)."""
+    """Every key of ``obj`` outside ``passing`` must hold no text (it is dropped). ``null``
+    (``"logprobs": null`` on every chunk) is settled here without a call."""
     for key in obj.keys() - passing:
-        _drop_or_refuse(obj[key], f"{where}.{key}" if key in table else None)
+        value = obj[key]
+        if value is not None:
+            _drop_or_refuse(value, f"{where}.{key}" if key in table else None)
 
 
 class ChunkRebuilder:
@@ -174,27 +177,44 @@ class ChunkRebuilder:
         if not isinstance(chunk, dict):
             chunk = dict(chunk)
         for key in chunk.keys() - _CHUNK_PASSING:
-            _drop_or_refuse(chunk[key], key if key in RESPONSE_CHUNK else None)
-        if _web_search_ran(chunk.get("venice_parameters")):
+            value = chunk[key]
+            if value is not None:
+                _drop_or_refuse(value, key if key in RESPONSE_CHUNK else None)
+        parameters = chunk.get("venice_parameters")
+        if parameters is not None and _web_search_ran(parameters):
             raise PlaintextInStreamError(
                 "the upstream reports a web search for this request: it ran outside the "
                 "enclave; the response was discarded"
             )
+        # id, model and system_fingerprint repeat on every chunk: the ones already accepted
+        # are looked up, not checked again (self._token checks and remembers the rest).
+        tokens = self._tokens
+        completion_id = chunk.get("id")
+        if not (isinstance(completion_id, str) and completion_id in tokens):
+            completion_id = self._token(completion_id) or ""
+        model = chunk.get("model")
+        if not (isinstance(model, str) and model in tokens):
+            model = self._token(model) or ""
         created = chunk.get("created")
         rebuilt: dict[str, Any] = {
-            "id": self._token(chunk.get("id")) or "",
+            "id": completion_id,
             "object": CHUNK_OBJECT,
             "created": created if type(created) is int else 0,
-            "model": self._token(chunk.get("model")) or "",
+            "model": model,
         }
-        fingerprint = self._token(chunk.get("system_fingerprint"))
+        fingerprint = chunk.get("system_fingerprint")
         if fingerprint is not None:
-            rebuilt["system_fingerprint"] = fingerprint
+            fingerprint = self._token(fingerprint)
+            if fingerprint is not None:
+                rebuilt["system_fingerprint"] = fingerprint
         choices = chunk.get("choices")
         if choices is None:
             rebuilt["choices"] = []
         elif isinstance(choices, list):
-            rebuilt["choices"] = [self._choice(choice, i) for i, choice in enumerate(choices)]
+            if len(choices) == 1:
+                rebuilt["choices"] = [self._choice(choices[0], 0)]
+            else:
+                rebuilt["choices"] = [self._choice(c, i) for i, c in enumerate(choices)]
         else:
             _drop_or_refuse(choices, "choices")
             raise SSEProtocolError("the upstream sent 'choices' that is not an array")
