@@ -234,6 +234,9 @@ async def sse_to_client(
 
 def _client_bytes(batch: Batch, include_usage: bool, stats: StreamStats) -> tuple[bytes, int]:
     """The batch's client bytes and how many chunks they hold."""
+    if len(batch) == 1:  # a real pace: one token per read
+        part = _client_chunk(batch[0], include_usage, stats)
+        return (b"", 0) if part is None else (part, 1)
     parts = [
         part
         for part in (_client_chunk(chunk, include_usage, stats) for chunk in batch)
@@ -243,10 +246,11 @@ def _client_bytes(batch: Batch, include_usage: bool, stats: StreamStats) -> tupl
 
 
 def _client_chunk(chunk: dict[str, Any], include_usage: bool, stats: StreamStats) -> bytes | None:
-    if is_usage_chunk(chunk):
-        stats.usage = chunk["usage"]
-        return encode_json(chunk) if include_usage else None
     if not chunk.get("choices"):
+        usage = chunk.get("usage")
+        if isinstance(usage, Mapping):  # Venice's closing usage chunk (is_usage_chunk)
+            stats.usage = chunk["usage"]
+            return encode_json(chunk) if include_usage else None
         return None  # nothing left to say after the rebuild
     if not include_usage:
         chunk.pop("usage", None)
