@@ -568,6 +568,33 @@ def test_one_rebuilder_checks_each_metadata_value_itself_across_a_stream() -> No
     assert "system_fingerprint" not in out
 
 
+def test_a_lone_choice_is_named_choices_0_in_the_error() -> None:
+    chunk = {"id": "c", "choices": [{"index": 0, "delta": {"refusal": "leak"}}]}
+    for rebuilder in (ChunkDecryptor(CLIENT.private), ChunkRebuilder()):
+        with pytest.raises(PlaintextInStreamError) as info:
+            rebuilder.rebuild(copy.deepcopy(chunk))
+        assert info.value.message == _leak("choices[0].delta.refusal")
+
+
+@pytest.mark.parametrize("parameters", [5, True, "text", ["a"], {"web_search_citations": []}])
+def test_venice_parameters_that_report_no_web_search_are_dropped(parameters: Any) -> None:
+    out = ChunkRebuilder().rebuild({"id": "c", "venice_parameters": parameters, "choices": []})
+    assert out == {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "",
+        "choices": [],
+    }
+
+
+def test_the_accepted_metadata_tokens_are_remembered_and_nothing_else() -> None:
+    rebuilder = ChunkRebuilder()
+    rebuilder.rebuild({"id": "chatcmpl-1", "model": "e2ee-m", "system_fingerprint": "fp_1"})
+    rebuilder.rebuild({"id": "bad id", "model": 5, "choices": []})
+    assert rebuilder._tokens == {"chatcmpl-1", "e2ee-m", "fp_1"}
+
+
 def test_a_stream_of_ever_new_ids_keeps_the_rebuilder_small_and_still_checks_each() -> None:
     rebuilder = ChunkRebuilder()
     for i in range(100):
