@@ -82,6 +82,7 @@ class UpstreamSettings(_Section):
     max_read_ahead_bytes: int = Field(default=512 * 1024, ge=1024)
     max_event_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_json_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_answer_chars: int = Field(default=4_000_000, ge=1024)
 
     @field_validator("base_url")
     @classmethod

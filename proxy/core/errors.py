@@ -23,6 +23,7 @@
         ├── UpstreamStatusError        the upstream's status, mapped type
         ├── UpstreamTooLargeError      502 upstream_error         code=upstream_json_too_large
         │                                                         or upstream_read_ahead_exceeded
+        │                                                         or upstream_answer_too_large
         ├── UpstreamTimeoutError       504 upstream_error         code=upstream_timeout
         │   └── UpstreamConnectTimeoutError 504                   code=upstream_connect_timeout
         └── UpstreamConnectError       502 upstream_error         code=upstream_unreachable
@@ -257,8 +258,9 @@ class UpstreamStatusError(UpstreamError):
 
 
 class UpstreamTooLargeError(UpstreamError):
-    """The upstream sent more than a configured bound allows (a JSON answer, or the stream
-    before its first text); the response was closed at the bound."""
+    """The upstream sent more than a configured bound allows (a JSON answer, the stream before
+    its first text, or the text of an answer gathered whole); the response was closed at the
+    bound."""
 
     default_code = "upstream_too_large"
     default_message = "the upstream's answer exceeds the proxy's size limit"

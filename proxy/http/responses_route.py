@@ -73,7 +73,13 @@ async def create_response(request: Request) -> Response:
             {**_SSE_HEADERS, **headers},
             source_waits=lambda: outcome.upstream.reads_waited,
         )
-    gather = responses_object(outcome.first, outcome.rest, builder, stats=outcome.stats)
+    gather = responses_object(
+        outcome.first,
+        outcome.rest,
+        builder,
+        stats=outcome.stats,
+        max_chars=services.chat.max_answer_chars,
+    )
     return await whole_answer(request, record, outcome, gather, headers)
 
 

@@ -71,7 +71,9 @@ async def chat_completions(request: Request) -> Response:
             {**_SSE_HEADERS, **headers},
             source_waits=lambda: outcome.upstream.reads_waited,
         )
-    gather = aggregate(outcome.first, outcome.rest, outcome.stats)
+    gather = aggregate(
+        outcome.first, outcome.rest, outcome.stats, max_chars=services.chat.max_answer_chars
+    )
     return await whole_answer(request, record, outcome, gather, headers)
 
 

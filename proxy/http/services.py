@@ -206,6 +206,7 @@ def build_services(
         on_retry=count_retry,
         max_read_ahead_bytes=up.max_read_ahead_bytes,
         max_event_bytes=up.max_event_bytes,
+        max_answer_chars=up.max_answer_chars,
         tools=ToolsConfig.from_settings(settings.tools),
     )
     signatures = SignaturePolicy(

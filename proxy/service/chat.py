@@ -61,7 +61,13 @@ from proxy.core.tools import EMULATED_FIELDS, EmulationPlan, ToolsConfig, emulat
 from proxy.service.catalog import E2EE_PREFIX, ModelCatalogue, ModelInfo, resolve_alias
 from proxy.service.emulation import emulated_batches
 from proxy.service.enclave_keys import AttestedKey, AttestedKeyCache
-from proxy.service.relay import Batch, StreamStats, decrypted_batches, stop_at
+from proxy.service.relay import (
+    DEFAULT_MAX_ANSWER_CHARS,
+    Batch,
+    StreamStats,
+    decrypted_batches,
+    stop_at,
+)
 from proxy.venice.client import UpstreamClient, UpstreamStream
 
 _KEY_REJECTION_MARKERS = ("decrypt", "public key", "model_key", "model key", "e2ee header")
@@ -180,11 +186,13 @@ class ChatService:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_read_ahead_bytes: int = DEFAULT_MAX_READ_AHEAD_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
         tools: ToolsConfig | None = None,
     ) -> None:
         self.tools = tools or ToolsConfig()
         self.max_read_ahead_bytes = max_read_ahead_bytes
         self.max_event_bytes = max_event_bytes
+        self.max_answer_chars = max_answer_chars
         self.upstream = upstream
         self.catalogue = catalogue
         self.keys = keys
@@ -299,6 +307,7 @@ class ChatService:
             reopen,
             client_stream=request.client_stream,
             stats=stats,
+            max_answer_chars=self.max_answer_chars,
         )
         outcome.first = []
         outcome.rest = self._relayed(batches, request, stats)

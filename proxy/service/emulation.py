@@ -41,7 +41,7 @@ from proxy.core.tools import (
     finish_completion,
     with_repair,
 )
-from proxy.service.relay import Batch, StreamStats, aggregate
+from proxy.service.relay import DEFAULT_MAX_ANSWER_CHARS, Batch, StreamStats, aggregate
 
 
 class Attempt(Protocol):
@@ -65,9 +65,11 @@ async def emulated_batches(
     *,
     client_stream: bool,
     stats: StreamStats,
+    max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
 ) -> AsyncGenerator[Batch, None]:
     """The client's chunks for an emulated request, over as many upstream attempts as the
-    re-asks need (``attempt`` is the first, already opened and read ahead)."""
+    re-asks need (``attempt`` is the first, already opened and read ahead). An attempt read
+    whole (a non-streamed answer) keeps at most ``max_answer_chars`` characters of text."""
     number = 0
     usage: dict[str, Any] | None = None
     rendered = dict(body)
@@ -85,7 +87,9 @@ async def emulated_batches(
                     yield ids.same(out)
             result = transformer.finish()
         else:
-            completion = await aggregate(attempt.first, attempt.rest, stats)
+            completion = await aggregate(
+                attempt.first, attempt.rest, stats, max_chars=max_answer_chars
+            )
             stats.usage = None
             result = finish_completion(plan, completion, attempt=number, prior_usage=usage)
         if isinstance(result, StreamFinished):

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.core.aggregate import CompletionAggregator
-from proxy.core.errors import ProxyError, SSEProtocolError, UpstreamError
+from proxy.core.errors import ProxyError, SSEProtocolError, UpstreamError, UpstreamTooLargeError
+from proxy.core.fields import RESPONSE_TEXT_FIELDS
 from proxy.core.response import ChunkRebuilder, has_text
 from proxy.core.sse import DEFAULT_MAX_EVENT_BYTES, DONE, SSEDecoder, decode_json, encode_json
 from proxy.core.stop import ChoiceStops
@@ -257,12 +258,63 @@ def _client_chunk(chunk: dict[str, Any], include_usage: bool, stats: StreamStats
     return encode_json(chunk)
 
 
-async def aggregate(first: Batch, rest: AsyncIterator[Batch], stats: StreamStats) -> dict[str, Any]:
-    """One ``chat.completion`` built from the whole stream (errors propagate)."""
+DEFAULT_MAX_ANSWER_CHARS = 4_000_000
+
+
+class AnswerLimit:
+    """Bounds the text kept for an answer gathered whole (a non-streamed answer, or one attempt
+    read by tool emulation): at most ``max_chars`` characters of decrypted text (``content``,
+    reasoning, and the arguments of calls emulation made from it) over all choices
+    (``upstream.max_answer_chars``). An upstream that never stops sending gets
+    ``upstream_answer_too_large`` instead of growing the proxy without bound."""
+
+    __slots__ = ("_left", "max_chars")
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self._left = max_chars
+
+    def take(self, batch: Batch) -> None:
+        """Count ``batch``'s text; raise once the answer holds more than the limit."""
+        for chunk in batch:
+            for choice in chunk.get("choices") or ():
+                for name in ("delta", "message"):
+                    body = choice.get(name)
+                    if body:
+                        self._left -= _text_length(body)
+        if self._left < 0:
+            raise UpstreamTooLargeError(
+                f"the upstream's answer exceeds {self.max_chars} characters "
+                "(upstream.max_answer_chars); ask for a streamed answer or raise the limit",
+                code="upstream_answer_too_large",
+            )
+
+
+def _text_length(body: Mapping[str, Any]) -> int:
+    length = 0
+    for name in RESPONSE_TEXT_FIELDS:
+        text = body.get(name)
+        if text:
+            length += len(text)
+    for call in body.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping) and isinstance(function.get("arguments"), str):
+            length += len(function["arguments"])
+    return length
+
+
+async def aggregate(
+    first: Batch, rest: AsyncIterator[Batch], stats: StreamStats, *, max_chars: int
+) -> dict[str, Any]:
+    """One ``chat.completion`` built from the whole stream, of at most ``max_chars`` characters
+    of text (:class:`AnswerLimit`; errors propagate)."""
     aggregator = CompletionAggregator()
+    limit = AnswerLimit(max_chars)
+    limit.take(first)
     for chunk in first:
         aggregator.add(chunk)
     async for batch in rest:
+        limit.take(batch)
         for chunk in batch:
             aggregator.add(chunk)
     result = aggregator.result()

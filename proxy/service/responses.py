@@ -24,7 +24,7 @@ from typing import Any
 
 from proxy.core.errors import ProxyError
 from proxy.core.responses import ResponseBuilder, encode_event
-from proxy.service.relay import Batch, BeforeDone, StreamStats, is_usage_chunk
+from proxy.service.relay import AnswerLimit, Batch, BeforeDone, StreamStats, is_usage_chunk
 
 
 def _note(chunk: Mapping[str, Any], stats: StreamStats) -> Mapping[str, Any]:
@@ -69,12 +69,21 @@ async def responses_sse(
 
 
 async def responses_object(
-    first: Batch, rest: AsyncIterator[Batch], builder: ResponseBuilder, *, stats: StreamStats
+    first: Batch,
+    rest: AsyncIterator[Batch],
+    builder: ResponseBuilder,
+    *,
+    stats: StreamStats,
+    max_chars: int,
 ) -> dict[str, Any]:
-    """The final ``response`` object for one opened chat stream (errors propagate)."""
+    """The final ``response`` object for one opened chat stream, of at most ``max_chars``
+    characters of text (:class:`~proxy.service.relay.AnswerLimit`; errors propagate)."""
+    limit = AnswerLimit(max_chars)
+    limit.take(first)
     for chunk in first:
         builder.feed(_note(chunk, stats))
     async for batch in rest:
+        limit.take(batch)
         for chunk in batch:
             builder.feed(_note(chunk, stats))
     builder.complete()

@@ -10,10 +10,13 @@ the request ran:
 - role-only chunks before the first text: ``upstream.max_read_ahead_bytes`` (512 KiB);
 - ``data:`` lines that never end an event: ``upstream.max_event_bytes`` (4 MiB);
 - a 128 MiB JSON answer for the attestation, the model list and a signature:
-  ``upstream.max_json_bytes`` (4 MiB).
+  ``upstream.max_json_bytes`` (4 MiB);
+- an answer that never ends, gathered whole for a non-streaming client (chat completions and
+  the Responses API): ``upstream.max_answer_chars`` (4,000,000 characters of text).
 
 Before the bounds: 120 MB of role-only chunks raised the proxy's RSS from 77 to 202 MB, endless
-data lines by 120 MB, a 128 MiB attestation by 300 MB, each hanging until the idle timeout.
+data lines by 120 MB, a 128 MiB attestation by 300 MB, each hanging until the idle timeout; an
+endless answer for a non-streaming client was gathered until the upstream stopped.
 """
 
 from __future__ import annotations
@@ -188,3 +191,27 @@ def test_a_huge_json_answer_is_cut_at_its_bound(
         error = _error(response, 502, "upstream_json_too_large")
         assert "upstream.max_json_bytes" in error["message"]
     _check(f"128 MiB JSON at {path}", rss, sent, HUGE_JSON, elapsed)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_an_endless_answer_gathered_whole_is_cut_at_its_bound(
+    clean: ProxyHarness, path: str
+) -> None:
+    fake = clean.fake
+    fake.reset(Behaviour("flood", text_chunks=1, size=FLOOD))
+    body: dict[str, Any] = (
+        _body(stream=False)
+        if path.endswith("completions")
+        else {"model": E2EE_MODEL, "input": f"{CANARY} hello"}
+    )
+    started = time.monotonic()
+    with PeakRss() as rss:
+        response = httpx.post(clean.server.url + path, json=body, timeout=60)
+    elapsed = time.monotonic() - started
+    error = _error(response, 502, "upstream_answer_too_large")
+    assert error["message"] == (
+        "the upstream's answer exceeds 4000000 characters (upstream.max_answer_chars); "
+        "ask for a streamed answer or raise the limit"
+    )
+    assert fake.settled()
+    _check(f"endless answer at {path}", rss, fake.bytes_sent, FLOOD, elapsed)

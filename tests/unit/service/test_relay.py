@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from proxy.core.crypto import keypair_from_private, seal_text
-from proxy.core.errors import PlaintextInStreamError, UpstreamError
+from proxy.core.errors import PlaintextInStreamError, UpstreamError, UpstreamTooLargeError
 from proxy.core.response import ChunkDecryptor
-from proxy.service.relay import StreamStats, decrypted_batches
+from proxy.service.relay import AnswerLimit, StreamStats, aggregate, decrypted_batches
 
 CLIENT = keypair_from_private(bytes.fromhex("5c" * 32))
 
@@ -99,3 +99,48 @@ async def test_a_stream_without_done_is_truncated_not_complete() -> None:
         await anext(batches)
     assert info.value.code == "upstream_stream_truncated"
     assert not stats.completed
+
+
+def text_chunk(**delta: Any) -> dict[str, Any]:
+    return {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+async def batches_of(*batches: list[dict[str, Any]]) -> AsyncIterator[list[dict[str, Any]]]:
+    for batch in batches:
+        yield batch
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        {"content": "x" * 600},
+        {"reasoning_content": "x" * 600},
+        {"reasoning": "x" * 600},
+        {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "x" * 600}}]},
+    ],
+    ids=["content", "reasoning_content", "reasoning", "tool_call_arguments"],
+)
+async def test_an_answer_gathered_whole_is_bounded_by_its_text(delta: dict[str, Any]) -> None:
+    under = [text_chunk(**delta)]
+    done = await aggregate(under, batches_of(under), StreamStats(), max_chars=1200)
+    assert done["object"] == "chat.completion"
+    with pytest.raises(UpstreamTooLargeError) as info:
+        await aggregate(under, batches_of(under, under), StreamStats(), max_chars=1200)
+    assert info.value.code == "upstream_answer_too_large"
+    assert info.value.message == (
+        "the upstream's answer exceeds 1200 characters (upstream.max_answer_chars); ask for a "
+        "streamed answer or raise the limit"
+    )
+
+
+async def test_every_choice_counts_towards_the_bound() -> None:
+    two = {
+        "id": "c",
+        "choices": [
+            {"index": 0, "delta": {"content": "x" * 600}},
+            {"index": 1, "message": {"content": "y" * 601}},
+        ],
+    }
+    with pytest.raises(UpstreamTooLargeError):
+        await aggregate([two], batches_of(), StreamStats(), max_chars=1200)
+    AnswerLimit(1201).take([two])  # exactly at the bound is fine: no error
