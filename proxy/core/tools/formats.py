@@ -14,7 +14,8 @@ Block kinds and what is read from them::
     function <function=N>...</function> without the <tool_call> wrapper (XML as above)
     json     a bare JSON object or array in the text (Llama 3 JSON, xLAM, Mistral after
              [TOOL_CALLS], the JSON fallback convention)
-    fence    a ```json (or bare ```) fenced block holding such JSON
+    fence    a ```json (or bare ```) fenced block holding such JSON; it closes at the first ```
+             outside the JSON's strings, so an argument may hold code fences of its own
 
 Arguments: a JSON object, or a JSON string that holds one (decoded once). Anything else is kept
 as-is and left for validation to reject. XML/GLM values are typed from the tool's JSON Schema:

@@ -13,7 +13,9 @@ Events:
   dropped when the answer turned out to hold calls (so a pure call shows no content at all).
 - :class:`ToolCallFound`: one complete call (index, name, decoded arguments), emitted when its
   block closed (``</tool_call>``, ``</function>``, the closing fence, the JSON's last brace) or
-  at :meth:`ToolCallScanner.finish` (a block cut off by the end of the answer).
+  at :meth:`ToolCallScanner.finish` (a block cut off by the end of the answer). The closing
+  fence is the first ``` outside the JSON's strings: a code fence inside an argument (a file's
+  content, a Markdown text) belongs to the call.
 - :class:`MalformedCall`: a block that was meant as a call but cannot be read. Its text is never
   shown as content; the caller re-asks.
 
@@ -23,7 +25,10 @@ still be re-asked), and a partial call would only be buffered again.
 
 Untagged JSON and fenced JSON that is not a call (see :mod:`.formats`) goes out as text,
 unchanged, once it closed. Deliberately not handled: calls inside reasoning fields (only
-``content`` is scanned) and a ``<tool_call>`` that is meant as literal text.
+``content`` is scanned) and a ``<tool_call>`` that is meant as literal text. A fence's brackets
+are not matched, only its strings: a ``` outside a string closes it even in unbalanced JSON
+(which then does not read), and a raw line break ends a string (JSON strings cannot hold one),
+so a stray quote does not hide the closing fence on a later line.
 """
 
 from __future__ import annotations
@@ -279,12 +284,34 @@ class ToolCallScanner:
             close = block.find(FUNCTION_CLOSE, max(0, start - len(FUNCTION_CLOSE)))
             return close + len(FUNCTION_CLOSE) if close != -1 else None
         if self._mode == "fence":
-            body = block.find("\n")
-            if body == -1:
-                body = block.find("{") if "{" in block else len(block)
-            close = block.find("```", max(body, start - 3, 3))
-            return close + 3 if close != -1 else None
+            return self._fence_end(start)
         return self._json_end(start)
+
+    def _fence_end(self, start: int) -> int | None:
+        """The end of the first ``` outside a JSON string, resumable across feeds.
+
+        A code fence inside an argument (a file's content, a Markdown answer) does not close the
+        call's fence. A line break ends a string as well as ``"``: JSON strings cannot hold one,
+        so the stray quote of broken JSON does not hide the closing fence on a later line.
+        Scanning starts after the opening backticks; the language tag and the whitespace up to
+        the body hold neither quotes nor backticks."""
+        block = self._block
+        for pos in range(max(start, 3), len(block)):
+            char = block[pos]
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                elif char == "\\":
+                    self._escape = True
+                elif char in '"\n':
+                    self._in_string = False
+            elif char == '"':
+                self._in_string = True
+            elif block.startswith("```", pos - 2):
+                # The two characters before are backticks outside a string too: a string's
+                # last character is its closing quote or a line break.
+                return pos + 1
+        return None
 
     def _json_end(self, start: int) -> int | None:
         """String-aware bracket matching, resumable across feeds."""

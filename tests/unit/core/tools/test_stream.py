@@ -355,3 +355,101 @@ def test_only_ascii_whitespace_is_held_back() -> None:
     # A no-break space ends the text: it is shown even when a call follows.
     call = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
     assert parse_output("Hi\u00a0" + call).content == "Hi\u00a0"
+
+
+def _every_chunking(text: str, known: set[str]) -> list[list[Event]]:
+    """The events of ``text`` fed whole, cut in two at every point, and char by char; the text
+    deltas next to each other merged."""
+    chunkings = [[text], *([text[:cut], text[cut:]] for cut in range(1, len(text))), list(text)]
+    results: list[list[Event]] = []
+    for pieces in chunkings:
+        scanner = ToolCallScanner(known=known)
+        merged: list[Event] = []
+        for event in [e for piece in pieces for e in scanner.feed(piece)] + scanner.finish():
+            if isinstance(event, TextDelta) and merged and isinstance(merged[-1], TextDelta):
+                merged[-1] = TextDelta(merged[-1].text + event.text)
+            else:
+                merged.append(event)
+        results.append(merged)
+    return results
+
+
+# A call whose argument holds a code fence of its own, as tools that write files are sent.
+_WRITE = (
+    '{"name": "write_file", "arguments": {"path": "a.md", '
+    '"content": "Example:\\n```python\\nprint(1)\\n```\\n"}}'
+)
+_WRITE_ARGS = {"path": "a.md", "content": "Example:\n```python\nprint(1)\n```\n"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"Writing it.\n```json\n{_WRITE}\n```\nDone.",
+        f"Writing it.\n```json {_WRITE}```Done.",  # no line break before the inner fence
+        f"Writing it.\n```\n{_WRITE}\n```\n\nDone.",
+        f"Writing it.\n<tool_call>\n```json\n{_WRITE}\n```\n</tool_call>\nDone.",
+    ],
+)
+def test_a_code_fence_inside_an_argument_does_not_close_the_call_fence(text: str) -> None:
+    expected = [
+        TextDelta("Writing it."),
+        ToolCallFound(0, "write_file", _WRITE_ARGS),
+        TextDelta(" Done."),
+    ]
+    for events in _every_chunking(text, {"write_file"}):
+        assert events == expected
+    assert parse_output(text, known={"write_file"}) == ParsedOutput(
+        "Writing it. Done.", (ParsedCall("write_file", _WRITE_ARGS),), ()
+    )
+
+
+def test_escaped_quotes_and_backticks_around_an_inner_fence() -> None:
+    call = (
+        r'{"name": "write_file", "arguments": {"path": "X.md", "content": '
+        r'"Say \"```\" or \\```, `x` and ``X```\n```js\nf(\"`\")\n```"}}'
+    )
+    arguments = {
+        "path": "X.md",
+        "content": 'Say "```" or \\```, `x` and ``X```\n```js\nf("`")\n```',
+    }
+    text = f"```json\n{call}\n```"
+    for events in _every_chunking(text, {"write_file"}):
+        assert events == [ToolCallFound(0, "write_file", arguments)]
+    assert parse_output(text, known={"write_file"}) == ParsedOutput(
+        "", (ParsedCall("write_file", arguments),), ()
+    )
+
+
+def test_a_fence_is_held_until_its_closing_fence_outside_the_strings() -> None:
+    found = ToolCallFound(0, "f", _WRITE_ARGS)
+    head, tail = _WRITE.replace("write_file", "f").split("print(1)")
+    assert _events_per_feed("```json\n" + head, "print(1)", tail, "\n``", "`", " ok") == [
+        [],
+        [],
+        [],
+        [],
+        [found],
+        [TextDelta("ok")],
+        [],
+    ]
+    # Fenced JSON that is no call: text, unchanged, once the real closing fence arrived.
+    other = '```json\n{"name": "Ada", "bio": "```x```"}\n```'
+    assert _events_per_feed(other[:20], other[20:], " ok") == [
+        [],
+        [TextDelta(other)],
+        [TextDelta(" ok")],
+        [],
+    ]
+
+
+def test_a_line_break_ends_a_broken_string_in_a_fence() -> None:
+    # JSON strings hold no raw line break: the stray quote of broken JSON does not hide the
+    # closing fence on a later line, and the text after it is still shown.
+    text = '```json\n{"name": "f", "arguments": {"a": "x}}\n```\nDone.'
+    reason = (
+        "the tool call is not valid JSON "
+        "(Unterminated string starting at: line 1 column 34 (char 33))"
+    )
+    for events in _every_chunking(text, {"f"}):
+        assert events == [MalformedCall(reason), TextDelta("\nDone.")]
