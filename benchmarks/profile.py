@@ -3,7 +3,8 @@
 Usage (from the repository root; not part of ``make bench``)::
 
     .venv/bin/python -m benchmarks.profile [--model e2ee|plain] [--requests N] [--tokens T]
-                                           [--top K] [--token-delay S]
+                                           [--top K] [--token-delay S] [--save FILE]
+                                           [--syscalls]
 
 It starts the simulator (no token delay unless ``--token-delay``: events that far apart wake
 the proxy one by one, as a real token pace does) and the proxy in separate processes exactly as
@@ -20,7 +21,11 @@ of the last answer included). Then it prints:
   pipeline, crypto, signatures and attestation, logs and metrics, event loop and the rest), in
   percent: cProfile inflates Python code more than C code, so read the shares as "where to
   look", not as microseconds;
-- the ``K`` functions with the most self time.
+- the ``K`` functions with the most self time (``--save FILE`` keeps the raw profile for
+  :mod:`pstats`);
+- with ``--syscalls`` (needs ``strace``), one more unprofiled round with ``strace -c`` attached
+  to the proxy: its system calls per request and per token, by name (counts are exact where
+  times are not on a shared machine).
 
 Requests are sequential streamed chat requests for a ``T``-token answer (16 by default) to the
 E2EE model or, with ``--model plain``, to the plaintext model relayed through passthrough.
@@ -34,11 +39,14 @@ import cProfile
 import os
 import pstats
 import runpy
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import procs
@@ -127,6 +135,9 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--save", type=Path, help="keep the raw cProfile file here (pstats)")
     parser.add_argument(
+        "--syscalls", action="store_true", help="count the proxy's system calls (strace -c)"
+    )
+    parser.add_argument(
         "--token-delay", type=float, default=0.0, help="seconds between the simulator's events"
     )
     args = parser.parse_args()
@@ -142,6 +153,14 @@ def main() -> None:
                 log_dir, upstream_url=sim.url + "/api/v1", launcher=launcher
             ) as proxy:
                 asyncio.run(_requests(proxy.url, model, args.tokens, 20))  # warm-up
+                if args.syscalls:
+                    counts = _syscalls(
+                        proxy.pid,
+                        log_dir / "strace.txt",
+                        lambda: asyncio.run(
+                            _requests(proxy.url, model, args.tokens, args.requests)
+                        ),
+                    )
                 before = proxy.cpu_seconds()
                 asyncio.run(_requests(proxy.url, model, args.tokens, args.requests))
                 plain_cpu_ms = (proxy.cpu_seconds() - before) / args.requests * 1000
@@ -155,6 +174,44 @@ def main() -> None:
         if args.save is not None:
             stats.dump_stats(str(args.save))
     _report(stats, args, plain_cpu_ms)
+    if args.syscalls:
+        _report_syscalls(counts, args)
+
+
+def _syscalls(pid: int, out: Path, run: Callable[[], None]) -> dict[str, int]:
+    """System calls of process ``pid`` (all its threads) while ``run`` runs, by name."""
+    strace = shutil.which("strace")
+    if strace is None:
+        raise SystemExit("--syscalls needs strace (apt-get install strace)")
+    tracer = subprocess.Popen(  # noqa: S603 - strace from PATH, our own arguments
+        [strace, "-c", "-f", "-o", str(out), "-p", str(pid)], stderr=subprocess.DEVNULL
+    )
+    time.sleep(1.0)  # attached before the first request
+    try:
+        run()
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+    counts: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        # "% time  seconds  usecs/call  calls  [errors]  syscall"; skip headers and totals
+        if len(parts) in (5, 6) and parts[3].isdigit() and parts[-1] != "total":
+            counts[parts[-1]] = int(parts[3])
+    return counts
+
+
+def _report_syscalls(counts: dict[str, int], args: argparse.Namespace) -> None:
+    tokens = args.requests * args.tokens
+    print(
+        f"system calls (strace -c, an unprofiled round of {args.requests} requests): "
+        f"{sum(counts.values()) / args.requests:.1f} per request, "
+        f"{sum(counts.values()) / tokens:.2f} per token"
+    )
+    for name, calls in sorted(counts.items(), key=lambda item: -item[1]):
+        print(
+            f"  {name:16s} {calls / args.requests:8.2f} per request {calls / tokens:7.3f} per token"
+        )
 
 
 def _report(stats: pstats.Stats, args: argparse.Namespace, cpu_ms: float) -> None:
