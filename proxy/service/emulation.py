@@ -41,7 +41,13 @@ from proxy.core.tools import (
     finish_completion,
     with_repair,
 )
-from proxy.service.relay import DEFAULT_MAX_ANSWER_CHARS, Batch, StreamStats, aggregate
+from proxy.service.relay import (
+    DEFAULT_MAX_ANSWER_CHARS,
+    AnswerLimit,
+    Batch,
+    StreamStats,
+    aggregate,
+)
 
 
 class Attempt(Protocol):
@@ -68,8 +74,9 @@ async def emulated_batches(
     max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
 ) -> AsyncGenerator[Batch, None]:
     """The client's chunks for an emulated request, over as many upstream attempts as the
-    re-asks need (``attempt`` is the first, already opened and read ahead). An attempt read
-    whole (a non-streamed answer) keeps at most ``max_answer_chars`` characters of text."""
+    re-asks need (``attempt`` is the first, already opened and read ahead). Each attempt may
+    hold at most ``max_answer_chars`` characters of text, streamed or not (the scanner holds a
+    call until it closes; a non-streamed answer is read whole)."""
     number = 0
     usage: dict[str, Any] | None = None
     rendered = dict(body)
@@ -77,11 +84,16 @@ async def emulated_batches(
     while True:
         result: StreamFinished | CompletionFinished | RepairNeeded
         if client_stream:
+            # The scanner holds a call's text until the call closes: an attempt's text is
+            # bounded streamed too, or an endless call would grow the proxy without bound.
+            limit = AnswerLimit(max_answer_chars)
+            limit.take(attempt.first)
             transformer = ToolStreamTransformer(plan, attempt=number, prior_usage=usage)
             out = [relayed for chunk in attempt.first for relayed in transformer.feed(chunk)]
             if out:
                 yield ids.same(out)
             async for batch in attempt.rest:
+                limit.take(batch)
                 out = [relayed for chunk in batch for relayed in transformer.feed(chunk)]
                 if out:
                     yield ids.same(out)

@@ -262,11 +262,12 @@ DEFAULT_MAX_ANSWER_CHARS = 4_000_000
 
 
 class AnswerLimit:
-    """Bounds the text kept for an answer gathered whole (a non-streamed answer, or one attempt
-    read by tool emulation): at most ``max_chars`` characters of decrypted text (``content``,
-    reasoning, and the arguments of calls emulation made from it) over all choices
-    (``upstream.max_answer_chars``). An upstream that never stops sending gets
-    ``upstream_answer_too_large`` instead of growing the proxy without bound."""
+    """Bounds the text of an answer the proxy gathers or holds (a non-streamed answer, any
+    attempt of tool emulation, streamed or not): at most ``max_chars`` characters of decrypted
+    text (``content``, reasoning, and the arguments of calls emulation made from it) over all
+    choices (``upstream.max_answer_chars``). An upstream that never stops sending, or a call
+    that never closes, gets ``upstream_answer_too_large`` instead of growing the proxy without
+    bound."""
 
     __slots__ = ("_left", "max_chars")
 
@@ -284,8 +285,8 @@ class AnswerLimit:
                         self._left -= _text_length(body)
         if self._left < 0:
             raise UpstreamTooLargeError(
-                f"the upstream's answer exceeds {self.max_chars} characters "
-                "(upstream.max_answer_chars); ask for a streamed answer or raise the limit",
+                f"the upstream's answer exceeds {self.max_chars} characters, more than the "
+                "proxy holds for one answer; raise upstream.max_answer_chars for longer ones",
                 code="upstream_answer_too_large",
             )
 

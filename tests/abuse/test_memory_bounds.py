@@ -12,7 +12,8 @@ the request ran:
 - a 128 MiB JSON answer for the attestation, the model list and a signature:
   ``upstream.max_json_bytes`` (4 MiB);
 - an answer that never ends, gathered whole for a non-streaming client (chat completions and
-  the Responses API): ``upstream.max_answer_chars`` (4,000,000 characters of text).
+  the Responses API), or a tool call that never closes in a streamed answer:
+  ``upstream.max_answer_chars`` (4,000,000 characters of text).
 
 Before the bounds: 120 MB of role-only chunks raised the proxy's RSS from 77 to 202 MB, endless
 data lines by 120 MB, a 128 MiB attestation by 300 MB, each hanging until the idle timeout; an
@@ -210,8 +211,38 @@ def test_an_endless_answer_gathered_whole_is_cut_at_its_bound(
     elapsed = time.monotonic() - started
     error = _error(response, 502, "upstream_answer_too_large")
     assert error["message"] == (
-        "the upstream's answer exceeds 4000000 characters (upstream.max_answer_chars); "
-        "ask for a streamed answer or raise the limit"
+        "the upstream's answer exceeds 4000000 characters, more than the proxy holds for "
+        "one answer; raise upstream.max_answer_chars for longer ones"
     )
     assert fake.settled()
     _check(f"endless answer at {path}", rss, fake.bytes_sent, FLOOD, elapsed)
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_an_endless_tool_call_in_a_streamed_answer_is_cut_at_its_bound(
+    clean: ProxyHarness,
+) -> None:
+    # Tool emulation holds a call's text until the call closes: one that never closes must not
+    # grow the proxy, streamed or not.
+    fake = clean.fake
+    opening = '<tool_call>{"name": "get_weather", "arguments": {"city": "'
+    fake.reset(Behaviour("flood", text_chunks=0, size=FLOOD, opening=opening))
+    body = {**_body(stream=True), "tools": [WEATHER_TOOL]}
+    started = time.monotonic()
+    with PeakRss() as rss:
+        response = httpx.post(clean.chat_url, json=body, timeout=60)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200  # the stream had started: the error is in-band
+    assert response.text.endswith("data: [DONE]\n\n")
+    assert '"code":"upstream_answer_too_large"' in response.text
+    assert "get_weather" not in response.text  # no part of the unfinished call went out
+    assert fake.settled()
+    _check("endless streamed tool call", rss, fake.bytes_sent, FLOOD, elapsed)

@@ -96,6 +96,8 @@ class Behaviour:
     # "script": the chunks sent after the prefix (top-level objects; every string value that
     # starts with SEAL is replaced by that text sealed to the request's client key).
     events: tuple[dict[str, Any], ...] = ()
+    # "flood": text sent (sealed, as one chunk) before the repeated blob, e.g. a call's opening.
+    opening: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,6 +491,8 @@ class FakeUpstream:
             big = stream.text("x" * plan.size)
             await send(_chunk(big) + _chunk(stream.end(plan.text_chunks + 1)) + _LAST_CHUNK)
         elif kind == "flood":
+            if plan.opening:
+                await send(_chunk(stream.text(plan.opening)))
             await self._flood(writer, reader, stream, plan.size)
             return
         elif kind == "script":

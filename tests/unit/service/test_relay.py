@@ -128,8 +128,8 @@ async def test_an_answer_gathered_whole_is_bounded_by_its_text(delta: dict[str, 
         await aggregate(under, batches_of(under, under), StreamStats(), max_chars=1200)
     assert info.value.code == "upstream_answer_too_large"
     assert info.value.message == (
-        "the upstream's answer exceeds 1200 characters (upstream.max_answer_chars); ask for a "
-        "streamed answer or raise the limit"
+        "the upstream's answer exceeds 1200 characters, more than the proxy holds for one "
+        "answer; raise upstream.max_answer_chars for longer ones"
     )
 
 
