@@ -15,7 +15,8 @@ Decryption failures raise :class:`DecryptionError` with no detail (like ``Invali
 caller learns only that the blob did not open.
 
 Deliberately not done here: key storage, logging, any I/O. Key material lives in the caller's
-per-request objects and is dropped with them.
+per-request objects and is dropped with them; the one exception is :class:`FreshKeys`, key
+pairs made ahead of need and each handed out once.
 """
 
 from __future__ import annotations
@@ -117,24 +118,65 @@ def seal(
     *,
     ephemeral_private: bytes | None = None,
     gcm_nonce: bytes | None = None,
+    ephemeral: KeyPair | None = None,
 ) -> bytes:
     """Encrypt ``plaintext`` to ``recipient_public``; returns the binary blob.
 
-    A fresh ephemeral key and GCM nonce are drawn unless given (given only by known-answer
-    tests and by the simulator's Phala-legacy mode, which reuses one ephemeral per response).
+    A fresh ephemeral key and GCM nonce are drawn unless given: ``ephemeral`` is a fresh pair
+    made ahead (:class:`FreshKeys`, used once); ``ephemeral_private`` and ``gcm_nonce`` are
+    given only by known-answer tests and by the simulator's Phala-legacy mode, which reuses one
+    ephemeral per response.
     """
-    ephemeral = PrivateKey(ephemeral_private) if ephemeral_private else PrivateKey()
+    if ephemeral is None:
+        ephemeral = (
+            keypair_from_private(ephemeral_private) if ephemeral_private else generate_keypair()
+        )
     nonce = gcm_nonce if gcm_nonce is not None else os.urandom(GCM_NONCE_BYTES)
     if len(nonce) != GCM_NONCE_BYTES:
         raise ValueError("GCM nonce must be 12 bytes")
-    key = aes_key_for(ephemeral.secret, recipient_public)
+    key = aes_key_for(ephemeral.private, recipient_public)
     sealed = AESGCM(key).encrypt(nonce, plaintext, None)
-    return ephemeral.public_key.format(compressed=False) + nonce + sealed
+    return ephemeral.public + nonce + sealed
 
 
-def seal_text(recipient_public: bytes, text: str) -> str:
-    """Encrypt a UTF-8 string with a fresh ephemeral key; returns the lowercase hex blob."""
-    return seal(recipient_public, text.encode("utf-8")).hex()
+def seal_text(recipient_public: bytes, text: str, *, ephemeral: KeyPair | None = None) -> str:
+    """Encrypt a UTF-8 string with a fresh ephemeral key (``ephemeral``: one made ahead, used
+    once); returns the lowercase hex blob."""
+    return seal(recipient_public, text.encode("utf-8"), ephemeral=ephemeral).hex()
+
+
+class FreshKeys:
+    """Fresh key pairs made ahead of need, each handed out once.
+
+    Making a secp256k1 key pair is a scalar multiplication, about as costly as the ECDH that
+    follows it, and an E2EE request needs one per request (the client key) and one per sealed
+    message, all before its first token. :meth:`take` hands out a pair made earlier, or makes
+    one on the spot when none is ready; the owner calls :meth:`make_one` while the process has
+    nothing else to do, until :meth:`wanted` is false. A pair leaves the pool when taken and is
+    never handed out again; at most ``capacity`` pairs wait, in this process's memory only.
+    """
+
+    __slots__ = ("_ready", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ready: list[KeyPair] = []
+
+    def __repr__(self) -> str:
+        return f"FreshKeys({len(self._ready)} of {self.capacity} ready)"
+
+    def take(self) -> KeyPair:
+        """A fresh key pair that no one else gets."""
+        return self._ready.pop() if self._ready else generate_keypair()
+
+    def wanted(self) -> bool:
+        """Whether the pool has room for another pair."""
+        return len(self._ready) < self.capacity
+
+    def make_one(self) -> None:
+        """Make one pair ahead, if there is room."""
+        if self.wanted():
+            self._ready.append(generate_keypair())
 
 
 def split_blob(blob: bytes) -> tuple[bytes, bytes, bytes]:

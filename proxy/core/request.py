@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -410,7 +410,9 @@ def parses_as_json_array(text: str) -> bool:
         return False
 
 
-def _seal_content(model_key: bytes, content: Any, index: int) -> str | None:
+def _seal_content(
+    model_key: bytes, content: Any, index: int, fresh: Callable[[], KeyPair]
+) -> str | None:
     if content is None:
         return None
     if isinstance(content, str) and not parses_as_json_array(content):
@@ -419,7 +421,7 @@ def _seal_content(model_key: bytes, content: Any, index: int) -> str | None:
         parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
         text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
     try:
-        return seal_text(model_key, text)
+        return seal_text(model_key, text, ephemeral=fresh())
     except UnicodeEncodeError as exc:
         # A lone surrogate escape in the client's JSON has no UTF-8 form.
         param = f"messages[{index}].content"
@@ -444,16 +446,19 @@ def encrypt_request(
     model_key: bytes,
     upstream_model: str,
     client_keys: KeyPair | None = None,
+    fresh: Callable[[], KeyPair] = generate_keypair,
 ) -> EncryptedRequest:
-    """The upstream E2EE request for one attempt (fresh keys unless ``client_keys`` is given,
-    for tests). ``model_key`` is the attested enclave key (65, 64 or 33 bytes)."""
+    """The upstream E2EE request for one attempt. ``model_key`` is the attested enclave key
+    (65, 64 or 33 bytes). Every key pair is fresh and used once: the client's (unless
+    ``client_keys`` is given, for tests) and one ephemeral per sealed message, each from
+    ``fresh`` (:meth:`proxy.core.crypto.FreshKeys.take` hands out pairs made ahead)."""
     model_public = parse_public_key(model_key)
-    keys = client_keys if client_keys is not None else generate_keypair()
+    keys = client_keys if client_keys is not None else fresh()
     messages: list[Any] = []
     for index, message in enumerate(request.messages):
         sealed: dict[str, Any] = {"role": message["role"]}
         if "content" in message:
-            sealed["content"] = _seal_content(model_public, message["content"], index)
+            sealed["content"] = _seal_content(model_public, message["content"], index, fresh)
         messages.append(sealed)
     headers = {
         CLIENT_KEY_HEADER: keys.public_hex,

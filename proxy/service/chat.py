@@ -10,7 +10,9 @@ attested):
 1. apply the field policy (:func:`proxy.core.request.parse_chat_request`): precise 400s for
    malformed requests and for fields whose data would travel in plaintext;
 2. get the model's attested key from the cache (one fetch for many waiters);
-3. encrypt every message with a fresh client key pair and open the upstream stream;
+3. encrypt every message with a fresh client key pair and open the upstream stream (the key
+   pairs are made ahead while the process is idle, :class:`~proxy.core.crypto.FreshKeys`,
+   and topped up while the upstream thinks; each is used once);
 4. read ahead until the first text field decrypted (or the stream ended), so that a rejected
    or stale key is caught *before* anything reaches the client; in that case the key is dropped,
    the model re-attested once and the request retried once with fresh encryption. At most
@@ -36,6 +38,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from proxy.core.crypto import FreshKeys
 from proxy.core.errors import (
     DecryptionError,
     InvalidRequestError,
@@ -73,6 +76,8 @@ from proxy.venice.client import UpstreamClient, UpstreamStream
 _KEY_REJECTION_MARKERS = ("decrypt", "public key", "model_key", "model key", "e2ee header")
 # Backend error types that mean "this key is not the enclave's (any more)" (Phala: S5).
 _KEY_REJECTION_TYPES = frozenset({"e2ee_model_key_mismatch", "e2ee_decryption_failed"})
+# Key pairs made ahead: enough for a long conversation (one per message, one for the client).
+_FRESH_KEYS = 64
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
@@ -193,6 +198,8 @@ class ChatService:
         self.max_read_ahead_bytes = max_read_ahead_bytes
         self.max_event_bytes = max_event_bytes
         self.max_answer_chars = max_answer_chars
+        self.fresh_keys = FreshKeys(_FRESH_KEYS)
+        self._topping_up = False
         self.upstream = upstream
         self.catalogue = catalogue
         self.keys = keys
@@ -355,6 +362,22 @@ class ChatService:
         stops = ChoiceStops(request.stops, request.n)
         return stop_at(batches, stops, stats, read_to_end=self.read_to_end_after_stop)
 
+    def _top_up_keys(self) -> None:
+        """Make the key pairs a request took again, one per loop pass (so a pass that has
+        other work does it first), starting once this attempt is on its way."""
+        if self._topping_up or not self.fresh_keys.wanted():
+            return
+        self._topping_up = True
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._make_key, loop)
+
+    def _make_key(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.fresh_keys.make_one()
+        if self.fresh_keys.wanted():
+            loop.call_soon(self._make_key, loop)
+        else:
+            self._topping_up = False
+
     async def _attempt_e2ee(
         self,
         request: ChatRequest,
@@ -369,7 +392,10 @@ class ChatService:
         to the caller (they apply after tool emulation); ``stats`` continues a request's
         counters across re-asks."""
         key = await self.keys.get(model)
-        encrypted = encrypt_request(request, model_key=key.public_key, upstream_model=model)
+        encrypted = encrypt_request(
+            request, model_key=key.public_key, upstream_model=model, fresh=self.fresh_keys.take
+        )
+        self._top_up_keys()
         stats = stats if stats is not None else StreamStats()
         try:
             upstream = await self.upstream.open_chat(

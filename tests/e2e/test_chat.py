@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -51,6 +52,41 @@ def test_streaming_answer_is_decrypted(proxy: ThreadedServer, sim_state: Simulat
     (sent,) = chat_requests(sim_state)
     assert sent["stream"] is True
     assert crypto.looks_like_ciphertext(sent["messages"][0]["content"])
+
+
+def test_key_pairs_are_made_ahead_after_a_request_and_each_is_used_once(
+    make_proxy: ProxyFactory, sim_state: SimulatorState
+) -> None:
+    proxy = make_proxy()
+    fresh = proxy.app.state.services.chat.fresh_keys
+    assert fresh.wanted()  # nothing made before the first request
+    ask = client(proxy).chat.completions.create
+    messages: Any = [{"role": "user", "content": f"one {CANARY}"}]
+    ask(model=E2EE_MODEL, messages=messages)
+    deadline = time.monotonic() + 10
+    while fresh.wanted() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not fresh.wanted()  # topped up to capacity in the background
+    for _ in range(3):
+        ask(
+            model=E2EE_MODEL,
+            messages=[*messages, {"role": "assistant", "content": "ok"}, *messages],
+        )
+    keys_seen = [
+        header
+        for recorded in sim_state.requests
+        if recorded.path.endswith("/chat/completions")
+        for header in [recorded.headers.get("x-venice-tee-client-pub-key")]
+    ]
+    ephemerals = [
+        bytes.fromhex(message["content"])[:65]
+        for body in chat_requests(sim_state)
+        for message in body["messages"]
+    ]
+    assert len(keys_seen) == 4
+    assert len(set(keys_seen)) == 4  # a client key pair per request
+    assert len(ephemerals) == 1 + 3 * 3
+    assert len(set(ephemerals)) == len(ephemerals)  # and one per sealed message, never twice
 
 
 def test_non_streaming_answer_is_one_completion(

@@ -205,3 +205,40 @@ def test_seal_refuses_a_gcm_nonce_that_is_not_12_bytes(size: int) -> None:
     recipient = crypto.generate_keypair().public
     with pytest.raises(ValueError, match=r"^GCM nonce must be 12 bytes$"):
         crypto.seal(recipient, b"x", gcm_nonce=bytes(size))
+
+
+def test_seal_with_a_pair_made_ahead_uses_that_pair() -> None:
+    recipient = crypto.generate_keypair()
+    ephemeral = crypto.generate_keypair()
+    blob = crypto.seal(recipient.public, b"hello", ephemeral=ephemeral)
+    assert blob[:65] == ephemeral.public
+    assert crypto.open_blob(recipient.private, blob) == b"hello"
+    text = crypto.seal_text(recipient.public, "h\u00e9", ephemeral=ephemeral)
+    assert bytes.fromhex(text)[:65] == ephemeral.public
+    assert crypto.open_text(recipient.private, text) == "h\u00e9"
+
+
+def test_fresh_keys_hands_out_each_pair_once_and_fills_to_its_capacity() -> None:
+    keys = crypto.FreshKeys(3)
+    made_now = keys.take()  # nothing ready: made on the spot
+    assert crypto.keypair_from_private(made_now.private) == made_now
+    assert keys.wanted()
+    for _ in range(5):
+        keys.make_one()
+    assert not keys.wanted()
+    assert repr(keys) == "FreshKeys(3 of 3 ready)"  # no more made than there is room for
+    ready = [keys.take(), keys.take(), keys.take()]
+    assert len({pair.public for pair in [made_now, *ready]}) == 4
+    assert all(crypto.keypair_from_private(p.private) == p for p in ready)
+    assert keys.wanted()
+    fourth = keys.take()  # empty again: made on the spot, still new
+    assert fourth.public not in {pair.public for pair in [made_now, *ready]}
+
+
+def test_fresh_keys_repr_shows_no_key() -> None:
+    keys = crypto.FreshKeys(2)
+    keys.make_one()
+    pair = keys._ready[0]
+    assert repr(keys) == "FreshKeys(1 of 2 ready)"
+    assert pair.private.hex() not in repr(keys)
+    assert pair.public.hex() not in repr(keys)

@@ -898,3 +898,32 @@ def test_a_text_part_of_any_value_travels_only_inside_the_encryption(text: Any) 
     out = encrypt(body_with([{"role": "user", "content": parts}]))
     assert json.loads(enclave_open(out["messages"][0]["content"])) == parts
     assert CANARY not in json.dumps(out)
+
+
+def test_every_key_pair_comes_from_fresh_once_client_first_then_one_per_message() -> None:
+    handed: list[crypto.KeyPair] = []
+
+    def fresh() -> crypto.KeyPair:
+        pair = crypto.generate_keypair()
+        handed.append(pair)
+        return pair
+
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": [{"type": "text", "text": "again"}]},
+    ]
+    request = encrypt_request(
+        parse(body_with(messages)), model_key=MODEL_PUBLIC, upstream_model="m", fresh=fresh
+    )
+    # The client pair, then one per sealed message (the null content is not sealed).
+    assert len(handed) == 4
+    assert request.client_keys is handed[0]
+    sealed = [m["content"] for m in request.body["messages"] if m["content"] is not None]
+    assert [bytes.fromhex(blob)[:65] for blob in sealed] == [pair.public for pair in handed[1:]]
+    assert [enclave_open(blob) for blob in sealed] == [
+        "be brief",
+        "hi",
+        '[{"type":"text","text":"again"}]',
+    ]
