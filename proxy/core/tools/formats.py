@@ -14,8 +14,10 @@ Block kinds and what is read from them::
     function <function=N>...</function> without the <tool_call> wrapper (XML as above)
     json     a bare JSON object or array in the text (Llama 3 JSON, xLAM, Mistral after
              [TOOL_CALLS], the JSON fallback convention)
-    fence    a ```json (or bare ```) fenced block holding such JSON; it closes at the first ```
-             outside the JSON's strings, so an argument may hold code fences of its own
+    fence    a ``` fenced block holding such JSON, bare or with a language tag (```json,
+             ```json5, ```tool_code: up to 16 ASCII letters, digits and "_+.-", see
+             FENCE_LANGUAGE); it closes at the first ``` outside the JSON's strings, so an
+             argument may hold code fences of its own
 
 Arguments: a JSON object, or a JSON string that holds one (decoded once). Anything else is kept
 as-is and left for validation to reject. XML/GLM values are typed from the tool's JSON Schema:
@@ -163,7 +165,11 @@ def calls_from_value(
     return None
 
 
-_FENCE_OPEN = re.compile(r"^\s*```[A-Za-z_]*[ \t]*\n?")
+# A fence's language tag (empty, or the first word of a Markdown info string): up to 16 ASCII
+# letters, digits and "_+.-", as language names are written (json5, tool_code, c++, objective-c,
+# vb.net). A longer run of them is no tag. The scanner (:mod:`.stream`) uses the same pattern.
+FENCE_LANGUAGE = re.compile(r"[A-Za-z0-9_+.-]{0,16}(?![A-Za-z0-9_+.-])")
+_FENCE_OPEN = re.compile(rf"^\s*```{FENCE_LANGUAGE.pattern}[ \t]*\n?")
 _FENCE_CLOSE = re.compile(r"\n?[ \t]*```\s*$")
 
 

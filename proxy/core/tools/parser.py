@@ -4,9 +4,9 @@ It is the streaming scanner (:mod:`.stream`) fed the whole text at once, so a st
 and the same answer read whole always agree. Accepted formats are listed in :mod:`.formats`:
 Hermes/Qwen ``<tool_call>`` JSON (one or several blocks, closing tag optional at the end),
 Qwen3-Coder/Qwen3.5 XML, GLM ``<arg_key>/<arg_value>``, bare JSON ``{"name", "arguments"}``
-(or ``parameters``), ``{"tool_calls": [...]}``, JSON arrays of calls, ```json fences (a code
-fence inside an argument string does not close them), arguments as an object or a JSON string,
-and any text before (or between) the calls.
+(or ``parameters``), ``{"tool_calls": [...]}``, JSON arrays of calls, ``` fences bare or with a
+language tag (```json, ```json5, ...; a code fence inside an argument string does not close
+them), arguments as an object or a JSON string, and any text before (or between) the calls.
 
 What it does not check: whether a call's name is a declared tool or its arguments fit the
 schema (:mod:`.validate` does), and whether text after the calls makes sense.

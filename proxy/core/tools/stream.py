@@ -9,8 +9,11 @@ Events:
   while a possible call opening is pending: a prefix of ``<tool_call>`` / ``<function=`` /
   ``[TOOL_CALLS]`` / ``<|python_tag|>``, a ``{`` or ``[`` whose first key could still be a call
   key (``name``, ``tool_calls``, ``function``, ``arguments``, ...), or a ``` fence whose body
-  could still start with such JSON. Trailing whitespace is held until more text follows, and
-  dropped when the answer turned out to hold calls (so a pure call shows no content at all).
+  could still start with such JSON. Its language tag, if any, is one as :mod:`.formats` reads
+  it (``FENCE_LANGUAGE``: up to 16 ASCII letters, digits and ``_+.-``); a fence with anything
+  else there is text (JSON inside it is read like any JSON in the text). Trailing whitespace is
+  held until more text follows, and dropped when the answer turned out to hold calls (so a pure
+  call shows no content at all).
 - :class:`ToolCallFound`: one complete call (index, name, decoded arguments), emitted when its
   block closed (``</tool_call>``, ``</function>``, the closing fence, the JSON's last brace) or
   at :meth:`ToolCallScanner.finish` (a block cut off by the end of the answer). The closing
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from proxy.core.tools.formats import (
+    FENCE_LANGUAGE,
     MAX_JSON_DEPTH,
     CallSyntaxError,
     ParsedCall,
@@ -86,7 +90,6 @@ _MAX_KEY = max(len(key) for key in _CALL_KEYS)
 _TRIGGER = re.compile(r"[<{\[`]")
 _WHITESPACE = " \t\r\n"
 _SEPARATORS = " \t\r\n;,"
-_MAX_FENCE_LANG = 16
 
 _Verdict = Literal["yes", "no", "partial"]
 
@@ -127,11 +130,10 @@ def _fence_head(text: str) -> _Verdict:
         return "partial" if "```".startswith(text) else "no"
     if not text.startswith("```"):
         return "no"
-    pos = 3
-    while pos < len(text) and (text[pos].isalnum() or text[pos] == "_"):
-        pos += 1
-    if pos - 3 > _MAX_FENCE_LANG:
-        return "no"
+    tag = FENCE_LANGUAGE.match(text, 3)
+    if tag is None:
+        return "no"  # a run of tag characters too long for a language name
+    pos = tag.end()
     while pos < len(text) and text[pos] in _WHITESPACE:
         pos += 1
     if pos >= len(text):

@@ -304,6 +304,27 @@ def test_fences_with_languages_and_spacing() -> None:
     assert strip_fence('```json\n{"a": "```"}') == '{"a": "```"}'
 
 
+@pytest.mark.parametrize(
+    "tag", ["json5", "py3", "c++", "objective-c", "vb.net", "a1_b2+c3.d4-e5f6", "a" * 16]
+)
+def test_a_fence_language_tag_is_a_language_name(tag: str) -> None:
+    assert strip_fence(f"```{tag}\n{{}}\n```") == "{}"
+    assert strip_fence(f"```{tag} {{}}```") == "{}"
+    fenced = f'```{tag}\n{{"name": "f", "arguments": {{"a": 1}}}}\n```'
+    assert parse_tagged(fenced, known=None, schemas={}) == [ParsedCall("f", {"a": 1})]
+    assert parse_json_calls(fenced, known={"f"}, explicit=False) == [ParsedCall("f", {"a": 1})]
+    assert looks_like_call(f'```{tag}\n{{"name": "f", "arguments": {{', {"f"}) is True
+
+
+@pytest.mark.parametrize("tag", ["c#", "jsön", "json!", "a" * 17])
+def test_a_fence_whose_tag_is_no_language_name_is_not_stripped(tag: str) -> None:
+    with pytest.raises(ValueError, match="Expecting value"):
+        loads(strip_fence(f"```{tag}\n{{}}\n```"))
+    fenced = f'```{tag}\n{{"name": "f", "arguments": {{"a": 1}}}}\n```'
+    with pytest.raises(CallSyntaxError):
+        parse_tagged(fenced, known=None, schemas={})
+
+
 def test_values_typed_by_the_schema() -> None:
     assert coerce_value(" x ", None) == "x"
     assert coerce_value(" x ", {"type": "integer"}) == " x "

@@ -281,8 +281,62 @@ def test_fenced_calls() -> None:
     assert parse_output(f"```{call}```", known={"f"}) == ParsedOutput("", found, ())
     gemma = f"```tool_code\n{call}\n```"  # Gemma's habit
     assert parse_output(gemma, known={"f"}) == ParsedOutput("", found, ())
-    # A fence of another language is text; a call inside it is still read.
+    # A fence whose tag is no language tag ("#" is none of its characters) is text; a call
+    # inside it is still read.
     assert parse_output(f"```c#\n{call}\n```", known={"f"}) == ParsedOutput("```c# ```", found, ())
+
+
+# Language tags as Markdown info strings write them: letters, digits and "_+.-", 16 at most.
+_TAGS = ["json5", "py3", "JSON", "tool_code", "c++", "objective-c", "vb.net", "a1_b2+c3.d4-e5f6"]
+
+
+@pytest.mark.parametrize("tag", _TAGS)
+def test_a_call_fenced_with_any_language_tag_is_read(tag: str) -> None:
+    call = '{"name": "f", "arguments": {"a": 1}}'
+    text = f"Calling.\n```{tag}\n{call}\n```\nDone."
+    expected = [TextDelta("Calling."), ToolCallFound(0, "f", {"a": 1}), TextDelta(" Done.")]
+    for events in _every_chunking(text, {"f"}):
+        assert events == expected
+    found = (ParsedCall("f", {"a": 1}),)
+    assert parse_output(text, known={"f"}) == ParsedOutput("Calling. Done.", found, ())
+    assert parse_output(f"```{tag} {call}```", known={"f"}) == ParsedOutput("", found, ())
+    tagged = f"<tool_call>\n```{tag}\n{call}\n```\n</tool_call>"
+    assert parse_output(tagged, known={"f"}) == ParsedOutput("", found, ())
+    # Fenced JSON that is no call stays text, unchanged; broken call JSON is re-asked.
+    other = f'```{tag}\n{{"name": "Ada", "bio": "x"}}\n```'
+    for events in _every_chunking(other, {"f"}):
+        assert events == [TextDelta(other)]
+    broken = f'```{tag}\n{{"name": "f", "arguments": {{"a": 1}}\n```\nDone.'
+    for events in _every_chunking(broken, {"f"}):
+        assert [type(e) for e in events] == [MalformedCall, TextDelta]
+
+
+@pytest.mark.parametrize("tag", ["c#", "json!", "json5:x", "a" * 17, "json5-tool-call-x"])
+def test_a_fence_whose_tag_is_no_language_name_stays_text(tag: str) -> None:
+    # Not a call fence: the fence is text. A call written inside it is still read, as JSON in
+    # the text is; with a name that is no tool, all of it is text.
+    text = f"```{tag}\n{_CALL}\n```"
+    for events in _every_chunking(text, {"f"}):
+        assert events == [TextDelta(f"```{tag}"), ToolCallFound(0, "f", {}), TextDelta(" ```")]
+    assert parse_output(text, known={"f"}) == ParsedOutput(
+        f"```{tag} ```", (ParsedCall("f", {}),), ()
+    )
+    for events in _every_chunking(text, {"g"}):
+        assert events == [TextDelta(text)]
+
+
+def test_the_scanner_and_the_block_reader_agree_on_what_is_no_tag() -> None:
+    # A letter outside ASCII: no tag for either (the scanner used to hold such a fence as a
+    # call that was then never read, and showed the call inside it as text).
+    text = f"```jsön\n{_CALL}\n```"
+    for events in _every_chunking(text, {"f"}):
+        assert events == [TextDelta("```jsön"), ToolCallFound(0, "f", {}), TextDelta(" ```")]
+    # Inside <tool_call> such a fence, or one with a tag longer than 16, is no fence either:
+    # the call cannot be read and is re-asked.
+    for tag in ("jsön", "c#", "a" * 17):
+        tagged = f"<tool_call>```{tag}\n{_CALL}\n```</tool_call>"
+        reason = "the tool call is not valid JSON (Expecting value: line 1 column 1 (char 0))"
+        assert parse_output(tagged, known={"f"}) == ParsedOutput("", (), (reason,))
 
 
 _NAMES = {"f", "g", "a", "b", "c"}
