@@ -155,7 +155,6 @@ class ToolCallScanner:
         self._buf = ""
         self._mode: _Mode | None = None
         self._block = ""
-        self._search_from = 0
         self._depth = 0
         self._in_string = False
         self._escape = False
@@ -249,7 +248,6 @@ class ToolCallScanner:
         assert mode in ("tagged", "function", "json", "fence")
         self._mode = mode  # type: ignore[assignment]
         self._block = ""
-        self._search_from = 0
         self._depth = 0
         self._in_string = False
         self._escape = False

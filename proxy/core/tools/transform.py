@@ -87,7 +87,6 @@ class _Reader:
     """Scanner state shared by both paths: raw text kept for the re-ask."""
 
     def __init__(self, plan: EmulationPlan) -> None:
-        self.plan = plan
         self.scanner = (
             ToolCallScanner(known=plan.tools.keys(), schemas=plan.schemas)
             if plan.calls_enabled
