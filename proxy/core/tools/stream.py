@@ -131,8 +131,8 @@ def _fence_head(text: str) -> _Verdict:
     if not text.startswith("```"):
         return "no"
     tag = FENCE_LANGUAGE.match(text, 3)
-    if tag is None:
-        return "no"  # a run of tag characters too long for a language name
+    if tag is None:  # a run of tag characters too long for a language name
+        return "no"
     pos = tag.end()
     while pos < len(text) and text[pos] in _WHITESPACE:
         pos += 1
