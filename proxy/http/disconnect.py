@@ -1,8 +1,9 @@
-"""Cancel work when the client hangs up (non-streaming requests).
+"""Cancel work when the client hangs up (before a streamed answer's first byte, and while a
+non-streaming answer is gathered).
 
-While a non-streaming answer is being gathered nothing is written to the client, so a hang-up
-is only seen by reading ASGI ``receive`` for ``http.disconnect``; streaming responses learn it
-from a failed write instead.
+While nothing is written to the client, a hang-up is only seen by reading ASGI ``receive`` for
+``http.disconnect``; streaming responses learn it from their writer instead
+(:mod:`proxy.http.event_stream`).
 """
 
 from __future__ import annotations
@@ -17,20 +18,24 @@ T = TypeVar("T")
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; cancel it if the client goes away first (non-streaming requests)."""
-    task = asyncio.ensure_future(work)
+    """Await ``work`` in this task; if the client goes away first, cancel this task, so
+    ``work`` gets the cancellation where it waits and the caller a ``CancelledError``.
+
+    One watcher task reads ``receive``; ``work`` runs in the caller's own task (no task and no
+    ``asyncio.wait`` per request). The watcher is cancelled as soon as ``work`` ends, before
+    the caller can wait on anything else, so it never cancels what comes after.
+    """
+    current = asyncio.current_task()
+    if current is None:
+        raise RuntimeError("until_disconnect must run in a task")
 
     async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        current.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-    return await task

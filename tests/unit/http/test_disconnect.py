@@ -1,0 +1,86 @@
+"""until_disconnect on a bare ASGI receive: the result, a hang-up, and nothing after the work."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+
+from proxy.http.disconnect import until_disconnect
+
+
+class Client:
+    """ASGI receive: the body, then nothing until ``hang_up``."""
+
+    def __init__(self) -> None:
+        self._gone = asyncio.Event()
+        self._sent_body = False
+
+    def hang_up(self) -> None:
+        self._gone.set()
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._sent_body:
+            self._sent_body = True
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+
+def request(client: Client) -> Request:
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": []}, client.receive)
+
+
+async def test_the_work_runs_in_the_callers_task_and_its_result_comes_back() -> None:
+    client = Client()
+    caller = asyncio.current_task()
+
+    async def work() -> str:
+        assert asyncio.current_task() is caller
+        await asyncio.sleep(0.01)
+        return "answer"
+
+    before = len(asyncio.all_tasks())
+    assert await until_disconnect(request(client), work()) == "answer"
+    await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == before  # the watcher is gone
+
+
+async def test_a_hang_up_cancels_the_work_where_it_waits() -> None:
+    client = Client()
+    cancelled = asyncio.Event()
+
+    async def work() -> str:
+        try:
+            await asyncio.sleep(30)  # the upstream thinking
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    async def caller() -> str:
+        return await until_disconnect(request(client), work())
+
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(0.01)
+    client.hang_up()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert cancelled.is_set()
+
+
+async def test_a_hang_up_after_the_work_ended_cancels_nothing_later() -> None:
+    client = Client()
+
+    async def work() -> str:
+        return "done"
+
+    async def caller() -> str:
+        result = await until_disconnect(request(client), work())
+        client.hang_up()
+        await asyncio.sleep(0.05)  # what the request does next (the stream) is not cancelled
+        return result
+
+    assert await asyncio.wait_for(caller(), 5) == "done"
