@@ -34,7 +34,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
             pass
         current.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(watch())
+    watcher = current.get_loop().create_task(watch())
     try:
         return await work
     finally:

@@ -63,7 +63,7 @@ class EventStream(Response):
             hung_up = True
             writer.cancel()
 
-        watcher = asyncio.get_running_loop().create_task(watch())
+        watcher = writer.get_loop().create_task(watch())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             source_waits = self._source_waits

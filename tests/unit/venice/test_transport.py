@@ -105,6 +105,16 @@ def json_handler(document: object, *, extra: dict[str, str] | None = None) -> Ha
     return handler
 
 
+CHUNKED_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+
+
+def chunked(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 RATE_LIMITED = json.dumps({"error": "Rate limit exceeded"}).encode()
 
 
@@ -215,12 +225,7 @@ async def test_closing_an_unread_stream_hangs_up_so_the_upstream_stops_generatin
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
     ) -> None:
         await read_request(reader, wire)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-            b"transfer-encoding: chunked\r\n\r\n"
-        )
-        event = b'data: {"n": 1}\n\n'
-        writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+        writer.write(CHUNKED_SSE_HEAD + chunked(b'data: {"n": 1}\n\n'))
         await writer.drain()
         # Generating forever, until the proxy hangs up.
         if await reader.read(1) == b"":
@@ -243,10 +248,7 @@ async def test_a_connection_cut_mid_stream_is_a_broken_stream() -> None:
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
     ) -> None:
         await read_request(reader, wire)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-            b'transfer-encoding: chunked\r\n\r\n10\r\ndata: {"n": 1}\n\n\r\n'
-        )
+        writer.write(CHUNKED_SSE_HEAD + chunked(b'data: {"n": 1}\n\n'))
         await writer.drain()
         writer.transport.abort()
 
