@@ -120,6 +120,19 @@ class SSEDecoder:
         """Consume ``chunk`` (split anywhere) and return the events it completed."""
         if not chunk:
             return []
+        if (
+            self._started
+            and not self._buf
+            and not self._skip_lf
+            and not self._dirty
+            and chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n\n")
+            and b"\r" not in chunk
+            and len(chunk) - 2 <= self._max_line
+            and len(chunk) - 2 + LINE_OVERHEAD <= self._max_event
+        ):
+            return [self._whole_event(chunk)]
         start_in_chunk = 0
         if self._skip_lf:
             self._skip_lf = False
@@ -165,6 +178,16 @@ class SSEDecoder:
             raise self._too_large("line")
         self._scanned = len(buf)
         return events
+
+    def _whole_event(self, chunk: bytes) -> SSEEvent:
+        """The one event of a chunk that is exactly ``data: …\\n\\n`` with no other line end,
+        fed between events: what the general path would give for it, without the line scan
+        (most upstream reads at a real pace are one such event)."""
+        try:
+            data = chunk[6:-2].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SSEProtocolError("the event stream is not valid UTF-8") from exc
+        return SSEEvent(data=data, id=self._last_id)
 
     def finish(self) -> list[SSEEvent]:
         """Signal end of input. An unterminated final event is discarded and sets ``truncated``.

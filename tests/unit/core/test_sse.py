@@ -481,3 +481,83 @@ def test_data_lines_without_a_colon_count_their_own_length() -> None:
 def test_what_orjson_refuses_is_still_compact_utf_8() -> None:
     big = 1 << 80
     assert encode_json({"n": big, "t": "é ✓"}) == f'data: {{"n":{big},"t":"é ✓"}}\n\n'.encode()
+
+
+# A read at a real pace holds one whole ``data: …\n\n`` event; the decoder takes it without the
+# line scan. These pin that shortcut to what the general path gives for the same bytes.
+
+
+def _one_event_per_feed(pieces: list[bytes], **limits: int) -> list[SSEEvent]:
+    decoder = SSEDecoder(**limits)
+    return [event for piece in pieces for event in decoder.feed(piece)]
+
+
+def _general_path(pieces: list[bytes], **limits: int) -> list[SSEEvent]:
+    """The same bytes one at a time: never a whole event in one feed."""
+    decoder = SSEDecoder(**limits)
+    return [event for byte in b"".join(pieces) for event in decoder.feed(bytes([byte]))]
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        # after the first event: plain, empty data, a multi-byte character, a colon-only value
+        [b"data: a\n\n", b"data: \n\n", b"data: caf\xc3\xa9\n\n", b"data: :\n\n"],
+        # the id persists into events taken whole
+        [b"id: 7\ndata: a\n\n", b"data: b\n\n"],
+        # an event name in progress when a whole-looking chunk arrives belongs to that event
+        [b"data: a\n\n", b"event: x\n", b"data: b\n\n", b"data: c\n\n"],
+        # a data line in progress: the chunk's line joins it
+        [b"data: a\n\n", b"data: b\n", b"data: c\n\n"],
+        # a CR at the end of a read: the next read's LF belongs to it
+        [b"data: a\r", b"\ndata: b\n\n", b"data: c\n\n"],
+        # look-alikes that are not one whole event
+        [b"data: a\n\n", b"data: b\r\n\r\n", b"data: c\n\ndata: d\n\n", b"data:e\n\n"],
+        [b"data: a\n\n", b"data: b\n\n\n", b"data: c\ndata: d\n\n", b"event: e\n\n"],
+        # a BOM at the very start is dropped once
+        [b"\xef\xbb\xbfdata: a\n\n", b"data: \xef\xbb\xbfb\n\n"],
+    ],
+)
+def test_a_whole_event_per_read_decodes_as_the_general_path_does(pieces: list[bytes]) -> None:
+    assert _one_event_per_feed(pieces) == _general_path(pieces)
+
+
+def test_whole_events_keep_the_last_event_id_and_no_event_name() -> None:
+    events = _one_event_per_feed([b"event: x\nid: 9\ndata: a\n\n", b"data: b\n\n"])
+    assert events == [SSEEvent("a", event="x", id="9"), SSEEvent("b", id="9")]
+
+
+def test_a_whole_event_keeps_the_line_limit() -> None:
+    first = b"data: a\n\n"
+    at_limit = b"data: " + b"x" * 14 + b"\n\n"  # a 20-byte line
+    assert _one_event_per_feed([first, at_limit], max_line_bytes=20) == [
+        SSEEvent("a"),
+        SSEEvent("x" * 14),
+    ]
+    with pytest.raises(SSEProtocolError) as caught:
+        _one_event_per_feed([first, b"data: " + b"x" * 15 + b"\n\n"], max_line_bytes=20)
+    assert caught.value.code == "upstream_event_too_large"
+
+
+def test_a_whole_event_keeps_the_event_limit() -> None:
+    first = b"data: a\n\n"
+    at_limit = b"data: " + b"x" * 14 + b"\n\n"  # counts 20 + LINE_OVERHEAD
+    limit = 20 + LINE_OVERHEAD
+    assert _one_event_per_feed([first, at_limit], max_event_bytes=limit)[-1] == SSEEvent("x" * 14)
+    with pytest.raises(SSEProtocolError) as caught:
+        _one_event_per_feed([first, b"data: " + b"x" * 15 + b"\n\n"], max_event_bytes=limit)
+    assert caught.value.code == "upstream_event_too_large"
+    assert str(limit) in caught.value.message
+
+
+def test_a_whole_event_of_invalid_utf8_raises() -> None:
+    with pytest.raises(SSEProtocolError, match="UTF-8"):
+        _one_event_per_feed([b"data: a\n\n", b"data: \xff\n\n"])
+
+
+def test_a_whole_event_leaves_nothing_behind() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"data: a\n\n")
+    assert decoder.feed(b"data: b\n\n") == [SSEEvent("b")]
+    assert decoder.finish() == []
+    assert not decoder.truncated
