@@ -152,3 +152,39 @@ async def test_no_extra_loop_pass_while_the_source_says_its_reads_waited() -> No
     # this body never actually suspends, so all five parts and the end were written.
     bodies = [m["body"] for m in peer.sent if m["type"] == "http.response.body"]
     assert bodies == [b"data: %d\n\n" % i for i in range(5)] + [b""]
+
+
+
+async def test_a_stream_cancelled_before_its_writer_ran_closes_the_body() -> None:
+    async def body() -> AsyncGenerator[bytes, None]:
+        yield b"data: 1\n\n"
+
+    generator = body()
+    peer = Peer()
+    stream = asyncio.create_task(EventStream(generator, {})(SCOPE, peer.receive, peer.send))
+    await asyncio.sleep(0)  # the stream has made its writer task, which has not run yet
+    stream.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stream
+    assert peer.sent == []
+    assert generator.ag_frame is None  # closed, not left for the garbage collector
+
+
+async def test_a_server_shutdown_mid_stream_closes_the_body_before_it_propagates() -> None:
+    closed = asyncio.Event()
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        try:
+            yield b"data: 1\n\n"
+            await asyncio.sleep(30)
+            yield b"never"
+        finally:
+            closed.set()
+
+    peer = Peer()
+    stream = asyncio.create_task(EventStream(body(), {})(SCOPE, peer.receive, peer.send))
+    await peer.first_part.wait()
+    stream.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stream
+    assert closed.is_set()
