@@ -9,9 +9,10 @@ envelopes (:mod:`proxy.http.errors`); the listener guards (:mod:`proxy.http.guar
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -63,6 +64,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        **_framework_telemetry_off(),
     )
     app.state.services = services
     app.include_router(router)
@@ -106,3 +108,24 @@ def _add_guards(app: FastAPI, settings: Settings, services: Services) -> None:
     app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
     app.add_middleware(RequestIdMiddleware)
     services.metrics.bind_in_flight(lambda: services.drain.in_flight)
+
+
+# FastAPI's own telemetry (native since the 0.16x releases): request spans, request metrics, and
+# logs of validation failures and unhandled exceptions with their messages, sent wherever a
+# global OpenTelemetry provider points (an SDK in the environment, ``OTEL_*`` variables,
+# ``FASTAPI_OTEL_AUTO_CONFIGURE=true``). None of it is on the proxy's allowlist, so it is off;
+# off, it also costs nothing per request (on, it asks three providers on every one).
+_TELEMETRY_OFF = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
+
+
+def _framework_telemetry_off() -> dict[str, Any]:
+    """``FastAPI(**…)`` keywords that turn its telemetry off; none for a FastAPI without it."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": dict(_TELEMETRY_OFF)}
+    return {}

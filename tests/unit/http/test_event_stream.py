@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import types
 from collections.abc import AsyncGenerator, MutableMapping
 from typing import Any
 
@@ -154,12 +155,12 @@ async def test_no_extra_loop_pass_while_the_source_says_its_reads_waited() -> No
     assert bodies == [b"data: %d\n\n" % i for i in range(5)] + [b""]
 
 
-
 async def test_a_stream_cancelled_before_its_writer_ran_closes_the_body() -> None:
     async def body() -> AsyncGenerator[bytes, None]:
         yield b"data: 1\n\n"
 
     generator = body()
+    assert isinstance(generator, types.AsyncGeneratorType)
     peer = Peer()
     stream = asyncio.create_task(EventStream(generator, {})(SCOPE, peer.receive, peer.send))
     await asyncio.sleep(0)  # the stream has made its writer task, which has not run yet
