@@ -58,28 +58,28 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
         hung_up = False
-        pump = loop.create_task(self._pump(send, lambda: hung_up))
+        writer = loop.create_task(self._write(send, lambda: hung_up))
 
         async def watch() -> None:
             nonlocal hung_up
             while (await receive())["type"] != "http.disconnect":
                 pass
             hung_up = True
-            pump.cancel()
+            writer.cancel()
 
         watcher = loop.create_task(watch())
         try:
-            # Cancelling this task (server shutdown) cancels the pump it waits for, and the
-            # await ends only once the pump has.
-            await pump
+            # Cancelling this task (server shutdown) cancels the writer it waits for, and the
+            # await ends only once the writer has.
+            await writer
         finally:
             watcher.cancel()
             # Closed here whatever ended the stream (a hang-up seen during a send leaves the
-            # generator suspended at its yield; a pump cancelled before its first step never
+            # generator suspended at its yield; a writer cancelled before its first step never
             # ran it): its own clean-up runs now, not at collection.
             await self.body_iterator.aclose()
 
-    async def _pump(self, send: Send, hung_up: Callable[[], bool]) -> None:
+    async def _write(self, send: Send, hung_up: Callable[[], bool]) -> None:
         """Write the stream (the task every part is relayed in; see the module docstring)."""
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
