@@ -10,6 +10,8 @@
   ``VENICE_PROXY_PRIVACY__PASSTHROUGH_MODELS`` (so the plaintext model can be relayed for the
   hop-only comparison; E2EE requests are unaffected). Any ``VENICE_*`` variable of the caller's
   environment is dropped first so a user's config cannot leak into the figures.
+- The byte relay runs ``python -m benchmarks.byte_relay`` in front of the simulator (the machine
+  floor: a process that only copies bytes between two sockets).
 - Each process's stdout and stderr go to a log file in a temporary directory (never a pipe
   nobody reads, which would block the process once full).
 
@@ -28,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -236,6 +239,38 @@ def start_proxy(
         ready_headers={},
     )
     return ManagedProcess(spec, log_dir, cwd=_PROXY_SRC).wait_ready()
+
+
+def start_byte_relay(log_dir: Path, upstream_url: str) -> ManagedProcess:
+    """The byte relay (``python -m benchmarks.byte_relay``) in its own process, in front of
+    ``upstream_url`` (``http://HOST:PORT``, no path: the relay copies bytes and reads no URL).
+
+    Ready when the simulator's ``/api/v1/models`` answers 200 through it, so the upstream must
+    be the benchmark simulator; the readiness check thereby proves the whole relayed path.
+    """
+    parsed = urlsplit(upstream_url)
+    if parsed.scheme != "http" or parsed.hostname is None or parsed.port is None:
+        raise ValueError(f"expected http://HOST:PORT, got {upstream_url!r}")
+    if parsed.path not in ("", "/"):
+        raise ValueError(f"the byte relay forwards bytes, not paths: {upstream_url!r}")
+    port = free_port()
+    spec = ProcessSpec(
+        name="byte-relay",
+        argv=(
+            sys.executable,
+            "-m",
+            "benchmarks.byte_relay",
+            "--port",
+            str(port),
+            "--upstream",
+            f"{parsed.hostname}:{parsed.port}",
+        ),
+        env=_clean_env(),
+        port=port,
+        ready_path="/api/v1/models",
+        ready_headers={"authorization": f"Bearer {SIM_API_KEY}"},
+    )
+    return ManagedProcess(spec, log_dir).wait_ready()
 
 
 def system_busy_seconds() -> float:
