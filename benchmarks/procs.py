@@ -16,7 +16,9 @@
   nobody reads, which would block the process once full).
 
 Resource figures come from ``/proc/<pid>``: ``VmHWM`` (peak resident set) from ``status`` and
-user + system CPU time from ``stat`` (clock-tick resolution, 10 ms on Linux).
+user + system CPU time from ``stat`` (clock-tick resolution, 10 ms on Linux). Where the kernel
+exposes ``/proc/<pid>/task/<tid>/sched``, the same CPU time is also read from the scheduler's
+nanosecond counter (``se.sum_exec_runtime``), for figures too small for the tick.
 """
 
 from __future__ import annotations
@@ -65,6 +67,27 @@ def cpu_split(pid: int) -> tuple[float, float]:
     # The command name in field 2 may contain spaces; fields after its ")" are fixed.
     fields = text[text.rindex(")") + 2 :].split()
     return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+
+
+def runtime_seconds(pid: int) -> float | None:
+    """CPU seconds the live threads of ``pid`` have run, from the scheduler's nanosecond
+    counter (``se.sum_exec_runtime`` of each ``/proc/<pid>/task/<tid>/sched``, in ms there).
+    The same time as :func:`cpu_seconds` without its clock-tick resolution and without a user
+    and system split; threads that have exited are not counted. None when the kernel has no
+    such file (it comes with ``CONFIG_SCHED_DEBUG``) or its format is not the expected one."""
+    total_ms = 0.0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        for task in tasks:
+            for line in (task / "sched").read_text().splitlines():
+                if line.startswith("se.sum_exec_runtime"):
+                    total_ms += float(line.rpartition(":")[2])
+                    break
+            else:
+                return None
+    except (OSError, ValueError):
+        return None
+    return total_ms / 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +161,17 @@ class ManagedProcess:
     def system_seconds(self) -> float:
         """Kernel CPU time of the process and its workers (part of :meth:`cpu_seconds`)."""
         return sum(cpu_split(pid)[1] for pid in self.pids())
+
+    def runtime_seconds(self) -> float | None:
+        """:meth:`cpu_seconds` from the scheduler's nanosecond counter (see
+        :func:`runtime_seconds`); None where the kernel does not expose it."""
+        total = 0.0
+        for pid in self.pids():
+            seconds = runtime_seconds(pid)
+            if seconds is None:
+                return None
+            total += seconds
+        return total
 
     def log_tail(self, lines: int = 20) -> str:
         self._log.flush()
