@@ -1,4 +1,5 @@
-"""The benchmarks' byte relay (benchmarks/byte_relay.py) in front of tiny loopback servers.
+"""The benchmarks' byte relay (benchmarks/byte_relay.py) in front of tiny loopback servers, and
+the machine floor the harness reads from its figures (benchmarks/run.py).
 
 Each scenario runs on asyncio's own loop and on uvloop (the loop the relay runs on in
 ``make bench``), with the relay in this process so its sockets and buffers can be looked at.
@@ -226,3 +227,27 @@ def test_the_upstream_argument_is_host_and_port() -> None:
     for text in ("127.0.0.1", ":80", "host:port", "host:"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             parse_host_port(text)
+
+
+def test_the_machine_floor_is_read_from_the_relays_figures_and_only_those_measured() -> None:
+    from benchmarks.run import machine_floor
+
+    assert machine_floor({}) == {}
+    hop = {"ttft_p50": 0.2, "ttlt_p50": 0.3, "ttft_p99": 9.0, "ttlt_p99": 9.0}
+    details: dict[str, Any] = {
+        "latency": {"overhead": {"added": {"relay_plain_vs_direct_plain": hop}}},
+        "paced": {
+            "relay_cpu_us_per_chunk": {"relay_plain": 40.0},
+            "relay_system_us_per_chunk": {"relay_plain": 25.0},
+            "runtime_us_per_chunk": {"proxy_e2ee": 230.0, "relay_plain": 38.0},
+        },
+    }
+    assert machine_floor(details) == {
+        "first_token_added_ms_p50": 0.2,
+        "last_token_added_ms_p50": 0.3,
+        "paced_cpu_us_per_chunk": 40.0,
+        "paced_system_us_per_chunk": 25.0,
+        "paced_runtime_us_per_chunk": 38.0,
+    }
+    details["inprocess"] = {"crypto_floor_us": 50.0}
+    assert machine_floor(details)["paced_cpu_plus_crypto_floor_us"] == 88.0
