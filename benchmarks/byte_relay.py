@@ -3,10 +3,10 @@ can stand where the proxy stands, for the machine floor of the latency and CPU f
 
 Every connection accepted on ``127.0.0.1:P`` gets its own connection to ``HOST:PORT``; the bytes
 read on either socket are written, unchanged and unparsed, to the other one from
-``data_received``. No HTTP, no buffering of its own, no task per connection once both sockets are
-up: whatever an HTTP proxy does, it does at least this (two sockets, one read and one write per
-piece, one process wake-up), so what this relay costs is the floor of what any proxy costs on
-the machine it runs on.
+``data_received``. No HTTP, no buffer of its own past connection set-up, no task per connection
+once both sockets are up: whatever an HTTP proxy does, it does at least this (two sockets, one
+read and one write per piece, one process wake-up), so what this relay costs is the floor of
+what any proxy costs on the machine it runs on.
 
 - The event loop is uvloop when it can be imported (as the proxy's uvicorn picks it), else
   asyncio's own; the ready line names which one.
@@ -19,13 +19,16 @@ the machine it runs on.
   to the other, so a client that half-closes after its request still gets the whole answer;
   once both directions have ended, or either socket is lost, both are closed (a transport's
   ``close`` still writes out what it buffered).
-- The client's socket is not read until the upstream connection is up; a failed upstream
-  connect closes the client's connection.
+- What the client sends before the upstream connection is up is kept and written to it first
+  (reading pauses at once on asyncio; uvloop reads an accepted socket once whatever
+  ``connection_made`` did, so there reading pauses after that read); a failed upstream connect
+  closes the client's connection.
 
 Output: one line on stdout once listening,
 ``byte relay listening on 127.0.0.1:P -> HOST:PORT (loop: uvloop|asyncio)``; nothing per
-connection. Stops on SIGINT or SIGTERM. The harness (``benchmarks.procs.start_byte_relay``)
-tells it is ready by an HTTP request sent through it to the upstream.
+connection. Stops on SIGINT or SIGTERM, dropping open connections. The harness
+(``benchmarks.procs.start_byte_relay``) tells it is ready by an HTTP request sent through it to
+the upstream.
 
 Deliberately not here: more than one upstream, TLS, timeouts, any reading of the bytes.
 """
