@@ -1,7 +1,7 @@
 """Sequential latency (what the proxy adds to one request) and long-stream throughput, measured
-from a client in this process against a simulator and a proxy in two other processes.
+from a client in this process against a simulator, a proxy and a byte relay in other processes.
 
-Four variants, interleaved request by request (the order rotates) so drift hits all alike:
+Five variants, interleaved request by request (the order rotates) so drift hits all alike:
 
 ==============  ===========================================================================
 direct_plain    client -> simulator, plaintext model                    (the baseline)
@@ -9,6 +9,8 @@ proxy_e2ee      client -> proxy -> simulator, E2EE model                (the hea
 direct_e2ee     the in-process E2EE client: seals its own request -> simulator, E2EE model,
                 and decrypts every chunk itself (ChunkDecryptor): the E2EE baseline
 proxy_plain     client -> proxy (passthrough) -> simulator, plaintext model: the extra hop
+relay_plain     client -> byte relay -> simulator, the request of direct_plain byte for byte
+                (same path and key: the relay is transparent): the machine floor of a hop
 ==============  ===========================================================================
 
 Requests are sequential with a short idle gap between them (the plan's ``overhead_gap_s``): by
@@ -20,12 +22,22 @@ last token, p50 and p99 (difference of percentiles, not percentile of paired dif
 ``proxy_e2ee - direct_e2ee`` is the part the proxy itself adds over an in-process E2EE client
 (the simulator's sealing, which Venice does inside its TEE, and the unavoidable ECDH and
 decryption cancel out); ``proxy_plain - direct_plain`` is the bare hop.
+``relay_plain - direct_plain`` is the floor hop: what any process in the middle costs on this
+machine (one more socket pair each way and one more process wake-up, nothing parsed; see
+``benchmarks.byte_relay``); ``proxy_plain - relay_plain`` is what the proxy's HTTP and Python add
+beyond that floor. Comparisons whose variants were not run are left out.
 
 The long stream: one answer of N tokens with no delay between tokens, timed from its first
 content token to ``[DONE]`` (``interval`` per chunk), plus the proxy's CPU time per relayed
 chunk read from ``/proc`` (all of the proxy's work per chunk: sockets, h11, ASGI, the pipeline),
 for the E2EE model and for the plaintext model relayed in passthrough (no crypto at all), so
-``proxy_e2ee - proxy_plain`` is what the decryption costs in place.
+``proxy_e2ee - proxy_plain`` is what the decryption costs in place. The byte relay's CPU time
+per chunk is read the same way for ``relay_*`` targets: the floor of any process's CPU per
+relayed chunk. Both are also read from the scheduler's nanosecond counter where the kernel
+exposes it (``runtime_us_per_chunk``; the ``/proc/<pid>/stat`` figures have a 10 ms tick, which
+on a 300-token stream is 33 µs per chunk). Per chunk means per SSE event the client counted;
+the relay does not see events, only reads, so at a 1 ms pace it is one read per event and in
+the unpaced stream many events per read.
 """
 
 from __future__ import annotations
@@ -90,6 +102,8 @@ _COMPARISONS = {
     "proxy_e2ee_vs_direct_e2ee": ("proxy_e2ee", "direct_e2ee"),
     "proxy_plain_vs_direct_plain": ("proxy_plain", "direct_plain"),
     "direct_e2ee_vs_direct_plain": ("direct_e2ee", "direct_plain"),
+    "relay_plain_vs_direct_plain": ("relay_plain", "direct_plain"),
+    "proxy_plain_vs_relay_plain": ("proxy_plain", "relay_plain"),
 }
 
 
@@ -156,9 +170,26 @@ class LongStreamFigures:
     # The kernel's part of proxy_cpu_us_per_chunk (socket reads and writes, epoll wake-ups).
     proxy_system_us_per_chunk: dict[str, float]
     simulator_cpu_us_per_chunk: dict[str, float]
+    # The byte relay's CPU time per chunk, and its kernel part, for the relay_* targets.
+    relay_cpu_us_per_chunk: dict[str, float]
+    relay_system_us_per_chunk: dict[str, float]
+    # CPU time per chunk of the process in the middle (the proxy for proxy_* targets, the relay
+    # for relay_*) from the scheduler's nanosecond counter; empty where the kernel has none.
+    runtime_us_per_chunk: dict[str, float]
     tokens: int
     runs: int
     errors: int
+
+
+def _middle(
+    name: str, proxy: ManagedProcess, relay: ManagedProcess | None
+) -> ManagedProcess | None:
+    """The process between the client and the simulator for the target called ``name``."""
+    if name.startswith("proxy"):
+        return proxy
+    if name.startswith("relay"):
+        return relay
+    return None
 
 
 async def measure_long_stream(
@@ -169,21 +200,32 @@ async def measure_long_stream(
     proxy: ManagedProcess,
     simulator: ManagedProcess,
     runs: int,
+    relay: ManagedProcess | None = None,
 ) -> LongStreamFigures:
-    """Stream ``prompt``'s long answer through each target ``runs`` times."""
+    """Stream ``prompt``'s long answer through each target ``runs`` times (``relay``: the byte
+    relay of the ``relay_*`` targets, whose CPU time is then read like the proxy's)."""
     intervals: dict[str, list[float]] = {target.name: [] for target in targets}
     sim_cpu: dict[str, list[float]] = {target.name: [] for target in targets}
     proxy_cpu: dict[str, list[float]] = {t.name: [] for t in targets if t.name.startswith("proxy")}
     proxy_sys: dict[str, list[float]] = {name: [] for name in proxy_cpu}
+    relay_cpu: dict[str, list[float]] = {
+        t.name: [] for t in targets if relay is not None and t.name.startswith("relay")
+    }
+    relay_sys: dict[str, list[float]] = {name: [] for name in relay_cpu}
+    runtime: dict[str, list[float]] = {name: [] for name in (*proxy_cpu, *relay_cpu)}
     errors = 0
     for _ in range(runs):
         for target in targets:
-            proxy_before, sim_before = proxy.cpu_seconds(), simulator.cpu_seconds()
-            system_before = proxy.system_seconds()
+            middle = _middle(target.name, proxy, relay)
+            sim_before = simulator.cpu_seconds()
+            cpu_before = middle.cpu_seconds() if middle else 0.0
+            system_before = middle.system_seconds() if middle else 0.0
+            runtime_before = middle.runtime_seconds() if middle else None
             expected = prompt.answer
             result = await stream_once(client, target, prompt, expected=expected)
-            proxy_used = proxy.cpu_seconds() - proxy_before
-            system_used = proxy.system_seconds() - system_before
+            runtime_after = middle.runtime_seconds() if middle else None
+            cpu_used = middle.cpu_seconds() - cpu_before if middle else 0.0
+            system_used = middle.system_seconds() - system_before if middle else 0.0
             sim_used = simulator.cpu_seconds() - sim_before
             if not result.ok or result.ttft_s is None or result.ttlt_s is None:
                 errors += 1
@@ -191,9 +233,12 @@ async def measure_long_stream(
             gaps = max(1, result.content_events - 1)
             intervals[target.name].append((result.ttlt_s - result.ttft_s) / gaps * 1e6)
             sim_cpu[target.name].append(sim_used / result.events * 1e6)
-            if target.name in proxy_cpu:
-                proxy_cpu[target.name].append(proxy_used / result.events * 1e6)
-                proxy_sys[target.name].append(system_used / result.events * 1e6)
+            for cpu, system in ((proxy_cpu, proxy_sys), (relay_cpu, relay_sys)):
+                if target.name in cpu:
+                    cpu[target.name].append(cpu_used / result.events * 1e6)
+                    system[target.name].append(system_used / result.events * 1e6)
+            if target.name in runtime and runtime_before is not None and runtime_after is not None:
+                runtime[target.name].append((runtime_after - runtime_before) / result.events * 1e6)
     interval_us = {name: median_of_runs(values) for name, values in intervals.items()}
     return LongStreamFigures(
         interval_us=interval_us,
@@ -201,6 +246,9 @@ async def measure_long_stream(
         proxy_cpu_us_per_chunk={name: median_of_runs(v) for name, v in proxy_cpu.items()},
         proxy_system_us_per_chunk={name: median_of_runs(v) for name, v in proxy_sys.items()},
         simulator_cpu_us_per_chunk={name: median_of_runs(v) for name, v in sim_cpu.items()},
+        relay_cpu_us_per_chunk={name: median_of_runs(v) for name, v in relay_cpu.items()},
+        relay_system_us_per_chunk={name: median_of_runs(v) for name, v in relay_sys.items()},
+        runtime_us_per_chunk={name: median_of_runs(v) for name, v in runtime.items() if v},
         tokens=prompt.tokens,
         runs=runs,
         errors=errors,

@@ -10,11 +10,15 @@
   ``VENICE_PROXY_PRIVACY__PASSTHROUGH_MODELS`` (so the plaintext model can be relayed for the
   hop-only comparison; E2EE requests are unaffected). Any ``VENICE_*`` variable of the caller's
   environment is dropped first so a user's config cannot leak into the figures.
+- The byte relay runs ``python -m benchmarks.byte_relay`` in front of the simulator (the machine
+  floor: a process that only copies bytes between two sockets).
 - Each process's stdout and stderr go to a log file in a temporary directory (never a pipe
   nobody reads, which would block the process once full).
 
 Resource figures come from ``/proc/<pid>``: ``VmHWM`` (peak resident set) from ``status`` and
-user + system CPU time from ``stat`` (clock-tick resolution, 10 ms on Linux).
+user + system CPU time from ``stat`` (clock-tick resolution, 10 ms on Linux). Where the kernel
+exposes ``/proc/<pid>/task/<tid>/sched``, the same CPU time is also read from the scheduler's
+nanosecond counter (``se.sum_exec_runtime``), for figures too small for the tick.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -62,6 +67,27 @@ def cpu_split(pid: int) -> tuple[float, float]:
     # The command name in field 2 may contain spaces; fields after its ")" are fixed.
     fields = text[text.rindex(")") + 2 :].split()
     return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+
+
+def runtime_seconds(pid: int) -> float | None:
+    """CPU seconds the live threads of ``pid`` have run, from the scheduler's nanosecond
+    counter (``se.sum_exec_runtime`` of each ``/proc/<pid>/task/<tid>/sched``, in ms there).
+    The same time as :func:`cpu_seconds` without its clock-tick resolution and without a user
+    and system split; threads that have exited are not counted. None when the kernel has no
+    such file (it comes with ``CONFIG_SCHED_DEBUG``) or its format is not the expected one."""
+    total_ms = 0.0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        for task in tasks:
+            for line in (task / "sched").read_text().splitlines():
+                if line.startswith("se.sum_exec_runtime"):
+                    total_ms += float(line.rpartition(":")[2])
+                    break
+            else:
+                return None
+    except (OSError, ValueError):
+        return None
+    return total_ms / 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +161,17 @@ class ManagedProcess:
     def system_seconds(self) -> float:
         """Kernel CPU time of the process and its workers (part of :meth:`cpu_seconds`)."""
         return sum(cpu_split(pid)[1] for pid in self.pids())
+
+    def runtime_seconds(self) -> float | None:
+        """:meth:`cpu_seconds` from the scheduler's nanosecond counter (see
+        :func:`runtime_seconds`); None where the kernel does not expose it."""
+        total = 0.0
+        for pid in self.pids():
+            seconds = runtime_seconds(pid)
+            if seconds is None:
+                return None
+            total += seconds
+        return total
 
     def log_tail(self, lines: int = 20) -> str:
         self._log.flush()
@@ -236,6 +273,38 @@ def start_proxy(
         ready_headers={},
     )
     return ManagedProcess(spec, log_dir, cwd=_PROXY_SRC).wait_ready()
+
+
+def start_byte_relay(log_dir: Path, upstream_url: str) -> ManagedProcess:
+    """The byte relay (``python -m benchmarks.byte_relay``) in its own process, in front of
+    ``upstream_url`` (``http://HOST:PORT``, no path: the relay copies bytes and reads no URL).
+
+    Ready when the simulator's ``/api/v1/models`` answers 200 through it, so the upstream must
+    be the benchmark simulator; the readiness check thereby proves the whole relayed path.
+    """
+    parsed = urlsplit(upstream_url)
+    if parsed.scheme != "http" or parsed.hostname is None or parsed.port is None:
+        raise ValueError(f"expected http://HOST:PORT, got {upstream_url!r}")
+    if parsed.path not in ("", "/"):
+        raise ValueError(f"the byte relay forwards bytes, not paths: {upstream_url!r}")
+    port = free_port()
+    spec = ProcessSpec(
+        name="byte-relay",
+        argv=(
+            sys.executable,
+            "-m",
+            "benchmarks.byte_relay",
+            "--port",
+            str(port),
+            "--upstream",
+            f"{parsed.hostname}:{parsed.port}",
+        ),
+        env=_clean_env(),
+        port=port,
+        ready_path="/api/v1/models",
+        ready_headers={"authorization": f"Bearer {SIM_API_KEY}"},
+    )
+    return ManagedProcess(spec, log_dir).wait_ready()
 
 
 def system_busy_seconds() -> float:

@@ -15,7 +15,10 @@ table and optionally writes the headline figures as JSON with exactly these keys
 
 ``--details FILE`` writes every figure measured (variants, breakdowns, per-run data, machine).
 Phases run in this order, in-process ones first while the machine is quiet: inprocess,
-latency, load, single_flight (``--only`` picks some). The goals are reported, never asserted.
+latency, load, single_flight (``--only`` picks some). The goals are reported, never asserted;
+next to the latency and paced-CPU goals stands the machine floor: the same figure for the byte
+relay (``benchmarks.byte_relay``, a process that only copies bytes), measured in the latency
+phase (``--details``: ``machine_floor``).
 """
 
 from __future__ import annotations
@@ -53,7 +56,13 @@ from benchmarks.inprocess import (
 )
 from benchmarks.latency import measure_long_stream, measure_overhead
 from benchmarks.load import measure_load
-from benchmarks.procs import SIM_API_KEY, start_proxy, start_simulator, system_busy_seconds
+from benchmarks.procs import (
+    SIM_API_KEY,
+    start_byte_relay,
+    start_proxy,
+    start_simulator,
+    system_busy_seconds,
+)
 from benchmarks.scaling import measure_scaling
 from benchmarks.single_flight import measure_single_flight
 
@@ -259,21 +268,33 @@ def run_inprocess(plan: Plan, results: Results) -> None:
     results.row("  dcap: dcap_qvl.verify (ms)", _fmt(attestation.dcap_verify_ms, 3))
 
 
+# Notes printed next to the comparisons of the latency phase that have a name of their own.
+_COMPARISON_NOTES = {
+    "proxy_plain_vs_direct_plain": "the bare hop",
+    "relay_plain_vs_direct_plain": "the floor hop (byte relay)",
+    "proxy_plain_vs_relay_plain": "proxy's HTTP + Python beyond the floor",
+}
+
+
 async def run_latency(plan: Plan, results: Results, log_dir: Path) -> None:
     with (
         start_simulator(log_dir, token_delay_s=0.0) as simulator,
         start_proxy(log_dir, upstream_url=simulator.url + "/api/v1") as proxy,
+        start_byte_relay(log_dir, simulator.url) as relay,
     ):
         busy_before = system_busy_seconds()
-        ours_before = proxy.cpu_seconds() + simulator.cpu_seconds() + time.process_time()
+        servers = (proxy, simulator, relay)
+        ours_before = sum(p.cpu_seconds() for p in servers) + time.process_time()
         wall_before = time.perf_counter()
-        async with new_client(4) as client:
+        async with new_client(5) as client:
             key = await enclave_key(client, simulator.url, SIM_API_KEY)
             targets = [
                 direct_target(simulator.url, SIM_API_KEY, "direct_plain", model_key=None),
                 proxy_target(proxy.url, E2EE_MODEL, "proxy_e2ee"),
                 direct_target(simulator.url, SIM_API_KEY, "direct_e2ee", model_key=key),
                 proxy_target(proxy.url, PLAIN_MODEL, "proxy_plain"),
+                # The relay is transparent: the simulator's own path and key, through its port.
+                direct_target(relay.url, SIM_API_KEY, "relay_plain", model_key=None),
             ]
             overhead = await measure_overhead(
                 client,
@@ -290,9 +311,10 @@ async def run_latency(plan: Plan, results: Results, log_dir: Path) -> None:
                 proxy=proxy,
                 simulator=simulator,
                 runs=plan.long_stream_runs,
+                relay=relay,
             )
         proxy_rss = proxy.vm_hwm_mb()
-        ours = proxy.cpu_seconds() + simulator.cpu_seconds() + time.process_time() - ours_before
+        ours = sum(p.cpu_seconds() for p in servers) + time.process_time() - ours_before
         wall = time.perf_counter() - wall_before
         other = max(0.0, system_busy_seconds() - busy_before - ours) / wall
     headline = overhead.added["proxy_e2ee_vs_direct_plain"]
@@ -315,11 +337,12 @@ async def run_latency(plan: Plan, results: Results, log_dir: Path) -> None:
     for label, added in overhead.added.items():
         if label == "proxy_e2ee_vs_direct_plain":
             continue
+        named = _COMPARISON_NOTES.get(label)
         results.row(
             f"  {label} (ms)",
             f"{_fmt(added['ttft_p50'], 3)} / {_fmt(added['ttlt_p50'], 3)}",
             "",
-            "p50 first / last token",
+            "p50 first / last token" + (f": {named}" if named else ""),
         )
     for name, values in overhead.variants.items():
         results.row(
@@ -339,6 +362,16 @@ async def run_latency(plan: Plan, results: Results, log_dir: Path) -> None:
             results.row(f"  {name} chunks/s", _fmt(rate, 0))
     for name, micros in long_stream.proxy_cpu_us_per_chunk.items():
         results.row(f"  proxy CPU per chunk, {name} (us)", _fmt(micros, 1), "", "from /proc")
+    for name, micros in long_stream.relay_cpu_us_per_chunk.items():
+        system = long_stream.relay_system_us_per_chunk.get(name)
+        results.row(
+            f"  relay CPU per chunk, {name} (us)",
+            _fmt(micros, 1),
+            "",
+            f"from /proc, {_fmt(system, 1)} in the kernel; many events per read",
+        )
+    for name, micros in long_stream.runtime_us_per_chunk.items():
+        results.row(f"    same, {name}, scheduler's counter", _fmt(micros, 1), "", "ns resolution")
     for name, micros in long_stream.simulator_cpu_us_per_chunk.items():
         results.row(f"  simulator CPU/chunk, {name} (us)", _fmt(micros, 1))
     results.row("  other load on the machine (cores)", _fmt(other, 2), "0", "during this phase")
@@ -359,11 +392,13 @@ async def run_paced(plan: Plan, results: Results, log_dir: Path) -> None:
     with (
         start_simulator(log_dir, token_delay_s=PACED_DELAY_S) as simulator,
         start_proxy(log_dir, upstream_url=simulator.url + "/api/v1") as proxy,
+        start_byte_relay(log_dir, simulator.url) as relay,
     ):
-        async with new_client(2) as client:
+        async with new_client(3) as client:
             targets = [
                 proxy_target(proxy.url, E2EE_MODEL, "proxy_e2ee"),
                 proxy_target(proxy.url, PLAIN_MODEL, "proxy_plain"),
+                direct_target(relay.url, SIM_API_KEY, "relay_plain", model_key=None),
             ]
             for target in targets:
                 await stream_once(client, target, prompt_for_tokens(8))
@@ -374,6 +409,7 @@ async def run_paced(plan: Plan, results: Results, log_dir: Path) -> None:
                 proxy=proxy,
                 simulator=simulator,
                 runs=plan.long_stream_runs,
+                relay=relay,
             )
     results.details["paced"] = asdict(paced)
     note = f"{paced.tokens} tokens {PACED_DELAY_S * 1000:g} ms apart"
@@ -382,6 +418,13 @@ async def run_paced(plan: Plan, results: Results, log_dir: Path) -> None:
         system = paced.proxy_system_us_per_chunk.get(name)
         if system is not None:
             results.row("    of which in the kernel", _fmt(system, 1), "", "syscalls, wake-ups")
+    for name, micros in paced.relay_cpu_us_per_chunk.items():
+        results.row(f"relay CPU per chunk, paced, {name}", _fmt(micros, 1), "", "the floor")
+        system = paced.relay_system_us_per_chunk.get(name)
+        if system is not None:
+            results.row("    of which in the kernel", _fmt(system, 1), "", "syscalls, wake-ups")
+    for name, micros in paced.runtime_us_per_chunk.items():
+        results.row(f"  same, {name}, scheduler's counter", _fmt(micros, 1), "", "ns resolution")
     if paced.errors:
         results.row("  paced errors", str(paced.errors), "0")
 
@@ -446,33 +489,68 @@ async def run_load(plan: Plan, results: Results, log_dir: Path) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Goal:
-    """One goal of issue 16: the figure, the limit it must stay under, and the baseline."""
+    """One goal of issue 16: the figure, the limit it must stay under, and the baseline.
+    ``floor``: the same figure for the byte relay (the machine floor), where one was measured."""
 
     name: str
     figure: float | None
     limit: float
     unit: str
     baseline: str = ""
+    floor: float | None = None
+
+
+def machine_floor(details: dict[str, Any]) -> dict[str, float]:
+    """What the byte relay (``benchmarks.byte_relay``, a process that only copies bytes) cost in
+    this run, for the goals it bounds:
+
+    - ``first_token_added_ms_p50``, ``last_token_added_ms_p50``: ``relay_plain - direct_plain``;
+    - ``paced_cpu_us_per_chunk`` and its kernel part ``paced_system_us_per_chunk`` (``/proc``,
+      clock ticks), ``paced_runtime_us_per_chunk`` (the scheduler's counter, where there is one);
+    - ``paced_cpu_plus_crypto_floor_us`` when the in-process phase ran: the paced figure (the
+      scheduler's counter where there is one) plus ``crypto_floor_us``, the floor of an E2EE
+      relay, which must open one field per chunk (derived, not measured in one process).
+
+    Keys whose figures were not measured are left out."""
+    floor: dict[str, float] = {}
+    added = details.get("latency", {}).get("overhead", {}).get("added", {})
+    hop = added.get("relay_plain_vs_direct_plain")
+    if hop is not None:
+        floor["first_token_added_ms_p50"] = hop["ttft_p50"]
+        floor["last_token_added_ms_p50"] = hop["ttlt_p50"]
+    paced = details.get("paced", {})
+    for key, source in (
+        ("paced_cpu_us_per_chunk", "relay_cpu_us_per_chunk"),
+        ("paced_system_us_per_chunk", "relay_system_us_per_chunk"),
+        ("paced_runtime_us_per_chunk", "runtime_us_per_chunk"),
+    ):
+        value = paced.get(source, {}).get("relay_plain")
+        if value is not None:
+            floor[key] = value
+    crypto = details.get("inprocess", {}).get("crypto_floor_us")
+    if crypto and "paced_cpu_us_per_chunk" in floor:
+        paced_floor = floor.get("paced_runtime_us_per_chunk", floor["paced_cpu_us_per_chunk"])
+        floor["paced_cpu_plus_crypto_floor_us"] = paced_floor + crypto
+    return floor
 
 
 def goals(results: Results) -> list[Goal]:
     """Every goal with its figure from this run (None when its phase did not run)."""
     details = results.details
     headline = results.headline
+    relay_floor = machine_floor(details)
     out: list[Goal] = []
     added = details.get("latency", {}).get("overhead", {}).get("added", {})
-    inproc = added.get("proxy_e2ee_vs_direct_e2ee")
-    if inproc is not None:
-        out += [
-            Goal("added to last token, p50", inproc["ttlt_p50"], 1.0, "ms", "in-process client"),
-            Goal("added to first token, p50", inproc["ttft_p50"], 1.0, "ms", "in-process client"),
-        ]
-    plain = added.get("proxy_e2ee_vs_direct_plain")
-    if plain is not None:
-        out += [
-            Goal("added to last token, p50", plain["ttlt_p50"], 1.0, "ms", "plaintext client"),
-            Goal("added to first token, p50", plain["ttft_p50"], 1.0, "ms", "plaintext client"),
-        ]
+    for label, baseline in (
+        ("proxy_e2ee_vs_direct_e2ee", "in-process client"),
+        ("proxy_e2ee_vs_direct_plain", "plaintext client"),
+    ):
+        latency = added.get(label)
+        if latency is not None:
+            for token, key in (("last", "ttlt_p50"), ("first", "ttft_p50")):
+                name = f"added to {token} token, p50"
+                hop = relay_floor.get(f"{token}_token_added_ms_p50")
+                out.append(Goal(name, latency[key], 1.0, "ms", baseline, floor=hop))
     long_stream = details.get("latency", {}).get("long_stream", {})
     intervals = long_stream.get("interval_us", {})
     if "proxy_e2ee" in intervals and "direct_e2ee" in intervals:
@@ -483,7 +561,15 @@ def goals(results: Results) -> list[Goal]:
             out.append(Goal("  same, x crypto floor", burst / floor, 1.1, "x"))
     paced = details.get("paced", {}).get("proxy_cpu_us_per_chunk", {})
     if "proxy_e2ee" in paced:
-        out.append(Goal("proxy CPU per chunk, 1 ms pace", paced["proxy_e2ee"], 60.0, "us"))
+        out.append(
+            Goal(
+                "proxy CPU per chunk, 1 ms pace",
+                paced["proxy_e2ee"],
+                60.0,
+                "us",
+                floor=relay_floor.get("paced_cpu_us_per_chunk"),
+            )
+        )
     if "load" in details:
         streams = f"{headline['concurrent_streams']} streams"
         out += [
@@ -501,11 +587,14 @@ def goals(results: Results) -> list[Goal]:
 
 
 def print_goals(results: Results) -> None:
-    """One line per goal: figure, limit, figure / limit, met or not."""
+    """One line per goal: figure, limit, figure / limit, met or not, and the machine floor
+    (the same figure for the byte relay) where measured; then the floor in one line."""
     rows = goals(results)
     if not rows:
         return
-    print("goals (issue 16): figure, limit, figure / limit, met", flush=True)
+    print(
+        "goals (issue 16): figure, limit, figure / limit, met, baseline; machine floor", flush=True
+    )
     table = []
     for goal in rows:
         if goal.figure is None or math.isnan(goal.figure):
@@ -517,9 +606,39 @@ def print_goals(results: Results) -> None:
         if goal.name.startswith("fetches"):
             limit = "1"
         vs = f"vs {goal.baseline}" if goal.baseline else ""
+        if goal.floor is not None:
+            vs += f"{'; ' if vs else ''}floor {_fmt(goal.floor, 3)} {goal.unit}"
         results.row(goal.name, _fmt(goal.figure, 3), limit, f"{ratio:>5}  {met:<4} {vs}")
         table.append({**asdict(goal), "met": met})
     results.details["goals"] = table
+    relay_floor = machine_floor(results.details)
+    if relay_floor:
+        results.details["machine_floor"] = relay_floor
+        print(_floor_line(relay_floor), flush=True)
+
+
+def _floor_line(floor: dict[str, float]) -> str:
+    """The machine floor in one sentence, for the end of the goals block."""
+    parts = []
+    if "first_token_added_ms_p50" in floor:
+        parts.append(
+            f"added to first / last token {_fmt(floor['first_token_added_ms_p50'], 3)} / "
+            f"{_fmt(floor.get('last_token_added_ms_p50'), 3)} ms (p50)"
+        )
+    if "paced_cpu_us_per_chunk" in floor:
+        cpu = f"CPU per chunk at a {PACED_DELAY_S * 1000:g} ms pace "
+        cpu += f"{_fmt(floor['paced_cpu_us_per_chunk'], 1)} us"
+        extras = []
+        if "paced_system_us_per_chunk" in floor:
+            extras.append(f"{_fmt(floor['paced_system_us_per_chunk'], 1)} us in the kernel")
+        if "paced_runtime_us_per_chunk" in floor:
+            extras.append(f"scheduler's counter {_fmt(floor['paced_runtime_us_per_chunk'], 1)} us")
+        parts.append(cpu + (f" ({'; '.join(extras)})" if extras else ""))
+    if "paced_cpu_plus_crypto_floor_us" in floor:
+        e2ee = _fmt(floor["paced_cpu_plus_crypto_floor_us"], 1)
+        parts.append(f"with the crypto floor per chunk (E2EE) {e2ee} us")
+    lead = "  floor on this machine (byte relay: a process that only copies bytes): "
+    return lead + ", ".join(parts)
 
 
 async def run_scaling(plan: Plan, results: Results, log_dir: Path) -> None:
