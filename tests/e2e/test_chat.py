@@ -89,6 +89,42 @@ def test_key_pairs_are_made_ahead_after_a_request_and_each_is_used_once(
     assert len(set(ephemerals)) == len(ephemerals)  # and one per sealed message, never twice
 
 
+def test_no_key_pair_is_made_between_sealing_a_request_and_sending_it(
+    make_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = make_proxy()
+    chat = proxy.app.state.services.chat
+    fresh = chat.fresh_keys
+    ask = client(proxy).chat.completions.create
+    messages: Any = [{"role": "user", "content": f"one {CANARY}"}]
+    ask(model=E2EE_MODEL, messages=messages)
+    deadline = time.monotonic() + 10
+    while fresh.wanted() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not fresh.wanted()
+    seen: list[str] = []
+    open_chat = chat.upstream.open_chat
+
+    async def sending(*args: Any, **kwargs: Any) -> Any:
+        # A client library may pass through the event loop before it writes the request
+        # (aiohttp does): nothing else may run in those passes that could have waited.
+        seen.append(repr(fresh))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        seen.append(repr(fresh))
+        return await open_chat(*args, **kwargs)
+
+    monkeypatch.setattr(chat.upstream, "open_chat", sending)
+    ask(model=E2EE_MODEL, messages=messages)
+    capacity = fresh.capacity
+    # A client key pair and one for the message were taken; none made until the answer began.
+    assert seen == [f"FreshKeys({capacity - 2} of {capacity} ready)"] * 2
+    deadline = time.monotonic() + 10
+    while fresh.wanted() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not fresh.wanted()  # and made again after
+
+
 def test_non_streaming_answer_is_one_completion(
     proxy: ThreadedServer, sim_state: SimulatorState
 ) -> None:
