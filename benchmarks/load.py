@@ -8,11 +8,21 @@ attested before the load starts (a cold model is the single-flight benchmark's s
 ``duration`` and the start is not one thundering herd; every stream carries ``duration * rate``
 content tokens and is checked token for token.
 
+The load itself is driven by :mod:`benchmarks.lean_client`, not by the httpx client of
+:func:`benchmarks.client.stream_once`: with httpx the load generator, which runs in this
+process, took half a core for 300 streams at 10 tokens/s and a whole core (all one process
+can have) for 1,000, so it was the bottleneck and competed for the 2 cores with the simulator
+and the proxy it measured. The lean client sends the same request bytes (``Target.build``) and
+returns the same :class:`~benchmarks.client.StreamResult`, with the same timings and error
+categories, for about a fifth of that CPU; each stream is bounded by a deadline
+(:func:`stream_timeout_s`) and a response size. The proxy's warm-up request and the latency
+phase keep ``stream_once``, the real httpx client, for fidelity to what users run.
+
 Figures per run: errors (non-200, in-band error, no ``[DONE]``, wrong content, transport
-error), time-to-first-token percentiles (from each stream's own start), the token rate each
-stream actually delivered (content tokens after the first / time from first token to
-``[DONE]``), the proxy's peak RSS (``VmHWM``) and the CPU share each process used (CPU seconds
-/ wall seconds; 1.0 = one core), plus the share used by anything else on the machine (from
+error, deadline passed), time-to-first-token percentiles (from each stream's own start), the
+token rate each stream actually delivered (content tokens after the first / time from first
+token to ``[DONE]``), the proxy's peak RSS (``VmHWM``) and the CPU share each process used (CPU
+seconds / wall seconds; 1.0 = one core), plus the share used by anything else on the machine (from
 ``/proc/stat``), which says how much the figures were disturbed. On a 2-core machine the
 client, the simulator (which seals every token with a fresh ephemeral key) and the proxy share
 two cores, so the delivered rate sags when their sum passes 2.0; that is reported, not hidden.
@@ -38,6 +48,7 @@ from benchmarks.client import (
     proxy_target,
     stream_once,
 )
+from benchmarks.lean_client import DEFAULT_TIMEOUT_S, build_loopback_request, stream_once_lean
 from benchmarks.procs import SIM_API_KEY, ManagedProcess, start_proxy, system_busy_seconds
 from benchmarks.stats import median, median_of_runs, percentile
 from proxy.settings import ServerSettings
@@ -70,16 +81,24 @@ class LoadRun:
         return sum(self.errors.values())
 
 
+def stream_timeout_s(duration_s: float, ramp_s: float) -> float:
+    """Each load stream's deadline: three times its nominal length (the ramp and the tokens at
+    the planned rate), plus the 120 s the httpx client allowed between two reads. A stream past
+    it counts as an error (``ReadTimeout``) instead of hanging the benchmark."""
+    return 120.0 + 3.0 * (ramp_s + duration_s)
+
+
 async def _staggered(
-    target: Target, prompt: Prompt, streams: int, ramp_s: float
+    target: Target, prompt: Prompt, streams: int, ramp_s: float, timeout_s: float
 ) -> list[StreamResult]:
-    async with new_client(streams) as client:
+    # One request for all streams: a plaintext request carries nothing of its own.
+    request = build_loopback_request(target, prompt)
 
-        async def one(index: int) -> StreamResult:
-            await asyncio.sleep(index * ramp_s / streams)
-            return await stream_once(client, target, prompt, expected=prompt.answer)
+    async def one(index: int) -> StreamResult:
+        await asyncio.sleep(index * ramp_s / streams)
+        return await stream_once_lean(request, expected=prompt.answer, timeout_s=timeout_s)
 
-        return list(await asyncio.gather(*(one(i) for i in range(streams))))
+    return list(await asyncio.gather(*(one(i) for i in range(streams))))
 
 
 def _rates(results: Sequence[StreamResult]) -> list[float]:
@@ -100,14 +119,17 @@ async def load_run(
     ramp_s: float,
     simulator: ManagedProcess,
     proxy: ManagedProcess | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> LoadRun:
-    """Run ``streams`` concurrent streams against ``target`` and summarize them."""
+    """Run ``streams`` concurrent streams against ``target`` (a plaintext target: the lean
+    client refuses one that seals its own request) and summarize them; ``timeout_s`` bounds
+    each stream."""
     sim_before = simulator.cpu_seconds()
     proxy_before = proxy.cpu_seconds() if proxy is not None else 0.0
     client_before = time.process_time()
     busy_before = system_busy_seconds()
     start = time.perf_counter()
-    results = await _staggered(target, prompt, streams, ramp_s)
+    results = await _staggered(target, prompt, streams, ramp_s, timeout_s)
     wall = time.perf_counter() - start
     busy = system_busy_seconds() - busy_before
     client = time.process_time() - client_before
@@ -169,11 +191,17 @@ async def measure_load(
     """
     max_in_flight = streams if streams > DEFAULT_MAX_IN_FLIGHT else None
     prompt = prompt_for_tokens(round(duration_s * rate))
+    timeout_s = stream_timeout_s(duration_s, ramp_s)
     baseline = direct_target(simulator.url, SIM_API_KEY, "direct_plain", model_key=None)
     pairs: list[tuple[LoadRun, LoadRun]] = []
     for _ in range(runs):
         direct = await load_run(
-            baseline, prompt, streams=streams, ramp_s=ramp_s, simulator=simulator
+            baseline,
+            prompt,
+            streams=streams,
+            ramp_s=ramp_s,
+            simulator=simulator,
+            timeout_s=timeout_s,
         )
         with start_proxy(
             log_dir, upstream_url=simulator.url + "/api/v1", max_in_flight=max_in_flight
@@ -184,7 +212,13 @@ async def measure_load(
             if not warm.ok:
                 raise RuntimeError(f"proxy warm-up failed: {warm.error}\n{proxy.log_tail()}")
             via_proxy = await load_run(
-                target, prompt, streams=streams, ramp_s=ramp_s, simulator=simulator, proxy=proxy
+                target,
+                prompt,
+                streams=streams,
+                ramp_s=ramp_s,
+                simulator=simulator,
+                proxy=proxy,
+                timeout_s=timeout_s,
             )
         pairs.append((direct, via_proxy))
     return LoadFigures(
