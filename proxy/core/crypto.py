@@ -131,12 +131,21 @@ def seal(
         ephemeral = (
             keypair_from_private(ephemeral_private) if ephemeral_private else generate_keypair()
         )
+    key = aes_key_for(ephemeral.private, recipient_public)
+    return seal_with_key(key, ephemeral.public, plaintext, gcm_nonce=gcm_nonce)
+
+
+def seal_with_key(
+    aes_key: bytes, ephemeral_public: bytes, plaintext: bytes, *, gcm_nonce: bytes | None = None
+) -> bytes:
+    """The blob of ``plaintext`` under an AES key already derived from ``ephemeral_public``'s
+    private half and the recipient's key (:func:`aes_key_for`): what a sender that reuses one
+    ephemeral for many fields (Phala's legacy proxy) does per field. A fresh GCM nonce is drawn
+    unless given; the caller must never seal twice under one key with the same nonce."""
     nonce = gcm_nonce if gcm_nonce is not None else os.urandom(GCM_NONCE_BYTES)
     if len(nonce) != GCM_NONCE_BYTES:
         raise ValueError("GCM nonce must be 12 bytes")
-    key = aes_key_for(ephemeral.private, recipient_public)
-    sealed = AESGCM(key).encrypt(nonce, plaintext, None)
-    return ephemeral.public + nonce + sealed
+    return ephemeral_public + nonce + AESGCM(aes_key).encrypt(nonce, plaintext, None)
 
 
 def seal_text(recipient_public: bytes, text: str, *, ephemeral: KeyPair | None = None) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.core.crypto import generate_keypair, seal
+from proxy.core.crypto import KeyPair, aes_key_for, generate_keypair, seal, seal_with_key
 
 _NEAR_FIELDS = ("content", "reasoning_content", "reasoning")
 _PHALA_FIELDS = ("content", "reasoning_content")
@@ -27,27 +27,31 @@ _PHALA_FIELDS = ("content", "reasoning_content")
 class ResponseSealer:
     """Seals the text fields of one response's deltas; one instance per response."""
 
-    __slots__ = ("_client_public", "_ephemeral_private", "_fields")
+    __slots__ = ("_aes_key", "_client_public", "_ephemeral", "_fields")
 
     def __init__(self, client_public: bytes, *, phala_legacy: bool = False) -> None:
         self._client_public = client_public
         self._fields = _PHALA_FIELDS if phala_legacy else _NEAR_FIELDS
-        # Phala's legacy proxy derives one AES key per response from a single ephemeral.
-        self._ephemeral_private = generate_keypair().private if phala_legacy else None
+        # Phala's legacy proxy derives one AES key per response from a single ephemeral (once:
+        # the ECDH and the key derivation are not repeated per field).
+        self._ephemeral: KeyPair | None = generate_keypair() if phala_legacy else None
+        self._aes_key = (
+            aes_key_for(self._ephemeral.private, client_public) if self._ephemeral else b""
+        )
 
     def __repr__(self) -> str:
         return f"ResponseSealer(phala_legacy={self.phala_legacy})"
 
     @property
     def phala_legacy(self) -> bool:
-        return self._ephemeral_private is not None
+        return self._ephemeral is not None
 
     def seal_text(self, text: str) -> str:
         """One field's hex blob."""
-        blob = seal(
-            self._client_public, text.encode("utf-8"), ephemeral_private=self._ephemeral_private
-        )
-        return blob.hex()
+        plaintext = text.encode("utf-8")
+        if self._ephemeral is not None:
+            return seal_with_key(self._aes_key, self._ephemeral.public, plaintext).hex()
+        return seal(self._client_public, plaintext).hex()
 
     def seal_delta(self, delta: dict[str, Any], *, skip: frozenset[str] = frozenset()) -> None:
         """Seal ``delta``'s text fields in place; fields named in ``skip`` stay plaintext."""

@@ -194,6 +194,9 @@ def test_phala_sealer_one_ephemeral_no_reasoning_and_empty_deleted() -> None:
     sealer.seal_delta(delta)
     assert delta["reasoning"] == "r"
     assert delta["content"][:130] == delta["reasoning_content"][:130]
+    assert delta["content"][130:154] != delta["reasoning_content"][130:154]  # nonce per field
+    assert open_text(client.private, delta["content"]) == "a"
+    assert open_text(client.private, delta["reasoning_content"]) == "rc"
     role: dict[str, Any] = {"role": "assistant", "content": ""}
     sealer.seal_delta(role)
     assert role == {"role": "assistant"}

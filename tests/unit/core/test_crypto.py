@@ -242,3 +242,31 @@ def test_fresh_keys_repr_shows_no_key() -> None:
     assert repr(keys) == "FreshKeys(1 of 2 ready)"
     assert pair.private.hex() not in repr(keys)
     assert pair.public.hex() not in repr(keys)
+
+
+def test_sealing_with_a_derived_key_is_sealing_with_its_ephemeral() -> None:
+    recipient = crypto.generate_keypair()
+    ephemeral = crypto.generate_keypair()
+    key = crypto.aes_key_for(ephemeral.private, recipient.public)
+    nonce = bytes(range(12))
+    blob = crypto.seal_with_key(key, ephemeral.public, b"hello", gcm_nonce=nonce)
+    assert blob == crypto.seal(
+        recipient.public, b"hello", ephemeral_private=ephemeral.private, gcm_nonce=nonce
+    )
+    assert crypto.split_blob(blob)[:2] == (ephemeral.public, nonce)
+    assert crypto.open_blob(recipient.private, blob) == b"hello"
+
+
+def test_sealing_with_a_derived_key_draws_a_fresh_nonce_per_field() -> None:
+    recipient = crypto.generate_keypair()
+    ephemeral = crypto.generate_keypair()
+    key = crypto.aes_key_for(ephemeral.private, recipient.public)
+    blobs = [crypto.seal_with_key(key, ephemeral.public, b"same") for _ in range(3)]
+    assert len({crypto.split_blob(blob)[1] for blob in blobs}) == 3
+    assert {crypto.open_blob(recipient.private, blob) for blob in blobs} == {b"same"}
+
+
+@pytest.mark.parametrize("size", [0, 11, 13])
+def test_sealing_with_a_derived_key_refuses_a_nonce_that_is_not_12_bytes(size: int) -> None:
+    with pytest.raises(ValueError, match="12 bytes"):
+        crypto.seal_with_key(bytes(32), bytes(65), b"x", gcm_nonce=bytes(size))
