@@ -24,8 +24,14 @@ token rate each stream actually delivered (content tokens after the first / time
 token to ``[DONE]``), the proxy's peak RSS (``VmHWM``) and the CPU share each process used (CPU
 seconds / wall seconds; 1.0 = one core), plus the share used by anything else on the machine (from
 ``/proc/stat``), which says how much the figures were disturbed. On a 2-core machine the
-client, the simulator (which seals every token with a fresh ephemeral key) and the proxy share
-two cores, so the delivered rate sags when their sum passes 2.0; that is reported, not hidden.
+client, the simulator (in Phala mode: one server key per response, its AES key derived once)
+and the proxy share two cores, so the delivered rate sags when their sum passes 2.0; that is
+reported, not hidden.
+
+The baseline is plaintext, the proxy run E2EE: the simulator's own E2EE work (opening the sealed
+request, sealing each token) counts as "added". With ``ramp_s`` = 1 s all N requests arrive in
+one second, N requests/s for the proxy's per-request work (sealing, attestation lookup, the
+upstream request); a ramp as long as the streams is the steady state of N concurrent streams.
 """
 
 from __future__ import annotations

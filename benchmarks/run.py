@@ -106,6 +106,9 @@ class Plan:
     load_duration_s: float
     load_rate: float
     load_runs: int
+    # Streams start evenly over this many seconds: 1 s puts all N arrivals in one second (a
+    # burst of N requests/s); the streams' own duration is the steady state (N/duration per s).
+    load_ramp_s: float
     single_flight_requests: int
     scaling_streams: int
     scaling_tokens: int
@@ -129,6 +132,7 @@ FULL = Plan(
     load_duration_s=20.0,
     load_rate=10.0,
     load_runs=2,
+    load_ramp_s=1.0,
     single_flight_requests=100,
     scaling_streams=32,
     scaling_tokens=500,
@@ -151,6 +155,7 @@ QUICK = Plan(
     load_duration_s=5.0,
     load_rate=10.0,
     load_runs=1,
+    load_ramp_s=1.0,
     single_flight_requests=100,
     scaling_streams=16,
     scaling_tokens=300,
@@ -447,8 +452,8 @@ def print_budget(results: Results, budget: dict[str, float], total_us: float) ->
 
 
 async def run_load(plan: Plan, results: Results, log_dir: Path) -> None:
-    # Phala mode (one server ephemeral per response, as Venice's Phala backends do): with a
-    # fresh ECDH per token the simulator saturates long before the proxy does.
+    # Phala mode (one server ephemeral and one derived key per response, as Venice's Phala
+    # backends do): with a fresh ECDH per token the simulator saturates long before the proxy.
     with start_simulator(log_dir, token_delay_s=1.0 / plan.load_rate, phala=True) as simulator:
         load = await measure_load(
             log_dir,
@@ -457,6 +462,7 @@ async def run_load(plan: Plan, results: Results, log_dir: Path) -> None:
             duration_s=plan.load_duration_s,
             rate=plan.load_rate,
             runs=plan.load_runs,
+            ramp_s=plan.load_ramp_s,
         )
     results.headline.update(
         concurrent_streams=load.streams,
@@ -465,7 +471,10 @@ async def run_load(plan: Plan, results: Results, log_dir: Path) -> None:
         rss_mb=round(load.rss_mb, 1),
     )
     results.details["load"] = asdict(load)
-    shape = f"{load.rate:g} tok/s for {load.duration_s:g} s, {len(load.runs)} runs, Phala mode"
+    shape = (
+        f"{load.rate:g} tok/s for {load.duration_s:g} s, {len(load.runs)} runs, Phala mode, "
+        f"started over {plan.load_ramp_s:g} s ({load.streams / plan.load_ramp_s:.0f} arrivals/s)"
+    )
     results.row("concurrent_streams", str(load.streams), str(plan.load_streams), shape)
     limit = f"; server.max_in_flight raised to {load.max_in_flight}" if load.max_in_flight else ""
     results.row("errors", str(load.errors), "0", f"baseline errors {load.baseline_errors}{limit}")
