@@ -49,9 +49,14 @@ simulator and the proxy send one), SSE fields other than ``data:`` or events spa
 ``data:`` lines (the events are split exactly as ``stream_once`` splits them), the rest of each
 chunk's JSON shape, response headers beyond the framing ones (an answer with a
 ``content-encoding`` other than ``identity``, or a transfer coding other than ``chunked``, is
-reported as ``RemoteProtocolError``, never decoded), and anything after the body's end. E2EE
-targets that seal their own request (``Target.model_key``) are refused: they need a fresh key
-pair per request and a decryptor per answer, which is ``stream_once``'s job.
+reported as ``RemoteProtocolError``, never decoded), and anything after the body's end.
+
+E2EE targets that seal their own request (``Target.model_key``: the in-process E2EE client, the
+load phase's baseline) get a freshly sealed request and the decryptor of its answer from each
+:func:`build_loopback_request`; every event is then rebuilt and opened by that decryptor
+(``ChunkDecryptor.rebuild``, as ``stream_once`` does) before its content is read, and a chunk
+that does not open fails the stream with the proxy's log code for it
+(``e2ee_decryption_failed``, ...).
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from benchmarks.client import Prompt, StreamResult, Target
+from proxy.core.errors import ProxyError
+from proxy.core.response import ChunkDecryptor
 
 # Far beyond any load plan's stream (1,000 streams of 200 tokens take under a minute to end).
 DEFAULT_TIMEOUT_S = 300.0
@@ -92,19 +99,18 @@ class LoopbackRequest:
     host: str
     port: int
     raw: bytes
+    # For a target that seals its own request: the decryptor of this request's answer.
+    decryptor: ChunkDecryptor | None = None
 
 
 def build_loopback_request(target: Target, prompt: Prompt) -> LoopbackRequest:
     """The request ``target`` would send for ``prompt``, as HTTP/1.1 bytes for a loopback address.
 
-    Raises ``ValueError`` for an E2EE target that seals its own messages (``model_key``), a URL
-    that is not ``http://`` to a loopback IP address, or a header that would not fit in one line.
+    A target that seals its own messages (``model_key``, the in-process E2EE client) gets a
+    freshly sealed request and the decryptor of its answer on every call: build one per stream.
+    Raises ``ValueError`` for a URL that is not ``http://`` to a loopback IP address, or a header
+    that would not fit in one line.
     """
-    if target.model_key is not None:
-        raise ValueError(
-            f"{target.name}: the lean client speaks plaintext only; a target that seals its own "
-            "request (model_key) needs a key pair and a decryptor per stream: use stream_once"
-        )
     url = urlsplit(target.url)
     if url.scheme != "http" or url.hostname is None or url.username is not None:
         raise ValueError(f"{target.name}: not a plain http:// URL: {target.url}")
@@ -114,7 +120,7 @@ def build_loopback_request(target: Target, prompt: Prompt) -> LoopbackRequest:
         loopback = False
     if not loopback:
         raise ValueError(f"{target.name}: the lean client talks to loopback IPs only: {target.url}")
-    body, headers, _no_decryptor = target.build(prompt)
+    body, headers, decryptor = target.build(prompt)
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
     lines = [
         f"POST {path} HTTP/1.1",
@@ -126,7 +132,9 @@ def build_loopback_request(target: Target, prompt: Prompt) -> LoopbackRequest:
     if any("\r" in line or "\n" in line for line in lines):
         raise ValueError(f"{target.name}: a header contains a line break")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-    return LoopbackRequest(host=url.hostname, port=url.port or 80, raw=head + body)
+    return LoopbackRequest(
+        host=url.hostname, port=url.port or 80, raw=head + body, decryptor=decryptor
+    )
 
 
 class _MalformedResponseError(Exception):
@@ -146,6 +154,7 @@ class ResponseReader:
         "_content_events",
         "_content_matched",
         "_content_mismatch",
+        "_decryptor",
         "_events",
         "_expected",
         "_max_response_bytes",
@@ -161,8 +170,16 @@ class ResponseReader:
         "outcome",
     )
 
-    def __init__(self, *, start: float, expected: str | None, max_response_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        start: float,
+        expected: str | None,
+        max_response_bytes: int,
+        decryptor: ChunkDecryptor | None = None,
+    ) -> None:
         self._start = start
+        self._decryptor = decryptor
         self._expected = expected
         self._max_response_bytes = max_response_bytes
         self._received = 0
@@ -342,6 +359,12 @@ class ResponseReader:
         if not isinstance(payload, dict) or "error" in payload:
             self._fail("in_band_error")
             return
+        if self._decryptor is not None:
+            try:
+                payload = self._decryptor.rebuild(payload)
+            except ProxyError as exc:  # as stream_once reports it
+                self._fail(exc.log_code)
+                return
         try:
             text = _first_choice_content(payload)
         except _BadChunkShapeError:
@@ -457,7 +480,12 @@ async def stream_once_lean(
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     start = time.perf_counter()
-    reader = ResponseReader(start=start, expected=expected, max_response_bytes=max_response_bytes)
+    reader = ResponseReader(
+        start=start,
+        expected=expected,
+        max_response_bytes=max_response_bytes,
+        decryptor=request.decryptor,
+    )
     transport: asyncio.BaseTransport | None = None
     try:
         async with asyncio.timeout(timeout_s):

@@ -1,8 +1,10 @@
 """Many concurrent streams at a realistic token rate, through the proxy and directly.
 
-One run = the same load twice against a simulator process whose ``token_delay_s`` is
-``1 / rate``: first client -> simulator (plaintext model, the baseline), then client -> a FRESH
-proxy process -> simulator (E2EE model). The proxy is warmed with one request so its key is
+One run = the same load three times against a simulator process whose ``token_delay_s`` is
+``1 / rate``: client -> simulator with the plaintext model (what the simulator does without
+E2EE), the in-process E2EE client -> simulator (E2EE model, each stream sealing its own request
+and opening its own answer: the baseline of the goals), then client -> a FRESH proxy process ->
+simulator (E2EE model). The proxy is warmed with one request so its key is
 attested before the load starts (a cold model is the single-flight benchmark's subject). Stream
 ``i`` of ``N`` starts at ``i * ramp_s / N``, so all ``N`` are open together for nearly the whole
 ``duration`` and the start is not one thundering herd; every stream carries ``duration * rate``
@@ -28,10 +30,11 @@ client, the simulator (in Phala mode: one server key per response, its AES key d
 and the proxy share two cores, so the delivered rate sags when their sum passes 2.0; that is
 reported, not hidden.
 
-The baseline is plaintext, the proxy run E2EE: the simulator's own E2EE work (opening the sealed
-request, sealing each token) counts as "added". With ``ramp_s`` = 1 s all N requests arrive in
-one second, N requests/s for the proxy's per-request work (sealing, attestation lookup, the
-upstream request); a ramp as long as the streams is the steady state of N concurrent streams.
+The baseline and the proxy run are both E2EE, so the simulator's E2EE work (opening the sealed
+request, sealing each token) is in both and "added" is the proxy's. With ``ramp_s`` = 1 s all N
+requests arrive in one second, N requests/s for the proxy's per-request work (sealing,
+attestation lookup, the upstream request); a ramp as long as the streams is the steady state
+of N concurrent streams.
 """
 
 from __future__ import annotations
@@ -49,12 +52,18 @@ from benchmarks.client import (
     StreamResult,
     Target,
     direct_target,
+    enclave_key,
     new_client,
     prompt_for_tokens,
     proxy_target,
     stream_once,
 )
-from benchmarks.lean_client import DEFAULT_TIMEOUT_S, build_loopback_request, stream_once_lean
+from benchmarks.lean_client import (
+    DEFAULT_TIMEOUT_S,
+    LoopbackRequest,
+    build_loopback_request,
+    stream_once_lean,
+)
 from benchmarks.procs import SIM_API_KEY, ManagedProcess, start_proxy, system_busy_seconds
 from benchmarks.stats import median, median_of_runs, percentile
 from proxy.settings import ServerSettings
@@ -94,15 +103,22 @@ def stream_timeout_s(duration_s: float, ramp_s: float) -> float:
     return 120.0 + 3.0 * (ramp_s + duration_s)
 
 
+def _requests(target: Target, prompt: Prompt, streams: int) -> list[LoopbackRequest]:
+    """One request per stream: a plaintext request carries nothing of its own, so it is built
+    once; a sealed one (the in-process E2EE client) has its own keys and decryptor each."""
+    if target.model_key is None:
+        return [build_loopback_request(target, prompt)] * streams
+    return [build_loopback_request(target, prompt) for _ in range(streams)]
+
+
 async def _staggered(
-    target: Target, prompt: Prompt, streams: int, ramp_s: float, timeout_s: float
+    requests: Sequence[LoopbackRequest], expected: str, ramp_s: float, timeout_s: float
 ) -> list[StreamResult]:
-    # One request for all streams: a plaintext request carries nothing of its own.
-    request = build_loopback_request(target, prompt)
+    streams = len(requests)
 
     async def one(index: int) -> StreamResult:
         await asyncio.sleep(index * ramp_s / streams)
-        return await stream_once_lean(request, expected=prompt.answer, timeout_s=timeout_s)
+        return await stream_once_lean(requests[index], expected=expected, timeout_s=timeout_s)
 
     return list(await asyncio.gather(*(one(i) for i in range(streams))))
 
@@ -127,15 +143,16 @@ async def load_run(
     proxy: ManagedProcess | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> LoadRun:
-    """Run ``streams`` concurrent streams against ``target`` (a plaintext target: the lean
-    client refuses one that seals its own request) and summarize them; ``timeout_s`` bounds
-    each stream."""
+    """Run ``streams`` concurrent streams against ``target`` and summarize them; ``timeout_s``
+    bounds each stream. A target that seals its own request has all its requests sealed before
+    the clocks start (the streams' timings and the CPU shares cover the streams only)."""
+    requests = _requests(target, prompt, streams)
     sim_before = simulator.cpu_seconds()
     proxy_before = proxy.cpu_seconds() if proxy is not None else 0.0
     client_before = time.process_time()
     busy_before = system_busy_seconds()
     start = time.perf_counter()
-    results = await _staggered(target, prompt, streams, ramp_s, timeout_s)
+    results = await _staggered(requests, prompt.answer, ramp_s, timeout_s)
     wall = time.perf_counter() - start
     busy = system_busy_seconds() - busy_before
     client = time.process_time() - client_before
@@ -176,7 +193,11 @@ class LoadFigures:
     ttft_added_ms_p99: float
     rss_mb: float
     max_in_flight: int | None
+    # (baseline: the in-process E2EE client straight to the simulator, through the proxy)
     runs: list[tuple[LoadRun, LoadRun]]
+    # The same load, plaintext model, straight to the simulator: what the simulator does
+    # without E2EE (not part of any goal).
+    plaintext_runs: list[LoadRun]
 
 
 async def measure_load(
@@ -189,7 +210,12 @@ async def measure_load(
     runs: int,
     ramp_s: float = 1.0,
 ) -> LoadFigures:
-    """``runs`` x (baseline load, proxy load on a fresh proxy process).
+    """``runs`` x (plaintext load, baseline load, proxy load on a fresh proxy process).
+
+    The baseline is the issue's: the in-process E2EE client (each stream seals its own request
+    and opens its own answer, as an SDK with E2EE built in would) straight to the simulator, so
+    "added" is what the proxy adds, not the simulator's E2EE work. The plaintext run says what
+    the simulator does without E2EE.
 
     The proxy's ``server.max_in_flight`` (default 256, over which it answers 503 at once by
     design) is raised to ``streams`` when needed, so the test measures the relay, not the
@@ -198,9 +224,23 @@ async def measure_load(
     max_in_flight = streams if streams > DEFAULT_MAX_IN_FLIGHT else None
     prompt = prompt_for_tokens(round(duration_s * rate))
     timeout_s = stream_timeout_s(duration_s, ramp_s)
-    baseline = direct_target(simulator.url, SIM_API_KEY, "direct_plain", model_key=None)
+    plaintext = direct_target(simulator.url, SIM_API_KEY, "direct_plain", model_key=None)
+    async with new_client(1) as client:
+        model_key = await enclave_key(client, simulator.url, SIM_API_KEY)
+    baseline = direct_target(simulator.url, SIM_API_KEY, "direct_e2ee", model_key=model_key)
     pairs: list[tuple[LoadRun, LoadRun]] = []
+    plaintext_runs: list[LoadRun] = []
     for _ in range(runs):
+        plaintext_runs.append(
+            await load_run(
+                plaintext,
+                prompt,
+                streams=streams,
+                ramp_s=ramp_s,
+                simulator=simulator,
+                timeout_s=timeout_s,
+            )
+        )
         direct = await load_run(
             baseline,
             prompt,
@@ -237,4 +277,5 @@ async def measure_load(
         rss_mb=max(p.proxy_rss_mb or 0.0 for _, p in pairs),
         max_in_flight=max_in_flight,
         runs=pairs,
+        plaintext_runs=plaintext_runs,
     )

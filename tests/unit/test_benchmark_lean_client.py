@@ -25,6 +25,7 @@ from benchmarks.client import (
     StreamResult,
     Target,
     direct_target,
+    enclave_key,
     prompt_for_tokens,
     proxy_target,
     stream_once,
@@ -36,7 +37,7 @@ from benchmarks.lean_client import (
     stream_once_lean,
 )
 from proxy.http.loopback import free_port
-from proxy.simulator import SimulatorState
+from proxy.simulator import Faults, SimulatorState
 from tests.support.simulator_helpers import ThreadedSimulator
 
 PROMPT = prompt_for_tokens(4)
@@ -306,10 +307,7 @@ async def test_compressed_or_oddly_framed_answers_are_refused() -> None:
     assert bad_size.error == "RemoteProtocolError"
 
 
-def test_e2ee_and_non_loopback_targets_are_refused() -> None:
-    sealed = direct_target("http://127.0.0.1:8", "k", "direct_e2ee", model_key=b"\x02" * 33)
-    with pytest.raises(ValueError, match="model_key"):
-        build_loopback_request(sealed, PROMPT)
+def test_non_loopback_targets_are_refused() -> None:
     for url in ("http://example.com:80", "https://127.0.0.1:8", "http://10.0.0.1:8"):
         with pytest.raises(ValueError, match="test"):
             build_loopback_request(proxy_target(url, PLAIN_MODEL, "test"), PROMPT)
@@ -329,3 +327,46 @@ async def test_the_real_simulator_gives_what_stream_once_gives() -> None:
     assert reference.ok, reference.error
     assert (lean.events, lean.content_events) == (reference.events, reference.content_events)
     assert lean.content_events == prompt.tokens
+
+
+@pytest.mark.parametrize("phala", [False, True])
+async def test_the_in_process_e2ee_client_reads_the_real_simulator_as_stream_once(
+    phala: bool,
+) -> None:
+    prompt: Prompt = prompt_for_tokens(12)
+    state = SimulatorState()
+    state.faults = Faults(phala_legacy=phala)
+    with ThreadedSimulator(state) as simulator:
+        sim_url = simulator.base_url.removesuffix("/api/v1")
+        async with httpx.AsyncClient() as client:
+            key = await enclave_key(client, sim_url, "sk-test")
+            target = direct_target(sim_url, "sk-test", "direct_e2ee", model_key=key)
+            first = build_loopback_request(target, prompt)
+            second = build_loopback_request(target, prompt)
+            lean = await stream_once_lean(first, expected=prompt.answer)
+            reference = await stream_once(client, target, prompt, expected=prompt.answer)
+    # A sealed request of its own and a decryptor of its own for every stream.
+    assert first.raw != second.raw
+    assert first.decryptor is not None
+    assert second.decryptor is not None
+    assert first.decryptor is not second.decryptor
+    assert lean.ok, lean.error
+    assert reference.ok, reference.error
+    assert (lean.events, lean.content_events) == (reference.events, reference.content_events)
+    assert lean.content_events == prompt.tokens
+
+
+async def test_an_e2ee_answer_read_without_its_key_fails_the_stream() -> None:
+    prompt: Prompt = prompt_for_tokens(4)
+    with ThreadedSimulator(SimulatorState()) as simulator:
+        sim_url = simulator.base_url.removesuffix("/api/v1")
+        async with httpx.AsyncClient() as client:
+            key = await enclave_key(client, sim_url, "sk-test")
+        target = direct_target(sim_url, "sk-test", "direct_e2ee", model_key=key)
+        request = build_loopback_request(target, prompt)
+        other = build_loopback_request(target, prompt)
+        # The answer to one request, opened with another request's key: nothing opens.
+        swapped = LoopbackRequest(request.host, request.port, request.raw, other.decryptor)
+        result = await stream_once_lean(swapped, expected=prompt.answer)
+    assert not result.ok
+    assert result.error == "e2ee_decryption_failed"
