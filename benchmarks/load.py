@@ -6,9 +6,10 @@ E2EE), the in-process E2EE client -> simulator (E2EE model, each stream sealing 
 and opening its own answer: the baseline of the goals), then client -> a FRESH proxy process ->
 simulator (E2EE model). The proxy is warmed with one request so its key is
 attested before the load starts (a cold model is the single-flight benchmark's subject). Stream
-``i`` of ``N`` starts at ``i * ramp_s / N``, so all ``N`` are open together for nearly the whole
-``duration`` and the start is not one thundering herd; every stream carries ``duration * rate``
-content tokens and is checked token for token.
+``i`` of ``N`` starts at ``i * ramp_s / N``, so all ``N`` are open together from ``ramp_s`` to
+``duration`` (``make bench``: ``ramp_s`` is half the duration) and the start is not one
+thundering herd; every stream carries ``duration * rate`` content tokens and is checked token
+for token.
 
 The load itself is driven by :mod:`benchmarks.lean_client`, not by the httpx client of
 :func:`benchmarks.client.stream_once`: with httpx the load generator, which runs in this

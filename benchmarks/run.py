@@ -107,8 +107,10 @@ class Plan:
     load_duration_s: float
     load_rate: float
     load_runs: int
-    # Streams start evenly over this many seconds: 1 s puts all N arrivals in one second (a
-    # burst of N requests/s); the streams' own duration is the steady state (N/duration per s).
+    # Streams start evenly over this many seconds. Half the streams' duration: all N are open
+    # together for the second half, having arrived at 2N/duration per second (1,000 streams of
+    # 20 s: 100 new requests/s). 1 s is a burst: N arrivals in one second, which on 2 cores
+    # measures the proxy's per-request CPU queue, not its streaming.
     load_ramp_s: float
     single_flight_requests: int
     scaling_streams: int
@@ -133,7 +135,7 @@ FULL = Plan(
     load_duration_s=20.0,
     load_rate=10.0,
     load_runs=2,
-    load_ramp_s=1.0,
+    load_ramp_s=10.0,
     single_flight_requests=100,
     scaling_streams=32,
     scaling_tokens=500,
@@ -156,7 +158,7 @@ QUICK = Plan(
     load_duration_s=5.0,
     load_rate=10.0,
     load_runs=1,
-    load_ramp_s=1.0,
+    load_ramp_s=2.5,
     single_flight_requests=100,
     scaling_streams=16,
     scaling_tokens=300,
