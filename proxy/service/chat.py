@@ -46,7 +46,6 @@ from proxy.core.errors import (
     ModelNotFoundError,
     ProxyError,
     UpstreamStatusError,
-    UpstreamTooLargeError,
 )
 from proxy.core.request import (
     ChatRequest,
@@ -139,32 +138,6 @@ Attempt = Callable[[int], Awaitable[OpenedAnswer]]
 
 
 DEFAULT_MAX_READ_AHEAD_BYTES = 512 * 1024
-
-
-class _ReadAhead:
-    """Counts the upstream bytes read before the first text; past ``limit`` it raises
-    :class:`UpstreamTooLargeError` (the caller closes the upstream). :meth:`done` lifts the
-    bound once the first text is in."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._read = 0
-        self._active = True
-
-    def done(self) -> None:
-        self._active = False
-
-    async def bounded(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for data in body:
-            if self._active:
-                self._read += len(data)
-                if self._read > self._limit:
-                    raise UpstreamTooLargeError(
-                        f"the upstream sent more than {self._limit} bytes before the first "
-                        "text of its answer (upstream.max_read_ahead_bytes)",
-                        code="upstream_read_ahead_exceeded",
-                    )
-            yield data
 
 
 class ChatService:
@@ -409,12 +382,12 @@ class ChatService:
         finally:
             self._top_up_keys()
         decryptor = ChunkDecryptor(encrypted.client_keys.private)
-        read_ahead = _ReadAhead(self.max_read_ahead_bytes)
         batches = decrypted_batches(
-            read_ahead.bounded(upstream.iter_bytes()),
+            upstream.iter_bytes(),
             decryptor,
             stats,
             max_event_bytes=self.max_event_bytes,
+            max_read_ahead_bytes=self.max_read_ahead_bytes,
         )
         rest = batches if emulated else self._relayed(batches, request, stats)
         first: Batch = []
@@ -423,7 +396,6 @@ class ChatService:
                 first.extend(batch)
                 if any(has_text(chunk) for chunk in batch):
                     break
-            read_ahead.done()
         except DecryptionError as exc:
             await upstream.aclose()
             if not any(has_text(chunk) for chunk in first):

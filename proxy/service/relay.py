@@ -100,6 +100,7 @@ async def decrypted_batches(
     stats: StreamStats,
     *,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    max_read_ahead_bytes: int | None = None,
 ) -> AsyncGenerator[Batch, None]:
     """Parse, decrypt and rebuild the upstream event stream until ``[DONE]``, one batch per
     upstream read (so the client gets one write per read, not one per chunk), except that the
@@ -111,10 +112,24 @@ async def decrypted_batches(
     see :class:`~proxy.core.sse.SSEDecoder`); beyond that the stream fails with
     ``upstream_event_too_large``. When a chunk fails, the good chunks before it in the same read
     are yielded first, then the error is raised.
+
+    ``max_read_ahead_bytes`` (``upstream.max_read_ahead_bytes``; None: no bound) bounds the
+    upstream bytes read before the answer's first text: past it, before that read is parsed,
+    :class:`~proxy.core.errors.UpstreamTooLargeError` with code
+    ``upstream_read_ahead_exceeded`` (an E2EE answer is held back until its first text opened).
     """
     decoder = SSEDecoder(max_line_bytes=max_event_bytes, max_event_bytes=max_event_bytes)
     awaiting_text = True
+    read_ahead = 0
     async for data in body:
+        if awaiting_text and max_read_ahead_bytes is not None:
+            read_ahead += len(data)
+            if read_ahead > max_read_ahead_bytes:
+                raise UpstreamTooLargeError(
+                    f"the upstream sent more than {max_read_ahead_bytes} bytes before the first "
+                    "text of its answer (upstream.max_read_ahead_bytes)",
+                    code="upstream_read_ahead_exceeded",
+                )
         batch: Batch = []
         try:
             for event in decoder.feed(data):

@@ -144,3 +144,38 @@ async def test_every_choice_counts_towards_the_bound() -> None:
     with pytest.raises(UpstreamTooLargeError):
         await aggregate([two], batches_of(), StreamStats(), max_chars=1200)
     AnswerLimit(1201).take([two])  # exactly at the bound is fine: no error
+
+
+async def test_the_bytes_before_the_first_text_are_bounded_and_nothing_after() -> None:
+    limit = len(ROLE) * 3
+    decryptor = ChunkDecryptor(CLIENT.private)
+    # Role-only chunks up to the limit are fine, one byte more is not (before it is parsed).
+    within = decrypted_batches(
+        reads(ROLE, ROLE, ROLE, sealed("Hi"), DONE),
+        decryptor,
+        StreamStats(),
+        max_read_ahead_bytes=limit + len(sealed("Hi")),
+    )
+    assert [words(batch) async for batch in within] == [[""], [""], [""], ["Hi"]]
+    beyond = decrypted_batches(
+        reads(ROLE, ROLE, ROLE + b"\n", sealed("Hi"), DONE),
+        decryptor,
+        StreamStats(),
+        max_read_ahead_bytes=limit,
+    )
+    with pytest.raises(UpstreamTooLargeError) as caught:
+        _ = [batch async for batch in beyond]
+    assert caught.value.code == "upstream_read_ahead_exceeded"
+    assert f"more than {limit} bytes" in caught.value.message
+    assert "upstream.max_read_ahead_bytes" in caught.value.message
+    # Once the first text is in, the answer may be as long as it is.
+    long_answer = decrypted_batches(
+        reads(ROLE + sealed("Hi"), *[sealed(" w")] * 20, DONE),
+        decryptor,
+        StreamStats(),
+        max_read_ahead_bytes=len(ROLE + sealed("Hi")),
+    )
+    assert len([batch async for batch in long_answer]) == 21
+    # No bound given: none kept.
+    unbounded = decrypted_batches(reads(*[ROLE] * 50, sealed("Hi"), DONE), decryptor, StreamStats())
+    assert len([batch async for batch in unbounded]) == 51
