@@ -516,6 +516,10 @@ def _general_path(pieces: list[bytes], **limits: int) -> list[SSEEvent]:
         [b"data: a\n\n", b"data: b\n\n\n", b"data: c\ndata: d\n\n", b"event: e\n\n"],
         # a BOM at the very start is dropped once
         [b"\xef\xbb\xbfdata: a\n\n", b"data: \xef\xbb\xbfb\n\n"],
+        # a line still open: the whole-looking chunk continues it
+        [b"data: a\n\n", b"data: b", b"data: c\n\n", b"data: d\n\n"],
+        # a line ended by a CR at the end of a read: the next read is the event's next line
+        [b"data: a\n\n", b"data: b\r", b"data: c\n\n", b"data: d\n\n"],
     ],
 )
 def test_a_whole_event_per_read_decodes_as_the_general_path_does(pieces: list[bytes]) -> None:
@@ -551,7 +555,7 @@ def test_a_whole_event_keeps_the_event_limit() -> None:
 
 
 def test_a_whole_event_of_invalid_utf8_raises() -> None:
-    with pytest.raises(SSEProtocolError, match="UTF-8"):
+    with pytest.raises(SSEProtocolError, match=r"^the event stream is not valid UTF-8$"):
         _one_event_per_feed([b"data: a\n\n", b"data: \xff\n\n"])
 
 
