@@ -54,6 +54,13 @@ def test_streaming_answer_is_decrypted(proxy: ThreadedServer, sim_state: Simulat
     assert crypto.looks_like_ciphertext(sent["messages"][0]["content"])
 
 
+def wait_until_topped_up(fresh: crypto.FreshKeys) -> None:
+    """Until the proxy's pool of key pairs made ahead is full again (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while fresh.wanted() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_key_pairs_are_made_ahead_after_a_request_and_each_is_used_once(
     make_proxy: ProxyFactory, sim_state: SimulatorState
 ) -> None:
@@ -63,9 +70,7 @@ def test_key_pairs_are_made_ahead_after_a_request_and_each_is_used_once(
     ask = client(proxy).chat.completions.create
     messages: Any = [{"role": "user", "content": f"one {CANARY}"}]
     ask(model=E2EE_MODEL, messages=messages)
-    deadline = time.monotonic() + 10
-    while fresh.wanted() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until_topped_up(fresh)
     assert not fresh.wanted()  # topped up to capacity in the background
     for _ in range(3):
         ask(
@@ -98,9 +103,7 @@ def test_no_key_pair_is_made_between_sealing_a_request_and_sending_it(
     ask = client(proxy).chat.completions.create
     messages: Any = [{"role": "user", "content": f"one {CANARY}"}]
     ask(model=E2EE_MODEL, messages=messages)
-    deadline = time.monotonic() + 10
-    while fresh.wanted() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until_topped_up(fresh)
     assert not fresh.wanted()
     seen: list[str] = []
     open_chat = chat.upstream.open_chat
@@ -119,9 +122,7 @@ def test_no_key_pair_is_made_between_sealing_a_request_and_sending_it(
     capacity = fresh.capacity
     # A client key pair and one for the message were taken; none made until the answer began.
     assert seen == [f"FreshKeys({capacity - 2} of {capacity} ready)"] * 2
-    deadline = time.monotonic() + 10
-    while fresh.wanted() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until_topped_up(fresh)
     assert not fresh.wanted()  # and made again after
 
 

@@ -329,6 +329,14 @@ async def test_the_real_simulator_gives_what_stream_once_gives() -> None:
     assert lean.content_events == prompt.tokens
 
 
+async def in_process_e2ee_target(simulator: ThreadedSimulator) -> Target:
+    """The in-process E2EE client's target on ``simulator`` (its enclave key read, unverified)."""
+    sim_url = simulator.base_url.removesuffix("/api/v1")
+    async with httpx.AsyncClient() as client:
+        key = await enclave_key(client, sim_url, "sk-test")
+    return direct_target(sim_url, "sk-test", "direct_e2ee", model_key=key)
+
+
 @pytest.mark.parametrize("phala", [False, True])
 async def test_the_in_process_e2ee_client_reads_the_real_simulator_as_stream_once(
     phala: bool,
@@ -337,10 +345,8 @@ async def test_the_in_process_e2ee_client_reads_the_real_simulator_as_stream_onc
     state = SimulatorState()
     state.faults = Faults(phala_legacy=phala)
     with ThreadedSimulator(state) as simulator:
-        sim_url = simulator.base_url.removesuffix("/api/v1")
+        target = await in_process_e2ee_target(simulator)
         async with httpx.AsyncClient() as client:
-            key = await enclave_key(client, sim_url, "sk-test")
-            target = direct_target(sim_url, "sk-test", "direct_e2ee", model_key=key)
             first = build_loopback_request(target, prompt)
             second = build_loopback_request(target, prompt)
             lean = await stream_once_lean(first, expected=prompt.answer)
@@ -359,10 +365,7 @@ async def test_the_in_process_e2ee_client_reads_the_real_simulator_as_stream_onc
 async def test_an_e2ee_answer_read_without_its_key_fails_the_stream() -> None:
     prompt: Prompt = prompt_for_tokens(4)
     with ThreadedSimulator(SimulatorState()) as simulator:
-        sim_url = simulator.base_url.removesuffix("/api/v1")
-        async with httpx.AsyncClient() as client:
-            key = await enclave_key(client, sim_url, "sk-test")
-        target = direct_target(sim_url, "sk-test", "direct_e2ee", model_key=key)
+        target = await in_process_e2ee_target(simulator)
         request = build_loopback_request(target, prompt)
         other = build_loopback_request(target, prompt)
         # The answer to one request, opened with another request's key: nothing opens.
