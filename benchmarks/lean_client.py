@@ -94,7 +94,8 @@ _DONE = 7
 
 @dataclass(frozen=True, slots=True)
 class LoopbackRequest:
-    """The bytes of one plaintext streamed request and where to send them."""
+    """The bytes of one streamed request (plaintext, or sealed by the in-process E2EE client)
+    and where to send them."""
 
     host: str
     port: int
