@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.core.errors import UpstreamError
-from proxy.core.fields import RESPONSE_TEXT_FIELDS
+from proxy.core.fields import RESPONSE_CONTAINERS, RESPONSE_TEXT_FIELDS
 
 _REASONING_FIELDS = tuple(name for name in RESPONSE_TEXT_FIELDS if name != "content")
 
@@ -155,7 +155,7 @@ class CompletionAggregator:
         state = self._choices.get(index)
         if state is None:
             state = self._choices[index] = _Choice(index)
-        for name in ("delta", "message"):
+        for name in RESPONSE_CONTAINERS:
             body = choice.get(name)
             if body is None:
                 continue

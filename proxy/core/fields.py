@@ -542,6 +542,8 @@ RESPONSE_TEXT_FIELDS: Final = tuple(
     name for name, item in RESPONSE_MESSAGE.items() if item.rule is ResponseRule.DECRYPTED
 )
 FINISH_REASONS: Final = ("stop", "length", "content_filter")
+# Where a choice carries its message: ``delta`` in a streamed chunk, ``message`` in a completion.
+RESPONSE_CONTAINERS: Final = ("delta", "message")
 
 
 def forward_fields_problem(name: str) -> str | None:

@@ -50,6 +50,7 @@ from proxy.core.fields import (
     FINISH_REASONS,
     RESPONSE_CHOICE,
     RESPONSE_CHUNK,
+    RESPONSE_CONTAINERS,
     RESPONSE_MESSAGE,
     RESPONSE_TEXT_FIELDS,
     USAGE_KEYS,
@@ -60,7 +61,6 @@ from proxy.core.fields import (
 
 CHUNK_OBJECT: Final = "chat.completion.chunk"
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")
-_CONTAINERS = ("delta", "message")
 # Phala legacy reuses one server ephemeral per response; NEAR and aci never repeat one, so a few
 # entries are enough and the bound keeps a long NEAR stream from growing the cache.
 _KEY_CACHE_SIZE = 8
@@ -119,7 +119,7 @@ def has_text(chunk: Mapping[str, Any]) -> bool:
     if not isinstance(choices, list):
         return False
     for choice in choices:
-        for name in _CONTAINERS:
+        for name in RESPONSE_CONTAINERS:
             body = choice.get(name) if isinstance(choice, dict) else None
             if isinstance(body, dict) and any(body.get(f) for f in RESPONSE_TEXT_FIELDS):
                 return True
@@ -230,7 +230,7 @@ class ChunkRebuilder:
         if type(index) is not int or index < 0:
             raise SSEProtocolError("the upstream sent a choice without a valid index")
         out: dict[str, Any] = {"index": index}
-        for name in _CONTAINERS:
+        for name in RESPONSE_CONTAINERS:
             body = choice.get(name)
             if body is None:
                 continue

@@ -30,7 +30,7 @@ from typing import Any
 
 from proxy.core.aggregate import CompletionAggregator
 from proxy.core.errors import ProxyError, SSEProtocolError, UpstreamError, UpstreamTooLargeError
-from proxy.core.fields import RESPONSE_TEXT_FIELDS
+from proxy.core.fields import RESPONSE_CONTAINERS, RESPONSE_TEXT_FIELDS
 from proxy.core.response import ChunkRebuilder, has_text
 from proxy.core.sse import DEFAULT_MAX_EVENT_BYTES, DONE, SSEDecoder, decode_json, encode_json
 from proxy.core.stop import ChoiceStops
@@ -294,7 +294,7 @@ class AnswerLimit:
         """Count ``batch``'s text; raise once the answer holds more than the limit."""
         for chunk in batch:
             for choice in chunk.get("choices") or ():
-                for name in ("delta", "message"):
+                for name in RESPONSE_CONTAINERS:
                     body = choice.get(name)
                     if body:
                         self._left -= _text_length(body)

@@ -90,6 +90,16 @@ async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, Wire]]:
         server.close()
 
 
+@asynccontextmanager
+async def venice(url: str, api_key: str | None = "k") -> AsyncIterator[UpstreamClient]:
+    """A Venice client for ``url``, closed at the end."""
+    client = UpstreamClient(url, api_key)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 def json_handler(document: object, *, extra: dict[str, str] | None = None) -> Handler:
     """Answers every request on the connection with ``document`` (keep-alive)."""
 
@@ -155,16 +165,15 @@ async def test_the_request_on_the_wire_is_exactly_what_the_client_built() -> Non
 
 async def test_a_posted_body_arrives_whole_with_its_length() -> None:
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "é" * 5000}]})
-    async with raw_server(
-        reply_once(answer("200 OK", {"content-type": "text/event-stream"}, b"data: [DONE]\n\n"))
-    ) as (url, wire):
-        client = UpstreamClient(url, "k")
-        try:
-            stream = await client.open_chat(body.encode(), {"x-venice-tee-client-pub-key": "04ab"})
-            pieces = [piece async for piece in stream.iter_bytes()]
-            await stream.aclose()
-        finally:
-            await client.aclose()
+    async with (
+        raw_server(
+            reply_once(answer("200 OK", {"content-type": "text/event-stream"}, b"data: [DONE]\n\n"))
+        ) as (url, wire),
+        venice(url) as client,
+    ):
+        stream = await client.open_chat(body.encode(), {"x-venice-tee-client-pub-key": "04ab"})
+        pieces = [piece async for piece in stream.iter_bytes()]
+        await stream.aclose()
     assert b"".join(pieces) == b"data: [DONE]\n\n"
     assert wire.bodies == [body.encode()]
     headers = dict(header_lines(wire.heads[0]))
@@ -177,13 +186,9 @@ async def test_a_posted_body_arrives_whole_with_its_length() -> None:
 
 async def test_cookies_the_upstream_sets_are_never_sent_back() -> None:
     handler = json_handler({"ok": True}, extra={"set-cookie": "__cf_bm=tracker; Path=/"})
-    async with raw_server(handler) as (url, wire):
-        client = UpstreamClient(url, "k")
-        try:
-            await client.list_models()
-            await client.list_models()
-        finally:
-            await client.aclose()
+    async with raw_server(handler) as (url, wire), venice(url) as client:
+        await client.list_models()
+        await client.list_models()
     assert len(wire.heads) == 2
     assert all("cookie" not in dict(header_lines(head)) for head in wire.heads)
 
@@ -200,22 +205,14 @@ async def test_a_gzipped_answer_is_handed_over_compressed_and_inflated_by_the_cl
         writer.write(answer("200 OK", headers, body))
         await writer.drain()
 
-    async with raw_server(handler) as (url, _):
-        client = UpstreamClient(url, None)
-        try:
-            assert await client.list_models() == document
-        finally:
-            await client.aclose()
+    async with raw_server(handler) as (url, _), venice(url, None) as client:
+        assert await client.list_models() == document
 
 
 async def test_a_body_read_to_its_end_leaves_the_connection_for_the_next_request() -> None:
-    async with raw_server(json_handler({"n": 1})) as (url, wire):
-        client = UpstreamClient(url, "k")
-        try:
-            for _ in range(3):
-                await client.list_models()
-        finally:
-            await client.aclose()
+    async with raw_server(json_handler({"n": 1})) as (url, wire), venice(url) as client:
+        for _ in range(3):
+            await client.list_models()
     assert len(wire.heads) == 3
     assert wire.connections == 1
 
@@ -231,16 +228,12 @@ async def test_closing_an_unread_stream_hangs_up_so_the_upstream_stops_generatin
         if await reader.read(1) == b"":
             wire.peer_closed.set()
 
-    async with raw_server(handler) as (url, wire):
-        client = UpstreamClient(url, "k")
-        try:
-            stream = await client.open_chat(b"{}", {})
-            pieces = stream.iter_bytes()
-            assert await anext(pieces) == b'data: {"n": 1}\n\n'
-            await stream.aclose()
-            await asyncio.wait_for(wire.peer_closed.wait(), 5.0)
-        finally:
-            await client.aclose()
+    async with raw_server(handler) as (url, wire), venice(url) as client:
+        stream = await client.open_chat(b"{}", {})
+        pieces = stream.iter_bytes()
+        assert await anext(pieces) == b'data: {"n": 1}\n\n'
+        await stream.aclose()
+        await asyncio.wait_for(wire.peer_closed.wait(), 5.0)
 
 
 async def test_a_connection_cut_mid_stream_is_a_broken_stream() -> None:
@@ -252,40 +245,32 @@ async def test_a_connection_cut_mid_stream_is_a_broken_stream() -> None:
         await writer.drain()
         writer.transport.abort()
 
-    async with raw_server(handler) as (url, _):
-        client = UpstreamClient(url, "k")
-        try:
-            stream = await client.open_chat(b"{}", {})
-            with pytest.raises(UpstreamError) as info:
-                async for _ in stream.iter_bytes():
-                    pass
-            await stream.aclose()
-        finally:
-            await client.aclose()
+    async with raw_server(handler) as (url, _), venice(url) as client:
+        stream = await client.open_chat(b"{}", {})
+        with pytest.raises(UpstreamError) as info:
+            async for _ in stream.iter_bytes():
+                pass
+        await stream.aclose()
     assert info.value.code == "upstream_stream_broken"
 
 
 async def test_a_malformed_answer_is_a_broken_stream_not_a_crash() -> None:
-    async with raw_server(reply_once(b"NOT HTTP AT ALL\r\n\r\n")) as (url, _):
-        client = UpstreamClient(url, "k")
-        try:
-            with pytest.raises(UpstreamError) as info:
-                await client.open_chat(b"{}", {})
-        finally:
-            await client.aclose()
+    malformed = reply_once(b"NOT HTTP AT ALL\r\n\r\n")
+    async with raw_server(malformed) as (url, _), venice(url) as client:
+        with pytest.raises(UpstreamError) as info:
+            await client.open_chat(b"{}", {})
     assert info.value.code == "upstream_stream_broken"
 
 
 async def test_an_error_status_is_read_and_reported() -> None:
-    async with raw_server(
-        reply_once(answer("429 Too Many Requests", {"retry-after": "3"}, RATE_LIMITED))
-    ) as (url, _):
-        client = UpstreamClient(url, "k")
-        try:
-            with pytest.raises(UpstreamStatusError) as info:
-                await client.open_chat(b"{}", {})
-        finally:
-            await client.aclose()
+    async with (
+        raw_server(
+            reply_once(answer("429 Too Many Requests", {"retry-after": "3"}, RATE_LIMITED))
+        ) as (url, _),
+        venice(url) as client,
+    ):
+        with pytest.raises(UpstreamStatusError) as info:
+            await client.open_chat(b"{}", {})
     assert info.value.upstream_status == 429
     assert info.value.retry_after == "3"
     assert "Rate limit exceeded" in info.value.message
@@ -431,18 +416,14 @@ async def test_a_piece_that_had_to_wait_for_the_network_is_counted_as_such() -> 
         writer.write(later)
         await writer.drain()
 
-    async with raw_server(handler) as (url, _):
-        client = UpstreamClient(url, "k")
-        try:
-            stream = await client.open_chat(b"{}", {})
-            pieces = stream.iter_bytes()
-            assert await anext(pieces) == b'data: {"n": 1}\n\n'
-            assert stream.reads_waited == 0  # it came with the headers: already buffered
-            waiting = asyncio.ensure_future(anext(pieces))
-            await asyncio.sleep(0.05)
-            release.set()
-            assert await waiting == b'data: {"n": 2}\n\n'
-            assert stream.reads_waited == 1
-            await stream.aclose()
-        finally:
-            await client.aclose()
+    async with raw_server(handler) as (url, _), venice(url) as client:
+        stream = await client.open_chat(b"{}", {})
+        pieces = stream.iter_bytes()
+        assert await anext(pieces) == b'data: {"n": 1}\n\n'
+        assert stream.reads_waited == 0  # it came with the headers: already buffered
+        waiting = asyncio.ensure_future(anext(pieces))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await waiting == b'data: {"n": 2}\n\n'
+        assert stream.reads_waited == 1
+        await stream.aclose()
