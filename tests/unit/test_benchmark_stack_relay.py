@@ -1,5 +1,6 @@
 """The benchmarks' stack relay (benchmarks/stack_relay.py) as the harness runs it, a process of
-its own, in front of a tiny HTTP/1.1 upstream on loopback.
+its own, in front of a tiny HTTP/1.1 upstream on loopback; and the stack floor the harness reads
+from its figures (benchmarks/run.py).
 
 Behaviour only: what reaches the upstream (method, path, query, headers, body), what comes back
 (status, headers, the body byte for byte and as it comes), 502 when nobody answers, an upstream
@@ -17,10 +18,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from benchmarks.run import QUICK, Results, goals, stack_floor
 from benchmarks.stack_relay import LOOPBACK, parse_upstream
 from proxy.http.loopback import free_port
 
@@ -370,3 +373,57 @@ def test_the_upstream_argument_is_an_http_url_without_path() -> None:
     ):
         with pytest.raises(ValueError, match="http://HOST:PORT"):
             parse_upstream(text)
+
+
+def _measured() -> dict[str, Any]:
+    hop = {"ttft_p50": 0.2, "ttlt_p50": 0.3, "ttft_p99": 9.0, "ttlt_p99": 9.0}
+    stack_hop = {"ttft_p50": 0.9, "ttlt_p50": 0.8, "ttft_p99": 9.0, "ttlt_p99": 9.0}
+    return {
+        "latency": {
+            "overhead": {
+                "added": {
+                    "relay_plain_vs_direct_plain": hop,
+                    "stack_plain_vs_direct_plain": stack_hop,
+                    "proxy_e2ee_vs_direct_e2ee": {"ttft_p50": 3.0, "ttlt_p50": 2.0},
+                }
+            }
+        },
+        "paced": {
+            "proxy_cpu_us_per_chunk": {"proxy_e2ee": 230.0},
+            "relay_cpu_us_per_chunk": {"relay_plain": 40.0},
+            "relay_system_us_per_chunk": {"relay_plain": 25.0},
+            "stack_cpu_us_per_chunk": {"stack_plain": 95.0},
+            "stack_system_us_per_chunk": {"stack_plain": 30.0},
+            "runtime_us_per_chunk": {"proxy_e2ee": 230.0, "relay_plain": 38.0, "stack_plain": 97.0},
+        },
+    }
+
+
+def test_the_stack_floor_is_read_from_the_stack_relays_figures_and_only_those_measured() -> None:
+    assert stack_floor({}) == {}
+    details = _measured()
+    assert stack_floor(details) == {
+        "first_token_added_ms_p50": 0.9,
+        "last_token_added_ms_p50": 0.8,
+        "paced_cpu_us_per_chunk": 95.0,
+        "paced_system_us_per_chunk": 30.0,
+        "paced_runtime_us_per_chunk": 97.0,
+    }
+    details["inprocess"] = {"crypto_floor_us": 50.0}
+    assert stack_floor(details)["paced_cpu_plus_crypto_floor_us"] == 147.0
+    del details["latency"]
+    assert "first_token_added_ms_p50" not in stack_floor(details)
+
+
+def test_the_goals_carry_both_floors_where_they_were_measured() -> None:
+    results = Results(QUICK, quick=True)
+    results.details.update(_measured())
+    by_name = {goal.name: goal for goal in goals(results)}
+    last, first = by_name["added to last token, p50"], by_name["added to first token, p50"]
+    paced = by_name["proxy CPU per chunk, 1 ms pace"]
+    assert (last.figure, last.floor, last.stack) == (2.0, 0.3, 0.8)
+    assert (first.figure, first.floor, first.stack) == (3.0, 0.2, 0.9)
+    assert (paced.figure, paced.floor, paced.stack) == (230.0, 40.0, 95.0)
+    del results.details["paced"]["stack_cpu_us_per_chunk"]
+    paced = {goal.name: goal for goal in goals(results)}["proxy CPU per chunk, 1 ms pace"]
+    assert (paced.floor, paced.stack) == (40.0, None)
