@@ -1,7 +1,8 @@
 """Sequential latency (what the proxy adds to one request) and long-stream throughput, measured
-from a client in this process against a simulator, a proxy and a byte relay in other processes.
+from a client in this process against a simulator, a proxy, a byte relay and a stack relay in
+other processes.
 
-Five variants, interleaved request by request (the order rotates) so drift hits all alike:
+Six variants, interleaved request by request (the order rotates) so drift hits all alike:
 
 ==============  ===========================================================================
 direct_plain    client -> simulator, plaintext model                    (the baseline)
@@ -11,6 +12,8 @@ direct_e2ee     the in-process E2EE client: seals its own request -> simulator, 
 proxy_plain     client -> proxy (passthrough) -> simulator, plaintext model: the extra hop
 relay_plain     client -> byte relay -> simulator, the request of direct_plain byte for byte
                 (same path and key: the relay is transparent): the machine floor of a hop
+stack_plain     client -> stack relay -> simulator, the request of direct_plain (uvicorn and
+                aiohttp relay it, nothing of the proxy's): the stack floor of a hop
 ==============  ===========================================================================
 
 Requests are sequential with a short idle gap between them (the plan's ``overhead_gap_s``): by
@@ -25,7 +28,11 @@ decryption cancel out); ``proxy_plain - direct_plain`` is the bare hop.
 ``relay_plain - direct_plain`` is the floor hop: what any process in the middle costs on this
 machine (one more socket pair each way and one more process wake-up, nothing parsed; see
 ``benchmarks.byte_relay``); ``proxy_plain - relay_plain`` is what the proxy's HTTP and Python add
-beyond that floor. Comparisons whose variants were not run are left out.
+beyond that floor. ``stack_plain - direct_plain`` is the stack floor hop: what the proxy's
+chosen libraries cost with nothing of the proxy's own on top (uvicorn serving a raw ASGI
+callable that relays with aiohttp; see ``benchmarks.stack_relay``), so ``stack_plain -
+relay_plain`` is the libraries beyond the machine and ``proxy_plain - stack_plain`` the proxy's
+own code beyond the libraries. Comparisons whose variants were not run are left out.
 
 The long stream: one answer of N tokens with no delay between tokens, timed from its first
 content token to ``[DONE]`` (``interval`` per chunk), plus the proxy's CPU time per relayed
@@ -33,11 +40,12 @@ chunk read from ``/proc`` (all of the proxy's work per chunk: sockets, h11, ASGI
 for the E2EE model and for the plaintext model relayed in passthrough (no crypto at all), so
 ``proxy_e2ee - proxy_plain`` is what the decryption costs in place. The byte relay's CPU time
 per chunk is read the same way for ``relay_*`` targets: the floor of any process's CPU per
-relayed chunk. Both are also read from the scheduler's nanosecond counter where the kernel
-exposes it (``runtime_us_per_chunk``; the ``/proc/<pid>/stat`` figures have a 10 ms tick, which
-on a 300-token stream is 33 µs per chunk). Per chunk means per SSE event the client counted;
-the relay does not see events, only reads, so at a 1 ms pace it is one read per event and in
-the unpaced stream many events per read.
+relayed chunk; and the stack relay's for ``stack_*`` targets: the floor of a relay built from
+the proxy's libraries. All three are also read from the scheduler's nanosecond counter where
+the kernel exposes it (``runtime_us_per_chunk``; the ``/proc/<pid>/stat`` figures have a 10 ms
+tick, which on a 300-token stream is 33 µs per chunk). Per chunk means per SSE event the
+client counted; the relays do not see events, only reads, so at a 1 ms pace it is one read per
+event and in the unpaced stream many events per read.
 """
 
 from __future__ import annotations
@@ -104,6 +112,9 @@ _COMPARISONS = {
     "direct_e2ee_vs_direct_plain": ("direct_e2ee", "direct_plain"),
     "relay_plain_vs_direct_plain": ("relay_plain", "direct_plain"),
     "proxy_plain_vs_relay_plain": ("proxy_plain", "relay_plain"),
+    "stack_plain_vs_direct_plain": ("stack_plain", "direct_plain"),
+    "stack_plain_vs_relay_plain": ("stack_plain", "relay_plain"),
+    "proxy_plain_vs_stack_plain": ("proxy_plain", "stack_plain"),
 }
 
 
@@ -173,8 +184,12 @@ class LongStreamFigures:
     # The byte relay's CPU time per chunk, and its kernel part, for the relay_* targets.
     relay_cpu_us_per_chunk: dict[str, float]
     relay_system_us_per_chunk: dict[str, float]
-    # CPU time per chunk of the process in the middle (the proxy for proxy_* targets, the relay
-    # for relay_*) from the scheduler's nanosecond counter; empty where the kernel has none.
+    # The stack relay's CPU time per chunk, and its kernel part, for the stack_* targets.
+    stack_cpu_us_per_chunk: dict[str, float]
+    stack_system_us_per_chunk: dict[str, float]
+    # CPU time per chunk of the process in the middle (the proxy for proxy_* targets, the byte
+    # relay for relay_*, the stack relay for stack_*) from the scheduler's nanosecond counter;
+    # empty where the kernel has none.
     runtime_us_per_chunk: dict[str, float]
     tokens: int
     runs: int
@@ -182,13 +197,18 @@ class LongStreamFigures:
 
 
 def _middle(
-    name: str, proxy: ManagedProcess, relay: ManagedProcess | None
+    name: str,
+    proxy: ManagedProcess,
+    relay: ManagedProcess | None,
+    stack: ManagedProcess | None,
 ) -> ManagedProcess | None:
     """The process between the client and the simulator for the target called ``name``."""
     if name.startswith("proxy"):
         return proxy
     if name.startswith("relay"):
         return relay
+    if name.startswith("stack"):
+        return stack
     return None
 
 
@@ -201,9 +221,11 @@ async def measure_long_stream(
     simulator: ManagedProcess,
     runs: int,
     relay: ManagedProcess | None = None,
+    stack: ManagedProcess | None = None,
 ) -> LongStreamFigures:
     """Stream ``prompt``'s long answer through each target ``runs`` times (``relay``: the byte
-    relay of the ``relay_*`` targets, whose CPU time is then read like the proxy's)."""
+    relay of the ``relay_*`` targets, ``stack``: the stack relay of the ``stack_*`` targets,
+    whose CPU time is then read like the proxy's)."""
     intervals: dict[str, list[float]] = {target.name: [] for target in targets}
     sim_cpu: dict[str, list[float]] = {target.name: [] for target in targets}
     proxy_cpu: dict[str, list[float]] = {t.name: [] for t in targets if t.name.startswith("proxy")}
@@ -212,11 +234,15 @@ async def measure_long_stream(
         t.name: [] for t in targets if relay is not None and t.name.startswith("relay")
     }
     relay_sys: dict[str, list[float]] = {name: [] for name in relay_cpu}
-    runtime: dict[str, list[float]] = {name: [] for name in (*proxy_cpu, *relay_cpu)}
+    stack_cpu: dict[str, list[float]] = {
+        t.name: [] for t in targets if stack is not None and t.name.startswith("stack")
+    }
+    stack_sys: dict[str, list[float]] = {name: [] for name in stack_cpu}
+    runtime: dict[str, list[float]] = {name: [] for name in (*proxy_cpu, *relay_cpu, *stack_cpu)}
     errors = 0
     for _ in range(runs):
         for target in targets:
-            middle = _middle(target.name, proxy, relay)
+            middle = _middle(target.name, proxy, relay, stack)
             sim_before = simulator.cpu_seconds()
             cpu_before = middle.cpu_seconds() if middle else 0.0
             system_before = middle.system_seconds() if middle else 0.0
@@ -233,7 +259,11 @@ async def measure_long_stream(
             gaps = max(1, result.content_events - 1)
             intervals[target.name].append((result.ttlt_s - result.ttft_s) / gaps * 1e6)
             sim_cpu[target.name].append(sim_used / result.events * 1e6)
-            for cpu, system in ((proxy_cpu, proxy_sys), (relay_cpu, relay_sys)):
+            for cpu, system in (
+                (proxy_cpu, proxy_sys),
+                (relay_cpu, relay_sys),
+                (stack_cpu, stack_sys),
+            ):
                 if target.name in cpu:
                     cpu[target.name].append(cpu_used / result.events * 1e6)
                     system[target.name].append(system_used / result.events * 1e6)
@@ -248,6 +278,8 @@ async def measure_long_stream(
         simulator_cpu_us_per_chunk={name: median_of_runs(v) for name, v in sim_cpu.items()},
         relay_cpu_us_per_chunk={name: median_of_runs(v) for name, v in relay_cpu.items()},
         relay_system_us_per_chunk={name: median_of_runs(v) for name, v in relay_sys.items()},
+        stack_cpu_us_per_chunk={name: median_of_runs(v) for name, v in stack_cpu.items()},
+        stack_system_us_per_chunk={name: median_of_runs(v) for name, v in stack_sys.items()},
         runtime_us_per_chunk={name: median_of_runs(v) for name, v in runtime.items() if v},
         tokens=prompt.tokens,
         runs=runs,

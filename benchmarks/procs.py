@@ -12,6 +12,8 @@
   environment is dropped first so a user's config cannot leak into the figures.
 - The byte relay runs ``python -m benchmarks.byte_relay`` in front of the simulator (the machine
   floor: a process that only copies bytes between two sockets).
+- The stack relay runs ``python -m benchmarks.stack_relay`` in front of the simulator (the stack
+  floor: uvicorn and aiohttp configured as the proxy has them, relaying HTTP and nothing else).
 - Each process's stdout and stderr go to a log file in a temporary directory (never a pipe
   nobody reads, which would block the process once full).
 
@@ -298,6 +300,38 @@ def start_byte_relay(log_dir: Path, upstream_url: str) -> ManagedProcess:
             str(port),
             "--upstream",
             f"{parsed.hostname}:{parsed.port}",
+        ),
+        env=_clean_env(),
+        port=port,
+        ready_path="/api/v1/models",
+        ready_headers={"authorization": f"Bearer {SIM_API_KEY}"},
+    )
+    return ManagedProcess(spec, log_dir).wait_ready()
+
+
+def start_stack_relay(log_dir: Path, upstream_url: str) -> ManagedProcess:
+    """The stack relay (``python -m benchmarks.stack_relay``) in its own process, in front of
+    ``upstream_url`` (``http://HOST:PORT``, no path: the relay forwards each request's own path).
+
+    Ready when the simulator's ``/api/v1/models`` answers 200 through it, so the upstream must
+    be the benchmark simulator; the readiness check thereby proves the whole relayed path.
+    """
+    parsed = urlsplit(upstream_url)
+    if parsed.scheme != "http" or parsed.hostname is None or parsed.port is None:
+        raise ValueError(f"expected http://HOST:PORT, got {upstream_url!r}")
+    if parsed.path not in ("", "/"):
+        raise ValueError(f"the stack relay forwards each request's own path: {upstream_url!r}")
+    port = free_port()
+    spec = ProcessSpec(
+        name="stack-relay",
+        argv=(
+            sys.executable,
+            "-m",
+            "benchmarks.stack_relay",
+            "--port",
+            str(port),
+            "--upstream",
+            f"http://{parsed.hostname}:{parsed.port}",
         ),
         env=_clean_env(),
         port=port,

@@ -17,9 +17,11 @@ table and optionally writes the headline figures as JSON with exactly these keys
 ``--details FILE`` writes every figure measured (variants, breakdowns, per-run data, machine).
 Phases run in this order, in-process ones first while the machine is quiet: inprocess,
 latency, load, single_flight (``--only`` picks some). The goals are reported, never asserted;
-next to the latency and paced-CPU goals stands the machine floor: the same figure for the byte
-relay (``benchmarks.byte_relay``, a process that only copies bytes), measured in the latency
-phase (``--details``: ``machine_floor``).
+next to the latency and paced-CPU goals stand two floors, the same figure measured in the
+latency phase for a process in the proxy's place: the machine floor, the byte relay
+(``benchmarks.byte_relay``, a process that only copies bytes; ``--details``: ``machine_floor``),
+and the stack floor, the stack relay (``benchmarks.stack_relay``, uvicorn and aiohttp set up as
+the proxy has them relaying HTTP, nothing of the proxy's own; ``--details``: ``stack_floor``).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from benchmarks.procs import (
     start_byte_relay,
     start_proxy,
     start_simulator,
+    start_stack_relay,
     system_busy_seconds,
 )
 from benchmarks.scaling import measure_scaling
@@ -281,6 +284,9 @@ _COMPARISON_NOTES = {
     "proxy_plain_vs_direct_plain": "the bare hop",
     "relay_plain_vs_direct_plain": "the floor hop (byte relay)",
     "proxy_plain_vs_relay_plain": "proxy's HTTP + Python beyond the floor",
+    "stack_plain_vs_direct_plain": "the stack floor hop (uvicorn + aiohttp)",
+    "stack_plain_vs_relay_plain": "the chosen libraries beyond the floor",
+    "proxy_plain_vs_stack_plain": "the proxy's own code beyond the stack",
 }
 
 
@@ -289,9 +295,10 @@ async def run_latency(plan: Plan, results: Results, log_dir: Path) -> None:
         start_simulator(log_dir, token_delay_s=0.0) as simulator,
         start_proxy(log_dir, upstream_url=simulator.url + "/api/v1") as proxy,
         start_byte_relay(log_dir, simulator.url) as relay,
+        start_stack_relay(log_dir, simulator.url) as stack,
     ):
         busy_before = system_busy_seconds()
-        servers = (proxy, simulator, relay)
+        servers = (proxy, simulator, relay, stack)
         ours_before = sum(p.cpu_seconds() for p in servers) + time.process_time()
         wall_before = time.perf_counter()
         async with new_client(5) as client:
@@ -303,6 +310,8 @@ async def run_latency(plan: Plan, results: Results, log_dir: Path) -> None:
                 proxy_target(proxy.url, PLAIN_MODEL, "proxy_plain"),
                 # The relay is transparent: the simulator's own path and key, through its port.
                 direct_target(relay.url, SIM_API_KEY, "relay_plain", model_key=None),
+                # The stack relay forwards path, query and headers: the same request again.
+                direct_target(stack.url, SIM_API_KEY, "stack_plain", model_key=None),
             ]
             overhead = await measure_overhead(
                 client,
@@ -320,6 +329,7 @@ async def run_latency(plan: Plan, results: Results, log_dir: Path) -> None:
                 simulator=simulator,
                 runs=plan.long_stream_runs,
                 relay=relay,
+                stack=stack,
             )
         proxy_rss = proxy.vm_hwm_mb()
         ours = sum(p.cpu_seconds() for p in servers) + time.process_time() - ours_before
@@ -378,6 +388,14 @@ async def run_latency(plan: Plan, results: Results, log_dir: Path) -> None:
             "",
             f"from /proc, {_fmt(system, 1)} in the kernel; many events per read",
         )
+    for name, micros in long_stream.stack_cpu_us_per_chunk.items():
+        system = long_stream.stack_system_us_per_chunk.get(name)
+        results.row(
+            f"  stack CPU per chunk, {name} (us)",
+            _fmt(micros, 1),
+            "",
+            f"from /proc, {_fmt(system, 1)} in the kernel; many events per read",
+        )
     for name, micros in long_stream.runtime_us_per_chunk.items():
         results.row(f"    same, {name}, scheduler's counter", _fmt(micros, 1), "", "ns resolution")
     for name, micros in long_stream.simulator_cpu_us_per_chunk.items():
@@ -394,19 +412,22 @@ async def run_latency(plan: Plan, results: Results, log_dir: Path) -> None:
 
 async def run_paced(plan: Plan, results: Results, log_dir: Path) -> None:
     """Proxy CPU per chunk when every event arrives on its own (a simulator pacing tokens
-    ``PACED_DELAY_S`` apart, as any real model does), for E2EE and for plaintext passthrough.
+    ``PACED_DELAY_S`` apart, as any real model does), for E2EE and for plaintext passthrough,
+    and the byte relay's and the stack relay's for plaintext (the two floors).
     The proxy then sleeps and wakes once per event, which costs far more than the hot loop of
     the unpaced stream (wake-up, cold caches); that is the regime of few concurrent streams."""
     with (
         start_simulator(log_dir, token_delay_s=PACED_DELAY_S) as simulator,
         start_proxy(log_dir, upstream_url=simulator.url + "/api/v1") as proxy,
         start_byte_relay(log_dir, simulator.url) as relay,
+        start_stack_relay(log_dir, simulator.url) as stack,
     ):
         async with new_client(3) as client:
             targets = [
                 proxy_target(proxy.url, E2EE_MODEL, "proxy_e2ee"),
                 proxy_target(proxy.url, PLAIN_MODEL, "proxy_plain"),
                 direct_target(relay.url, SIM_API_KEY, "relay_plain", model_key=None),
+                direct_target(stack.url, SIM_API_KEY, "stack_plain", model_key=None),
             ]
             for target in targets:
                 await stream_once(client, target, prompt_for_tokens(8))
@@ -418,6 +439,7 @@ async def run_paced(plan: Plan, results: Results, log_dir: Path) -> None:
                 simulator=simulator,
                 runs=plan.long_stream_runs,
                 relay=relay,
+                stack=stack,
             )
     results.details["paced"] = asdict(paced)
     note = f"{paced.tokens} tokens {PACED_DELAY_S * 1000:g} ms apart"
@@ -429,6 +451,11 @@ async def run_paced(plan: Plan, results: Results, log_dir: Path) -> None:
     for name, micros in paced.relay_cpu_us_per_chunk.items():
         results.row(f"relay CPU per chunk, paced, {name}", _fmt(micros, 1), "", "the floor")
         system = paced.relay_system_us_per_chunk.get(name)
+        if system is not None:
+            results.row("    of which in the kernel", _fmt(system, 1), "", "syscalls, wake-ups")
+    for name, micros in paced.stack_cpu_us_per_chunk.items():
+        results.row(f"stack CPU per chunk, paced, {name}", _fmt(micros, 1), "", "the stack floor")
+        system = paced.stack_system_us_per_chunk.get(name)
         if system is not None:
             results.row("    of which in the kernel", _fmt(system, 1), "", "syscalls, wake-ups")
     for name, micros in paced.runtime_us_per_chunk.items():
@@ -506,7 +533,8 @@ async def run_load(plan: Plan, results: Results, log_dir: Path) -> None:
 @dataclass(frozen=True, slots=True)
 class Goal:
     """One goal of issue 16: the figure, the limit it must stay under, and the baseline.
-    ``floor``: the same figure for the byte relay (the machine floor), where one was measured."""
+    ``floor``: the same figure for the byte relay (the machine floor), ``stack``: for the stack
+    relay (the stack floor), where one was measured."""
 
     name: str
     figure: float | None
@@ -514,6 +542,7 @@ class Goal:
     unit: str
     baseline: str = ""
     floor: float | None = None
+    stack: float | None = None
 
 
 def machine_floor(details: dict[str, Any]) -> dict[str, float]:
@@ -528,19 +557,33 @@ def machine_floor(details: dict[str, Any]) -> dict[str, float]:
       relay, which must open one field per chunk (derived, not measured in one process).
 
     Keys whose figures were not measured are left out."""
+    return _floor(details, "relay")
+
+
+def stack_floor(details: dict[str, Any]) -> dict[str, float]:
+    """What the stack relay (``benchmarks.stack_relay``: uvicorn serving a raw ASGI callable that
+    relays with aiohttp, both set up as the proxy has them) cost in this run: the keys of
+    :func:`machine_floor`, from ``stack_plain - direct_plain`` and the paced ``stack_plain``
+    figures. What the proxy's chosen libraries cost with none of its own code on top."""
+    return _floor(details, "stack")
+
+
+def _floor(details: dict[str, Any], kind: str) -> dict[str, float]:
+    """The floor figures of the ``{kind}_plain`` target (see :func:`machine_floor`)."""
     floor: dict[str, float] = {}
+    target = f"{kind}_plain"
     added = details.get("latency", {}).get("overhead", {}).get("added", {})
-    hop = added.get("relay_plain_vs_direct_plain")
+    hop = added.get(f"{target}_vs_direct_plain")
     if hop is not None:
         floor["first_token_added_ms_p50"] = hop["ttft_p50"]
         floor["last_token_added_ms_p50"] = hop["ttlt_p50"]
     paced = details.get("paced", {})
     for key, source in (
-        ("paced_cpu_us_per_chunk", "relay_cpu_us_per_chunk"),
-        ("paced_system_us_per_chunk", "relay_system_us_per_chunk"),
+        ("paced_cpu_us_per_chunk", f"{kind}_cpu_us_per_chunk"),
+        ("paced_system_us_per_chunk", f"{kind}_system_us_per_chunk"),
         ("paced_runtime_us_per_chunk", "runtime_us_per_chunk"),
     ):
-        value = paced.get(source, {}).get("relay_plain")
+        value = paced.get(source, {}).get(target)
         if value is not None:
             floor[key] = value
     crypto = details.get("inprocess", {}).get("crypto_floor_us")
@@ -555,6 +598,7 @@ def goals(results: Results) -> list[Goal]:
     details = results.details
     headline = results.headline
     relay_floor = machine_floor(details)
+    stack = stack_floor(details)
     out: list[Goal] = []
     added = details.get("latency", {}).get("overhead", {}).get("added", {})
     for label, baseline in (
@@ -565,8 +609,18 @@ def goals(results: Results) -> list[Goal]:
         if latency is not None:
             for token, key in (("last", "ttlt_p50"), ("first", "ttft_p50")):
                 name = f"added to {token} token, p50"
-                hop = relay_floor.get(f"{token}_token_added_ms_p50")
-                out.append(Goal(name, latency[key], 1.0, "ms", baseline, floor=hop))
+                hop = f"{token}_token_added_ms_p50"
+                out.append(
+                    Goal(
+                        name,
+                        latency[key],
+                        1.0,
+                        "ms",
+                        baseline,
+                        floor=relay_floor.get(hop),
+                        stack=stack.get(hop),
+                    )
+                )
     long_stream = details.get("latency", {}).get("long_stream", {})
     intervals = long_stream.get("interval_us", {})
     if "proxy_e2ee" in intervals and "direct_e2ee" in intervals:
@@ -584,6 +638,7 @@ def goals(results: Results) -> list[Goal]:
                 60.0,
                 "us",
                 floor=relay_floor.get("paced_cpu_us_per_chunk"),
+                stack=stack.get("paced_cpu_us_per_chunk"),
             )
         )
     if "load" in details:
@@ -603,13 +658,16 @@ def goals(results: Results) -> list[Goal]:
 
 
 def print_goals(results: Results) -> None:
-    """One line per goal: figure, limit, figure / limit, met or not, and the machine floor
-    (the same figure for the byte relay) where measured; then the floor in one line."""
+    """One line per goal: figure, limit, figure / limit, met or not, the machine floor (the
+    same figure for the byte relay) and the stack floor (for the stack relay) where measured;
+    then each floor in one line."""
     rows = goals(results)
     if not rows:
         return
     print(
-        "goals (issue 16): figure, limit, figure / limit, met, baseline; machine floor", flush=True
+        "goals (issue 16): figure, limit, figure / limit, met, baseline; machine floor; "
+        "stack floor",
+        flush=True,
     )
     table = []
     for goal in rows:
@@ -624,17 +682,26 @@ def print_goals(results: Results) -> None:
         vs = f"vs {goal.baseline}" if goal.baseline else ""
         if goal.floor is not None:
             vs += f"{'; ' if vs else ''}floor {_fmt(goal.floor, 3)} {goal.unit}"
+        if goal.stack is not None:
+            vs += f"{'; ' if vs else ''}stack {_fmt(goal.stack, 3)} {goal.unit}"
         results.row(goal.name, _fmt(goal.figure, 3), limit, f"{ratio:>5}  {met:<4} {vs}")
         table.append({**asdict(goal), "met": met})
     results.details["goals"] = table
     relay_floor = machine_floor(results.details)
     if relay_floor:
         results.details["machine_floor"] = relay_floor
-        print(_floor_line(relay_floor), flush=True)
+        lead = "  floor on this machine (byte relay: a process that only copies bytes): "
+        print(lead + _floor_line(relay_floor), flush=True)
+    stack = stack_floor(results.details)
+    if stack:
+        results.details["stack_floor"] = stack
+        lead = "  stack floor (stack relay: uvicorn + aiohttp as the proxy sets them up, no more): "
+        print(lead + _floor_line(stack), flush=True)
 
 
 def _floor_line(floor: dict[str, float]) -> str:
-    """The machine floor in one sentence, for the end of the goals block."""
+    """A floor (:func:`machine_floor`, :func:`stack_floor`) in one sentence, for the end of the
+    goals block."""
     parts = []
     if "first_token_added_ms_p50" in floor:
         parts.append(
@@ -653,8 +720,7 @@ def _floor_line(floor: dict[str, float]) -> str:
     if "paced_cpu_plus_crypto_floor_us" in floor:
         e2ee = _fmt(floor["paced_cpu_plus_crypto_floor_us"], 1)
         parts.append(f"with the crypto floor per chunk (E2EE) {e2ee} us")
-    lead = "  floor on this machine (byte relay: a process that only copies bytes): "
-    return lead + ", ".join(parts)
+    return ", ".join(parts)
 
 
 async def run_scaling(plan: Plan, results: Results, log_dir: Path) -> None:
