@@ -280,59 +280,39 @@ def start_proxy(
 def start_byte_relay(log_dir: Path, upstream_url: str) -> ManagedProcess:
     """The byte relay (``python -m benchmarks.byte_relay``) in its own process, in front of
     ``upstream_url`` (``http://HOST:PORT``, no path: the relay copies bytes and reads no URL).
-
-    Ready when the simulator's ``/api/v1/models`` answers 200 through it, so the upstream must
-    be the benchmark simulator; the readiness check thereby proves the whole relayed path.
-    """
-    parsed = urlsplit(upstream_url)
-    if parsed.scheme != "http" or parsed.hostname is None or parsed.port is None:
-        raise ValueError(f"expected http://HOST:PORT, got {upstream_url!r}")
-    if parsed.path not in ("", "/"):
-        raise ValueError(f"the byte relay forwards bytes, not paths: {upstream_url!r}")
-    port = free_port()
-    spec = ProcessSpec(
-        name="byte-relay",
-        argv=(
-            sys.executable,
-            "-m",
-            "benchmarks.byte_relay",
-            "--port",
-            str(port),
-            "--upstream",
-            f"{parsed.hostname}:{parsed.port}",
-        ),
-        env=_clean_env(),
-        port=port,
-        ready_path="/api/v1/models",
-        ready_headers={"authorization": f"Bearer {SIM_API_KEY}"},
-    )
-    return ManagedProcess(spec, log_dir).wait_ready()
+    Ready as :func:`_start_relay` says."""
+    host, port = _relay_upstream(upstream_url, "the byte relay forwards bytes, not paths")
+    return _start_relay(log_dir, "byte-relay", "benchmarks.byte_relay", f"{host}:{port}")
 
 
 def start_stack_relay(log_dir: Path, upstream_url: str) -> ManagedProcess:
     """The stack relay (``python -m benchmarks.stack_relay``) in its own process, in front of
     ``upstream_url`` (``http://HOST:PORT``, no path: the relay forwards each request's own path).
+    Ready as :func:`_start_relay` says."""
+    host, port = _relay_upstream(upstream_url, "the stack relay forwards each request's own path")
+    return _start_relay(log_dir, "stack-relay", "benchmarks.stack_relay", f"http://{host}:{port}")
 
-    Ready when the simulator's ``/api/v1/models`` answers 200 through it, so the upstream must
-    be the benchmark simulator; the readiness check thereby proves the whole relayed path.
-    """
+
+def _relay_upstream(upstream_url: str, why_no_path: str) -> tuple[str, int]:
+    """``upstream_url``'s host and port; ``ValueError`` unless it is ``http://HOST:PORT``."""
     parsed = urlsplit(upstream_url)
     if parsed.scheme != "http" or parsed.hostname is None or parsed.port is None:
         raise ValueError(f"expected http://HOST:PORT, got {upstream_url!r}")
     if parsed.path not in ("", "/"):
-        raise ValueError(f"the stack relay forwards each request's own path: {upstream_url!r}")
+        raise ValueError(f"{why_no_path}: {upstream_url!r}")
+    return parsed.hostname, parsed.port
+
+
+def _start_relay(log_dir: Path, name: str, module: str, upstream: str) -> ManagedProcess:
+    """``python -m <module> --port P --upstream <upstream>`` in its own process.
+
+    Ready when the simulator's ``/api/v1/models`` answers 200 through it, so the upstream must
+    be the benchmark simulator; the readiness check thereby proves the whole relayed path.
+    """
     port = free_port()
     spec = ProcessSpec(
-        name="stack-relay",
-        argv=(
-            sys.executable,
-            "-m",
-            "benchmarks.stack_relay",
-            "--port",
-            str(port),
-            "--upstream",
-            f"http://{parsed.hostname}:{parsed.port}",
-        ),
+        name=name,
+        argv=(sys.executable, "-m", module, "--port", str(port), "--upstream", upstream),
         env=_clean_env(),
         port=port,
         ready_path="/api/v1/models",
