@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from proxy.attestation.compose import is_pinned, parse_compose
+import pytest
+
+from proxy.attestation.compose import (
+    MAX_COMPOSE_CHARS,
+    ComposeFacts,
+    Image,
+    app_compose_of,
+    compose_images_check,
+    is_pinned,
+    model_binding_check,
+    parse_compose,
+)
 from tests.support.attestation_helpers import FIXTURES_BY_NAME, body_of, policy_for
 from tests.support.trust_helpers import failed, verify
 
@@ -117,3 +128,308 @@ def test_a_tampered_compose_manager_attestation_fails() -> None:
 def test_no_compose_manager_is_reported_not_failed() -> None:
     check = verify(GEMMA).check("compose_manager_quote")
     assert (check.ok, check.enforced) == (None, False)
+
+
+# --- parse_compose, exactly ----------------------------------------------------------------
+
+
+def _manifest(docker_compose_file: object, **extra: object) -> str:
+    return json.dumps({"name": "t", "docker_compose_file": docker_compose_file, **extra})
+
+
+def _image(service: str, reference: str | None, pinned: bool = False) -> Image:
+    return Image(service, reference, pinned)
+
+
+@pytest.mark.parametrize(
+    ("app_compose", "facts"),
+    [
+        (
+            "x" * (MAX_COMPOSE_CHARS + 1),
+            ComposeFacts(None, (), (), "app_compose is over 1000000 characters"),
+        ),
+        ("{", ComposeFacts(None, (), (), "app_compose is not JSON")),
+        ("[" * 100_000, ComposeFacts(None, (), (), "app_compose is not JSON")),
+        ("[]", ComposeFacts(None, (), (), "app_compose is not a JSON object")),
+        (
+            json.dumps({"name": "t"}),
+            ComposeFacts("t", (), (), "app_compose has no docker_compose_file"),
+        ),
+        (
+            json.dumps({"name": 5, "docker_compose_file": {"services": {}}}),
+            ComposeFacts(None, (), (), "app_compose has no docker_compose_file"),
+        ),
+        (
+            _manifest("command: --model org/m\nservices: [unclosed"),
+            ComposeFacts("t", (), ("org/m",), "docker_compose_file is not valid YAML"),
+        ),
+        (
+            _manifest("services: {}\n# MODEL_NAME=org/m\n"),
+            ComposeFacts("t", (), ("org/m",), "docker_compose_file has no services"),
+        ),
+        (
+            _manifest("services: [a, b]\n"),
+            ComposeFacts("t", (), (), "docker_compose_file has no services"),
+        ),
+        (
+            _manifest("- services\n"),
+            ComposeFacts("t", (), (), "docker_compose_file has no services"),
+        ),
+        (_manifest("x: 1\n"), ComposeFacts("t", (), (), "docker_compose_file has no services")),
+        (
+            _manifest(
+                f"services:\n  a:\n    image: x/a@{DIGEST}\n  b: x/b\n  c:\n    image: ''\n"
+                "  d:\n    image: 5\n  e:\n    image: x/e:1\n"
+            ),
+            ComposeFacts(
+                "t",
+                (
+                    _image("a", f"x/a@{DIGEST}", True),
+                    _image("b", None),
+                    _image("c", None),
+                    _image("d", None),
+                    _image("e", "x/e:1"),
+                ),
+                (),
+                None,
+            ),
+        ),
+        (
+            _manifest(
+                f"include: [other.yml]\nextends: base\nservices:\n  a:\n    image: x/a@{DIGEST}\n"
+            ),
+            ComposeFacts(
+                "t", (_image("a", f"x/a@{DIGEST}", True),), (), "not followed: include, extends"
+            ),
+        ),
+        (
+            _manifest("extends: base\nservices:\n  a:\n    build: .\n"),
+            ComposeFacts("t", (_image("a", None),), (), "not followed: extends"),
+        ),
+    ],
+)
+def test_parse_compose_exactly(app_compose: str, facts: ComposeFacts) -> None:
+    assert parse_compose(app_compose) == facts
+
+
+def test_a_manifest_of_exactly_the_limit_is_parsed() -> None:
+    head = _manifest(f"services:\n  a:\n    image: x/a@{DIGEST}\n#")
+    padded = head[:-2] + "x" * (MAX_COMPOSE_CHARS - len(head)) + head[-2:]
+    assert len(padded) == MAX_COMPOSE_CHARS
+    assert parse_compose(padded) == ComposeFacts(
+        "t", (_image("a", f"x/a@{DIGEST}", True),), (), None
+    )
+
+
+def test_model_names_in_each_form_once_each_in_order() -> None:
+    text = (
+        "services:\n  vllm:\n    image: x\n"
+        "    command: --model org/BOX --served-model-name=org/served-X\n"
+        "    environment:\n      - MODEL_NAME=org/env.v1:2\n"
+        "    entrypoint: sh -c \"vllm serve --model 'org/BOX' --served-model-name 'org/quoted'\"\n"
+    )
+    assert parse_compose(_manifest(text)).model_names == (
+        "org/BOX",
+        "org/served-X",
+        "org/env.v1:2",
+        "org/quoted",
+    )
+    assert parse_compose(_manifest("services: {}\n# MODEL_NAME=only-env\n")).model_names == (
+        "only-env",
+    )
+
+
+def test_compose_facts_as_a_dict() -> None:
+    facts = ComposeFacts("t", (_image("a", "x/a:1"), _image("b", f"x@{DIGEST}", True)), ("m",), "e")
+    assert facts.to_dict() == {
+        "name": "t",
+        "images": [
+            {"service": "a", "image": "x/a:1", "pinned": False},
+            {"service": "b", "image": f"x@{DIGEST}", "pinned": True},
+        ],
+        "model_names": ["m"],
+        "error": "e",
+    }
+    assert facts.unpinned == (_image("a", "x/a:1"),)
+
+
+def test_app_compose_of_reads_tcb_info_first_then_info() -> None:
+    assert app_compose_of(None) is None
+    assert app_compose_of({}) is None
+    assert app_compose_of({"tcb_info": {"app_compose": "tcb"}, "app_compose": "top"}) == "tcb"
+    assert app_compose_of({"tcb_info": {}, "app_compose": "top"}) == "top"
+    assert app_compose_of({"tcb_info": "not a mapping", "app_compose": "top"}) == "top"
+    assert app_compose_of({"app_compose": "top"}) == "top"
+    assert app_compose_of({"tcb_info": {"app_compose": {"a": 1}}, "app_compose": "top"}) is None
+    assert app_compose_of({"app_compose": ["top"]}) is None
+
+
+# --- compose_images_pinned, exactly -------------------------------------------------------
+
+
+def _images_check(
+    facts: ComposeFacts | None,
+    bound: bool = True,
+    *,
+    enforced: bool = True,
+    allow_unpinned: bool = False,
+) -> tuple[bool | None, bool, str]:
+    check = compose_images_check(facts, bound, enforced=enforced, allow_unpinned=allow_unpinned)
+    assert (check.code, check.tier) == ("compose_images_pinned", "software")
+    return check.ok, check.enforced, check.detail
+
+
+PINNED = (_image("a", f"x/a@{DIGEST}", True), _image("b", f"x/b@{DIGEST}", True))
+SET_IT = (
+    "; set attestation.allow_unpinned_images = true to accept a compose that does not fix its code"
+)
+
+
+def test_images_check_without_a_manifest_or_binding() -> None:
+    assert _images_check(None) == (
+        None,
+        False,
+        "the report shows no app_compose: its images are unknown",
+    )
+    facts = ComposeFacts("t", PINNED, (), None)
+    assert _images_check(facts, bound=False) == (
+        False,
+        False,
+        "not evaluated: compose_hash_binding failed",
+    )
+
+
+@pytest.mark.parametrize("enforced", [True, False])
+def test_images_check_of_an_unparsed_manifest(enforced: bool) -> None:
+    facts = ComposeFacts("t", (), (), "docker_compose_file is not valid YAML")
+    assert _images_check(facts, enforced=enforced) == (
+        False,
+        enforced,
+        "docker_compose_file is not valid YAML",
+    )
+
+
+def test_images_check_of_pinned_images() -> None:
+    assert _images_check(ComposeFacts("t", PINNED, (), None)) == (
+        True,
+        True,
+        "2 of 2 images pinned by digest",
+    )
+    assert _images_check(ComposeFacts("t", (), (), None)) == (
+        True,
+        True,
+        "0 of 0 images pinned by digest",
+    )
+    # Pinned, but the manifest pulls in files that were not read: not a pass.
+    facts = ComposeFacts("t", PINNED, (), "not followed: include")
+    assert _images_check(facts) == (
+        False,
+        True,
+        "2 of 2 images pinned by digest (not followed: include)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("unpinned", "shown"),
+    [
+        (1, "u0: x/u0:1"),
+        (6, "u0: x/u0:1, u1: build, u2: x/u2:1, u3: build, u4: x/u4:1, u5: build"),
+        (7, "u0: x/u0:1, u1: build, u2: x/u2:1, u3: build, u4: x/u4:1, u5: build and 1 more"),
+        (9, "u0: x/u0:1, u1: build, u2: x/u2:1, u3: build, u4: x/u4:1, u5: build and 3 more"),
+    ],
+)
+@pytest.mark.parametrize("allow_unpinned", [False, True])
+def test_images_check_names_the_unpinned_ones(
+    unpinned: int, shown: str, allow_unpinned: bool
+) -> None:
+    loose = tuple(
+        _image(f"u{index}", None if index % 2 else f"x/u{index}:1") for index in range(unpinned)
+    )
+    facts = ComposeFacts("t", (*PINNED, *loose), (), None)
+    note = "; allowed by attestation.allow_unpinned_images" if allow_unpinned else SET_IT
+    count = f"2 of {2 + unpinned} images pinned by digest"
+    expected_detail = f"{count}; not pinned: {shown}{note}"
+    assert _images_check(facts, allow_unpinned=allow_unpinned) == (
+        False,
+        not allow_unpinned,
+        expected_detail,
+    )
+    assert _images_check(facts, enforced=False, allow_unpinned=allow_unpinned) == (
+        False,
+        False,
+        expected_detail,
+    )
+
+
+# --- model_binding, exactly --------------------------------------------------------------
+
+UNBOUND_NOTE = "nothing measured names the served model: model_match rests on Venice's "
+
+
+def _binding(
+    facts: ComposeFacts | None,
+    bound: bool = True,
+    *,
+    claimed: str | None = "org/served",
+    requested: str = "e2ee-model",
+    deployed: tuple[str, ...] = (),
+) -> tuple[bool | None, bool, str]:
+    check = model_binding_check(
+        facts, bound, claimed=claimed, requested=requested, deployed=deployed
+    )
+    assert (check.code, check.tier) == ("model_binding", "software")
+    return check.ok, check.enforced, check.detail
+
+
+def test_binding_where_nothing_measured_names_a_model() -> None:
+    named = ComposeFacts("t", PINNED, ("org/served",), None)
+    expected = (None, False, UNBOUND_NOTE + "unauthenticated label (upstream model org/served)")
+    assert _binding(None) == expected
+    assert _binding(named, bound=False) == expected  # the names of an unbound manifest: none
+    assert _binding(ComposeFacts("t", PINNED, (), None)) == expected
+    assert _binding(None, claimed=None) == (
+        None,
+        False,
+        UNBOUND_NOTE + "unauthenticated label (upstream model not stated)",
+    )
+    assert _binding(None, deployed=("a.yaml", "b.yaml")) == (
+        None,
+        False,
+        UNBOUND_NOTE + "unauthenticated label (upstream model org/served); the measured "
+        "deployment ran a.yaml, b.yaml",
+    )
+
+
+def test_binding_matches_the_claimed_or_requested_model_in_any_case() -> None:
+    names = ("other/a", "ORG/Served", "e2ee-model")
+    facts = ComposeFacts("t", PINNED, names, None)
+    shown = "other/a, ORG/Served, e2ee-model"
+    assert _binding(facts) == (
+        True,
+        True,
+        f"the measured compose serves ORG/Served (names: {shown})",
+    )
+    assert _binding(facts, claimed=None) == (
+        True,
+        True,
+        f"the measured compose serves e2ee-model (names: {shown})",
+    )
+
+
+def test_binding_fails_when_the_measured_compose_names_other_models() -> None:
+    names = tuple(f"other/m{index}" for index in range(7))
+    facts = ComposeFacts("t", PINNED, names, None)
+    shown = ", ".join(names[:6])
+    assert _binding(facts) == (False, True, f"the measured compose names {shown}, not 'org/served'")
+    assert _binding(facts, claimed=None) == (
+        False,
+        True,
+        f"the measured compose names {shown}, not 'e2ee-model'",
+    )
+    # A match beyond the sixth name still binds; only the shown list is cut.
+    facts = ComposeFacts("t", PINNED, (*names, "org/served"), None)
+    assert _binding(facts) == (
+        True,
+        True,
+        f"the measured compose serves org/served (names: {shown})",
+    )

@@ -214,3 +214,117 @@ def test_parsed_answer_verifies_end_to_end() -> None:
     body = {"text": TEXT, "signature": sign(key, TEXT), "signing_address": address_of_key(key)}
     check = verify_signature(parse_signature_response(body), address_of_key(key))
     assert check.ok
+
+
+# --- fixed keys: what a random key covers only by chance ------------------------------------
+
+KAT_KEY = PrivateKey(KAT_PRIVATE)
+
+
+def text_with_recovery_id(key: PrivateKey, recovery_id: int) -> str:
+    """The first of TEXT-0, TEXT-1, ... whose signature by ``key`` has this recovery id
+    (RFC 6979 signatures are deterministic, so this is always the same text)."""
+    for index in range(64):
+        text = f"{TEXT}-{index}"
+        if key.sign_recoverable(eip191_digest(text), hasher=None)[64] == recovery_id:
+            return text
+    raise AssertionError("no text found")  # pragma: no cover
+
+
+@pytest.mark.parametrize("recovery_id", [0, 1])
+@pytest.mark.parametrize("ethereum_v", [True, False])
+def test_both_recovery_ids_in_both_encodings(recovery_id: int, ethereum_v: bool) -> None:
+    text = text_with_recovery_id(KAT_KEY, recovery_id)
+    signature = sign(KAT_KEY, text, ethereum_v=ethereum_v)
+    assert signature[-2:] == f"{recovery_id + (27 if ethereum_v else 0):02x}"
+    assert recover_signer(text, signature) == KAT_ADDRESS.lower()
+
+
+@pytest.mark.parametrize("prefix", ["0x", "0X", ""])
+def test_hex_prefix_in_either_case_or_none(prefix: str) -> None:
+    bare = KAT_SIGNATURE.removeprefix("0x")
+    assert recover_signer(KAT_TEXT, prefix + bare) == KAT_ADDRESS.lower()
+    assert recover_signer(KAT_TEXT, f"  {prefix}{bare}\n") == KAT_ADDRESS.lower()
+
+
+@pytest.mark.parametrize(
+    ("text", "signature", "message"),
+    [
+        (TEXT, 5, "the signature is not a string"),
+        (TEXT, "0x" + "00" * 64, "the signature is not 130 hex digits"),
+        (TEXT, "0x" + "00" * 66, "the signature is not 130 hex digits"),
+        (TEXT, "0x" + "ab" * 64 + "1d", "the signature's v is 29, not 27/28 or 0/1"),
+        (TEXT, "0x" + "ab" * 64 + "02", "the signature's v is 2, not 27/28 or 0/1"),
+        (TEXT, "0x" + "00" * 65, "no public key recovers from the signature"),
+        (b"a:b", KAT_SIGNATURE, "the signed text is not a string"),
+    ],
+)
+def test_malformed_signature_messages(text: Any, signature: Any, message: str) -> None:
+    with pytest.raises(SignatureError) as info:
+        recover_signer(text, signature)
+    assert (info.value.code, info.value.message) == ("signature_malformed", message)
+    if isinstance(text, str) and isinstance(signature, str):
+        check = verify_signature(evidence(text, signature), KAT_ADDRESS)
+        assert (check.ok, check.code, check.detail) == (False, "signature_malformed", message)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (None, "the signature answer is not a JSON object"),
+        (["text"], "the signature answer is not a JSON object"),
+        ({"signature": KAT_SIGNATURE}, "the signature answer has no text"),
+        ({"text": 5, "signature": KAT_SIGNATURE}, "the signature answer has no text"),
+        ({"text": "a:b"}, "the signature answer has no signature"),
+        ({"text": "a:b", "signature": {"value": ""}}, "the signature answer has no signature"),
+    ],
+)
+def test_unusable_answer_messages(body: Any, message: str) -> None:
+    with pytest.raises(SignatureError) as info:
+        parse_signature_response(body)
+    assert (info.value.code, info.value.message) == ("signature_response_invalid", message)
+
+
+@pytest.mark.parametrize("value", ["", 5, ["0x" + "11" * 20], {"a": 1}, True])
+def test_optional_fields_that_are_not_text_are_absent(value: Any) -> None:
+    body = {
+        "text": KAT_TEXT + ":x",
+        "signature": KAT_SIGNATURE,
+        "signing_address": value,
+        "model": value,
+        "requested_request_id": value,
+        "request_id": value,
+    }
+    parsed = parse_signature_response(body)
+    assert (parsed.signing_address, parsed.model, parsed.request_id) == (None, None, None)
+
+
+def test_request_id_prefers_requested_request_id_and_falls_back() -> None:
+    body = {"text": "a:b", "signature": KAT_SIGNATURE, "request_id": "chatcmpl-2"}
+    assert parse_signature_response({**body, "requested_request_id": ""}).request_id == (
+        "chatcmpl-2"
+    )
+    assert parse_signature_response({**body, "requested_request_id": "r"}).request_id == "r"
+
+
+def test_verdict_details() -> None:
+    """The details a log line and the status page show (sliced by the caller, so never None)."""
+    text = text_with_recovery_id(KAT_KEY, 0)
+    signature = sign(KAT_KEY, text)
+    attested = KAT_ADDRESS.lower()
+    check = verify_signature(evidence(text, signature, KAT_ADDRESS), KAT_ADDRESS.upper())
+    assert (check.ok, check.detail) == (True, f"signed by the attested key {attested}")
+
+    check = verify_signature(evidence("a:b:c:d", signature), KAT_ADDRESS)
+    assert check.detail == "the signed text has 4 colon-separated parts, expected 2 or 3"
+
+    other = "0x" + "11" * 20
+    check = verify_signature(evidence(text, signature), other)
+    assert check.detail == f"signed by {attested}, attested key is {other}"
+
+    claimed = "0x" + "22" * 40  # 82 characters: the detail shows the first 44
+    check = verify_signature(evidence(text, signature, claimed), KAT_ADDRESS)
+    assert check.code == "signature_address_mismatch"
+    assert check.detail == (
+        f"the answer names signing_address {claimed[:44]!r}, attested {attested}"
+    )

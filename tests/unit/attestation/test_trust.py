@@ -7,7 +7,16 @@ from dataclasses import replace
 
 import pytest
 
-from proxy.attestation.trust import DOWNGRADE_COMMAND, classify
+from proxy.attestation.evidence import Evidence, Shape
+from proxy.attestation.policy import AttestationPolicy, TrustLevel
+from proxy.attestation.trust import (
+    ATTESTED,
+    DOWNGRADE_COMMAND,
+    NOT_ATTESTED,
+    Classification,
+    classify,
+    trust_checks,
+)
 from tests.support.attestation_helpers import (
     FIXTURE_IDS,
     FIXTURE_LIST,
@@ -97,3 +106,173 @@ def test_gpu_checks_on_a_gateway_without_relayed_evidence_are_reported_not_faile
         assert (check.ok, check.enforced) == (None, False)
         assert "relayed no GPU evidence" in check.detail
     assert report.passed
+
+
+# --- classify and the two checks, exactly ----------------------------------------------------
+
+MODEL = "e2ee-m"
+ENCLAVE = Classification("enclave", ("a near report from the model's own CVM",))
+GATEWAY = Classification("gateway", ("reason one", "reason two"))
+REFUSE = AttestationPolicy()
+ALLOW = AttestationPolicy(gateway_models="allow")
+SETTING = f'attestation.trust_levels."{MODEL}" = "gateway"'
+GATEWAY_STATEMENT = (
+    f"gateway (reason one; reason two): attested is {ATTESTED['gateway']}; NOT attested: "
+    f"{NOT_ATTESTED['gateway'][0]}"
+)
+
+
+def _with_vm_config(vm_config: object, shape: Shape = "near") -> Evidence:
+    evidence = evidence_of(GLM)
+    info = {**(evidence.info or {}), "vm_config": vm_config}
+    return replace(evidence, shape=shape, info=info)
+
+
+@pytest.mark.parametrize(
+    "vm_config",
+    [
+        {"num_gpus": 0},
+        json.dumps({"num_gpus": 0}),
+    ],
+)
+def test_no_gpu_declared_makes_a_gateway(vm_config: object) -> None:
+    assert classify(_with_vm_config(vm_config)) == Classification(
+        "gateway", ("the attested VM declares no GPU, so it cannot be running the model",)
+    )
+    assert classify(_with_vm_config(vm_config, shape="aci")) == Classification(
+        "gateway",
+        (
+            "an aci/1 report: the attested CVM is the private-ai-gateway",
+            "the attested VM declares no GPU, so it cannot be running the model",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "vm_config",
+    [
+        {"num_gpus": 8},
+        {"num_gpus": False},  # a boolean is not a count
+        {"num_gpus": "0"},
+        {"num_gpus": 0.0},
+        {"num_gpus": None},
+        {},
+        "{not json",
+        "[" * 100_000,
+        json.dumps([0]),
+        None,
+    ],
+)
+def test_only_an_integer_zero_counts_as_no_gpu(vm_config: object) -> None:
+    expected = Classification("enclave", ("a near report from the model's own CVM",))
+    assert classify(_with_vm_config(vm_config)) == expected
+    aci = classify(_with_vm_config(vm_config, shape="aci"))
+    assert aci == Classification(
+        "gateway", ("an aci/1 report: the attested CVM is the private-ai-gateway",)
+    )
+
+
+def test_a_report_without_info_is_classified_by_its_shape() -> None:
+    evidence = replace(evidence_of(GLM), info=None)
+    assert classify(evidence).level == "enclave"
+    assert classify(replace(evidence, shape="aci")).level == "gateway"
+
+
+def _checks(
+    classification: Classification,
+    policy: AttestationPolicy = REFUSE,
+    remembered: TrustLevel | None = None,
+    **kwargs: str,
+) -> list[tuple[str, bool | None, bool, str, str]]:
+    return [
+        (check.code, check.ok, check.enforced, check.tier, check.detail)
+        for check in trust_checks(
+            classification, model=MODEL, policy=policy, remembered=remembered, **kwargs
+        )
+    ]
+
+
+NOTHING_REMEMBERED = f"no earlier trust level known for {MODEL!r}; enclave will be remembered"
+
+
+def test_trust_level_of_an_enclave() -> None:
+    detail = f"enclave (a near report from the model's own CVM): attested is {ATTESTED['enclave']}"
+    assert _checks(ENCLAVE) == [
+        ("trust_level", True, True, "trust", detail),
+        ("trust_not_downgraded", True, True, "trust", NOTHING_REMEMBERED),
+    ]
+
+
+def test_trust_level_of_a_gateway_refused_allowed_or_accepted() -> None:
+    refused = (
+        f'{GATEWAY_STATEMENT}. Refused (attestation.gateway_models = "refuse"). To accept '
+        f'gateway trust set attestation.gateway_models = "allow" (every model) or {SETTING} '
+        "(this model only)"
+    )
+    assert _checks(GATEWAY)[0] == ("trust_level", False, True, "trust", refused)
+    allowed = f'{GATEWAY_STATEMENT}; allowed by attestation.gateway_models = "allow"'
+    assert _checks(GATEWAY, ALLOW)[0] == ("trust_level", True, True, "trust", allowed)
+    accepted = f"{GATEWAY_STATEMENT}; accepted by {SETTING}"
+    pinned = AttestationPolicy(trust_levels={MODEL: "gateway"})
+    assert _checks(GATEWAY, pinned)[0] == ("trust_level", True, True, "trust", accepted)
+    # Another model's setting accepts nothing for this one.
+    other = AttestationPolicy(trust_levels={"other": "gateway"})
+    assert _checks(GATEWAY, other)[0] == ("trust_level", False, True, "trust", refused)
+
+
+@pytest.mark.parametrize(
+    ("level", "expected", "relation"),
+    [
+        ("enclave", "enclave", "same as"),
+        ("gateway", "gateway", "same as"),
+        ("enclave", "gateway", "upgrade from"),
+    ],
+)
+def test_not_downgraded_same_level_or_upgrade(
+    level: TrustLevel, expected: TrustLevel, relation: str
+) -> None:
+    classification = ENCLAVE if level == "enclave" else GATEWAY
+    remembered = _checks(classification, ALLOW, remembered=expected)[1]
+    assert remembered == (
+        "trust_not_downgraded",
+        True,
+        True,
+        "trust",
+        f"{level}: {relation} {expected} (the trust state file)",
+    )
+    named = _checks(classification, ALLOW, expected, remembered_source="state.json")[1]
+    assert named[4] == f"{level}: {relation} {expected} (state.json)"
+    policy = AttestationPolicy(gateway_models="allow", trust_levels={MODEL: expected})
+    configured = _checks(classification, policy, remembered="gateway")[1]
+    assert configured[4] == (
+        f"{level}: {relation} {expected} (attestation.trust_levels in the config)"
+    )
+
+
+def test_a_remembered_enclave_refuses_a_gateway() -> None:
+    assert _checks(GATEWAY, ALLOW, remembered="enclave")[1] == (
+        "trust_not_downgraded",
+        False,
+        True,
+        "trust",
+        f"DOWNGRADE: {MODEL!r} was attested as enclave (the trust state file) and now answers "
+        "as gateway: its own host is no longer attested, only a gateway that forwards the "
+        f"prompt; refused until accepted: to accept it run `venice-e2ee-proxy trust accept "
+        f"{MODEL}` (or set {SETTING})",
+    )
+
+
+def test_a_configured_enclave_refuses_a_gateway_whatever_was_remembered() -> None:
+    policy = AttestationPolicy(gateway_models="allow", trust_levels={MODEL: "enclave"})
+    remembered: TrustLevel | None
+    for remembered in (None, "gateway", "enclave"):
+        assert _checks(GATEWAY, policy, remembered=remembered)[1] == (
+            "trust_not_downgraded",
+            False,
+            True,
+            "trust",
+            f"DOWNGRADE: {MODEL!r} was attested as enclave (attestation.trust_levels in the "
+            "config) and now answers as gateway: its own host is no longer attested, only a "
+            "gateway that forwards the prompt; refused until accepted: change "
+            f'attestation.trust_levels."{MODEL}" to "gateway" to accept it',
+        )
