@@ -1,0 +1,1034 @@
+"""Decrypted chat chunks -> Responses events, in detail: every event of a stream exactly as a
+client receives it (types, ids, indexes, parts, sequence numbers), the final ``response`` object,
+the terminal states (completed, incomplete, failed), usage, wire framing and malformed chunks.
+
+The broad event sequence, checked against the `openai` package's models, is in
+``test_responses.py``; this file pins the edges (made to kill the mutants of ``make mutation``
+on ``proxy/core/responses/events.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import count
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from openai.types.responses import Response
+
+from proxy.core.errors import InvalidRequestError, ProxyError, UpstreamError, UpstreamStatusError
+from proxy.core.responses import ResponseBuilder, encode_event, map_usage, translate_request
+from proxy.core.responses import events as events_module
+from proxy.core.responses.events import new_id
+
+NOW = 1_700_000_000
+
+
+@pytest.fixture(autouse=True)
+def _clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events_module, "time", SimpleNamespace(time=lambda: NOW + 0.9))
+
+
+def builder(echo: dict[str, Any] | None = None, **kwargs: Any) -> ResponseBuilder:
+    numbers = count()
+    options: dict[str, Any] = {
+        "response_id": "resp_1",
+        "created_at": 1,
+        "make_id": lambda prefix: f"{prefix}_{next(numbers)}",
+        **kwargs,
+    }
+    return ResponseBuilder(model="m", echo=echo or {}, **options)
+
+
+def chunk(finish_reason: str | None = None, **delta: Any) -> dict[str, Any]:
+    return {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+def tool(
+    index: int = 0, call_id: str | None = None, name: str | None = None, arguments: Any = None
+) -> dict[str, Any]:
+    function: dict[str, Any] = {}
+    if name is not None:
+        function["name"] = name
+    if arguments is not None:
+        function["arguments"] = arguments
+    call: dict[str, Any] = {"index": index, "function": function}
+    if call_id is not None:
+        call["id"] = call_id
+    return chunk(tool_calls=[call])
+
+
+def feed_all(b: ResponseBuilder, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for c in chunks:
+        events += b.feed(c)
+    return events
+
+
+def base_response(**changes: Any) -> dict[str, Any]:
+    """The ``response`` object of a builder from ``builder()`` with an empty echo."""
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1,
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "max_output_tokens": None,
+        "metadata": {},
+        "model": "m",
+        "output": [],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": None,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": None,
+        "truncation": "disabled",
+        "usage": None,
+        **changes,
+    }
+
+
+def ev(kind: str, sequence: int, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, **fields, "sequence_number": sequence}
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def message(item_id: str, status: str, *content: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": list(content),
+    }
+
+
+def reasoning(item_id: str, *content: dict[str, Any]) -> dict[str, Any]:
+    return {"id": item_id, "type": "reasoning", "summary": [], "content": list(content)}
+
+
+def function_call(
+    item_id: str, status: str, call_id: str, name: str, arguments: str
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "arguments": arguments,
+        "call_id": call_id,
+        "name": name,
+    }
+
+
+# -- one whole stream, event by event ------------------------------------------------------------
+
+
+def test_every_event_of_a_stream_with_each_kind_of_item() -> None:
+    b = builder()
+    events = b.start()
+    events += feed_all(
+        b,
+        [
+            chunk(role="assistant", reasoning_content="th"),
+            chunk(reasoning_content="ink"),
+            chunk(content="Hi"),
+            chunk(refusal="No"),
+            tool(0, call_id="call_a", name="f", arguments="{"),
+            tool(0, arguments="}"),
+            chunk(finish_reason="tool_calls"),
+            {"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
+        ],
+    )
+    events += b.complete()
+    rs = reasoning("rs_0", {"type": "reasoning_text", "text": "think"})
+    refusal = {"type": "refusal", "refusal": "No"}
+    msg = message("msg_1", "completed", text_part("Hi"), refusal)
+    fc = function_call("fc_2", "completed", "call_a", "f", "{}")
+    usage = {
+        "input_tokens": 3,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": 4,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 7,
+    }
+    rs_at = {"item_id": "rs_0", "output_index": 0, "content_index": 0}
+    msg_at = {"item_id": "msg_1", "output_index": 1}
+    fc_at = {"item_id": "fc_2", "output_index": 2}
+    expected = [
+        ev("response.created", 0, response=base_response()),
+        ev("response.in_progress", 1, response=base_response()),
+        ev("response.output_item.added", 2, output_index=0, item=reasoning("rs_0")),
+        ev("response.content_part.added", 3, **rs_at, part={"type": "reasoning_text", "text": ""}),
+        ev("response.reasoning_text.delta", 4, **rs_at, delta="th"),
+        ev("response.reasoning_text.delta", 5, **rs_at, delta="ink"),
+        ev("response.reasoning_text.done", 6, **rs_at, text="think"),
+        ev("response.content_part.done", 7, **rs_at, part=rs["content"][0]),
+        ev("response.output_item.done", 8, output_index=0, item=rs),
+        ev("response.output_item.added", 9, output_index=1, item=message("msg_1", "in_progress")),
+        ev("response.content_part.added", 10, **msg_at, content_index=0, part=text_part("")),
+        ev("response.output_text.delta", 11, **msg_at, content_index=0, delta="Hi", logprobs=[]),
+        ev("response.output_text.done", 12, **msg_at, content_index=0, text="Hi", logprobs=[]),
+        ev("response.content_part.done", 13, **msg_at, content_index=0, part=text_part("Hi")),
+        ev(
+            "response.content_part.added",
+            14,
+            **msg_at,
+            content_index=1,
+            part={"type": "refusal", "refusal": ""},
+        ),
+        ev("response.refusal.delta", 15, **msg_at, content_index=1, delta="No"),
+        ev("response.refusal.done", 16, **msg_at, content_index=1, refusal="No"),
+        ev("response.content_part.done", 17, **msg_at, content_index=1, part=refusal),
+        ev("response.output_item.done", 18, output_index=1, item=msg),
+        ev(
+            "response.output_item.added",
+            19,
+            output_index=2,
+            item=function_call("fc_2", "in_progress", "call_a", "f", ""),
+        ),
+        ev("response.function_call_arguments.delta", 20, **fc_at, delta="{"),
+        ev("response.function_call_arguments.delta", 21, **fc_at, delta="}"),
+        ev("response.function_call_arguments.done", 22, **fc_at, name="f", arguments="{}"),
+        ev("response.output_item.done", 23, output_index=2, item=fc),
+        ev(
+            "response.completed",
+            24,
+            response=base_response(
+                status="completed", output=[rs, msg, fc], usage=usage, completed_at=NOW
+            ),
+        ),
+    ]
+    assert events == expected
+    assert b.finish_reason == "tool_calls"
+    assert (b.status, b.usage, b.error, b.incomplete_details) == ("completed", usage, None, None)
+    Response.model_validate(events[-1]["response"])
+
+
+def test_a_message_can_hold_several_parts_of_one_kind_in_a_row() -> None:
+    b = builder()
+    events = feed_all(b, [chunk(content="a"), chunk(refusal="x"), chunk(content="b")])
+    assert [(e["type"], e.get("content_index")) for e in events] == [
+        ("response.output_item.added", None),
+        ("response.content_part.added", 0),
+        ("response.output_text.delta", 0),
+        ("response.output_text.done", 0),
+        ("response.content_part.done", 0),
+        ("response.content_part.added", 1),
+        ("response.refusal.delta", 1),
+        ("response.refusal.done", 1),
+        ("response.content_part.done", 1),
+        ("response.content_part.added", 2),
+        ("response.output_text.delta", 2),
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(11))
+    assert b.output_text() == "ab"
+
+
+def test_one_delta_with_reasoning_content_and_a_tool_call() -> None:
+    b = builder()
+    events = b.feed(
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "reasoning": "r",
+                        "content": [{"type": "text", "text": "t"}],
+                        "tool_calls": [
+                            {"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}
+                        ],
+                    },
+                    "finish_reason": None,
+                }
+            ]
+        }
+    )
+    assert [e["type"] for e in events] == [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+    ]
+    assert [item["id"] for item in b.response()["output"]] == ["rs_0", "msg_1", "fc_2"]
+
+
+# -- deltas ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [
+        ({"reasoning_content": "a", "reasoning": "b"}, "a"),
+        ({"reasoning_content": "", "reasoning": "b"}, "b"),
+        ({"reasoning_content": None, "reasoning": "b"}, "b"),
+        ({"reasoning_content": 3, "reasoning": "b"}, "b"),
+        ({"reasoning": "b"}, "b"),
+    ],
+)
+def test_reasoning_is_read_from_one_field(delta: dict[str, Any], text: str) -> None:
+    b = builder()
+    events = b.feed(chunk(**delta))
+    assert [e["delta"] for e in events if e["type"] == "response.reasoning_text.delta"] == [text]
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        {},
+        {"role": "assistant"},
+        {"content": ""},
+        {"content": None},
+        {"content": 3},
+        {"content": {"text": "x"}},
+        {"content": [{"type": "image_url"}, "x", {"text": 3}]},
+        {"refusal": ""},
+        {"refusal": None},
+        {"refusal": 5},
+        {"reasoning": ""},
+        {"reasoning_content": ""},
+        {"reasoning": 7},
+        {"tool_calls": None},
+        {"tool_calls": []},
+    ],
+)
+def test_empty_deltas_open_nothing(delta: dict[str, Any]) -> None:
+    b = builder()
+    assert b.feed(chunk(**delta)) == []
+    assert b.complete() == [
+        ev("response.completed", 0, response=base_response(status="completed", completed_at=NOW))
+    ]
+
+
+def test_content_parts_in_a_delta_are_joined() -> None:
+    b = builder()
+    events = b.feed(
+        chunk(
+            content=[{"type": "text", "text": "a"}, {"text": 1}, "z", {"type": "text", "text": "b"}]
+        )
+    )
+    assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["ab"]
+
+
+@pytest.mark.parametrize(
+    ("choices", "text"),
+    [
+        ([{"delta": {"content": "zero"}}], "zero"),
+        ([{"index": 1, "delta": {"content": "one"}}, {"index": 0, "delta": {"content": "0"}}], "0"),
+        ([{"index": 2, "delta": {"content": "two"}}], ""),
+        ([{"index": 0}], ""),
+        ([{"index": 0, "delta": None}], ""),
+    ],
+)
+def test_only_choice_zero_is_read(choices: list[dict[str, Any]], text: str) -> None:
+    b = builder()
+    b.feed({"choices": choices})
+    assert b.output_text() == text
+
+
+def test_finish_reason_is_the_last_string_given() -> None:
+    b = builder()
+    b.feed(chunk(finish_reason="length"))
+    b.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": None}]})
+    assert b.finish_reason == "length"
+    b.feed({"choices": [{"index": 0, "finish_reason": "content_filter"}]})
+    assert b.finish_reason == "content_filter"
+    b.feed({"choices": [{"index": 1, "finish_reason": "stop"}]})
+    assert b.finish_reason == "content_filter"
+    b.feed({"choices": [{"index": 0, "finish_reason": 3}]})
+    assert b.finish_reason == "content_filter"
+
+
+def test_usage_from_any_chunk_and_the_last_one_wins() -> None:
+    b = builder()
+    assert b.feed({"usage": {"prompt_tokens": 1}}) == []
+    assert b.usage is not None
+    assert b.usage["input_tokens"] == 1
+    b.feed({**chunk(content="x"), "usage": {"prompt_tokens": 2, "completion_tokens": 1}})
+    assert b.usage["input_tokens"] == 2
+    b.feed({"choices": None, "usage": None})
+    b.feed({"choices": [], "usage": "lots"})
+    assert b.usage["total_tokens"] == 3
+    assert b.response()["usage"] == b.usage
+    assert b.response()["usage"] is not b.usage
+
+
+# -- tool calls -----------------------------------------------------------------------------------
+
+
+def test_a_tool_call_waits_for_its_name_then_sends_what_it_buffered() -> None:
+    b = builder()
+    assert b.feed(tool(0, arguments='{"a"')) == []
+    assert b.feed(tool(0, call_id="call_x", arguments=":")) == []
+    events = b.feed(tool(0, name="get_", arguments="1"))
+    assert events == [
+        ev(
+            "response.output_item.added",
+            0,
+            output_index=0,
+            item=function_call("fc_0", "in_progress", "call_x", "get_", ""),
+        ),
+        ev(
+            "response.function_call_arguments.delta",
+            1,
+            item_id="fc_0",
+            output_index=0,
+            delta='{"a":1',
+        ),
+    ]
+    # Once the item is out, its name and id are fixed.
+    b.feed(tool(0, call_id="call_y", name="weather", arguments="}"))
+    assert b.response()["output"] == [
+        function_call("fc_0", "in_progress", "call_x", "get_", '{"a":1}')
+    ]
+
+
+def test_a_tool_call_name_can_arrive_in_pieces_before_the_item_opens() -> None:
+    b = builder()
+    assert b.feed(tool(0, name="")) == []
+    assert b.feed(tool(0, call_id="", name="")) == []
+    events = b.feed(tool(0, call_id="c", name="weather"))
+    assert events[0]["item"]["name"] == "weather"
+    assert len(events) == 1  # no arguments yet: no delta
+    b2 = builder()
+    b2.feed(chunk(tool_calls=[{"index": 0, "id": "c", "function": None}]))
+    b2.feed(tool(0, name="f"))
+    assert b2.response()["output"][0]["call_id"] == "c"
+
+
+def test_a_tool_call_without_an_id_gets_one() -> None:
+    b = builder()
+    b.feed(chunk(tool_calls=[{"function": {"name": "f", "arguments": ""}}]))
+    b.feed(chunk(tool_calls=[{"function": {"arguments": "{}"}}]))
+    events = b.complete()
+    assert events[0] == ev(
+        "response.function_call_arguments.done",
+        2,
+        item_id="fc_0",
+        output_index=0,
+        name="f",
+        arguments="{}",
+    )
+    assert b.response()["output"] == [function_call("fc_0", "completed", "call_1", "f", "{}")]
+
+
+def test_a_second_tool_call_closes_the_first() -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", name="f", arguments="{}"))
+    events = b.feed(tool(1, call_id="b", name="g", arguments="[]"))
+    assert events == [
+        ev(
+            "response.function_call_arguments.done",
+            2,
+            item_id="fc_0",
+            output_index=0,
+            name="f",
+            arguments="{}",
+        ),
+        ev(
+            "response.output_item.done",
+            3,
+            output_index=0,
+            item=function_call("fc_0", "completed", "a", "f", "{}"),
+        ),
+        ev(
+            "response.output_item.added",
+            4,
+            output_index=1,
+            item=function_call("fc_1", "in_progress", "b", "g", ""),
+        ),
+        ev("response.function_call_arguments.delta", 5, item_id="fc_1", output_index=1, delta="[]"),
+    ]
+    # Text after the calls is a new message item after them.
+    events = b.feed(chunk(content="done"))
+    assert [e["type"] for e in events[:3]] == [
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.output_item.added",
+    ]
+    assert events[2]["output_index"] == 2
+
+
+@pytest.mark.parametrize(
+    "after",
+    [chunk(content="x"), chunk(refusal="x"), chunk(reasoning="x"), tool(1, call_id="b", name="g")],
+)
+def test_a_tool_call_that_resumes_after_another_item_fails_closed(after: dict[str, Any]) -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", name="f", arguments="{"))
+    b.feed(after)
+    for late in (tool(0, arguments="}"), tool(0)):
+        with pytest.raises(UpstreamError) as info:
+            b.feed(late)
+        assert info.value.message == (
+            "the upstream sent a tool call that resumed after another output item started"
+        )
+        assert info.value.code == "upstream_bad_chunk"
+
+
+def test_a_tool_call_after_the_stream_closed_fails_closed() -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", name="f", arguments="{"))
+    b.fail(UpstreamError("cut"))
+    with pytest.raises(UpstreamError) as info:
+        b.feed(tool(0, arguments="}"))
+    assert info.value.message == (
+        "the upstream sent a tool call that resumed after another output item started"
+    )
+
+
+def test_a_tool_call_delta_without_arguments_sends_nothing() -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", name="f"))
+    assert b.feed(tool(0)) == []
+    assert b.feed(tool(0, arguments="")) == []
+    assert b.feed(tool(0, name="g")) == []
+
+
+# -- closing --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("finish", "status", "reason"),
+    [
+        (None, "completed", None),
+        ("stop", "completed", None),
+        ("tool_calls", "completed", None),
+        ("length", "incomplete", "max_output_tokens"),
+        ("content_filter", "incomplete", "content_filter"),
+    ],
+)
+def test_the_finish_reason_decides_the_terminal_event(
+    finish: str | None, status: str, reason: str | None
+) -> None:
+    b = builder()
+    b.feed(chunk(reasoning="r"))
+    b.feed(chunk(content="t", finish_reason=finish))
+    events = b.complete()
+    rs = reasoning("rs_0", {"type": "reasoning_text", "text": "r"})
+    msg = message("msg_1", status, text_part("t"))
+    done = {} if status == "incomplete" else {"completed_at": NOW}
+    details = None if reason is None else {"reason": reason}
+    msg_at = {"item_id": "msg_1", "output_index": 1, "content_index": 0}
+    assert events == [
+        ev("response.output_text.done", 9, **msg_at, text="t", logprobs=[]),
+        ev("response.content_part.done", 10, **msg_at, part=text_part("t")),
+        ev("response.output_item.done", 11, output_index=1, item=msg),
+        ev(
+            f"response.{status}",
+            12,
+            response=base_response(
+                status=status, incomplete_details=details, output=[rs, msg], **done
+            ),
+        ),
+    ]
+    assert b.status == status
+    assert b.incomplete_details == details
+
+
+def test_an_incomplete_reasoning_item_has_no_status() -> None:
+    b = builder()
+    b.feed(chunk(reasoning="r", finish_reason="length"))
+    events = b.complete()
+    assert events[2]["item"] == reasoning("rs_0", {"type": "reasoning_text", "text": "r"})
+    assert events[-1]["type"] == "response.incomplete"
+
+
+def test_an_incomplete_function_call() -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", name="f", arguments="{"))
+    b.feed(chunk(finish_reason="length"))
+    events = b.complete()
+    assert events[1]["item"] == function_call("fc_0", "incomplete", "a", "f", "{")
+    assert events[2]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+def test_complete_refuses_a_tool_call_that_never_got_a_name() -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", name="f", arguments="{}"))
+    b.feed(tool(1, call_id="b", arguments="{}"))
+    with pytest.raises(UpstreamError) as info:
+        b.complete()
+    assert (info.value.message, info.value.code) == (
+        "the upstream sent a tool call without a name",
+        "upstream_bad_chunk",
+    )
+
+
+# -- failure --------------------------------------------------------------------------------------
+
+
+def test_failure_of_an_open_message() -> None:
+    b = builder()
+    b.feed(chunk(content="part"))
+    events = b.fail(UpstreamError("the upstream stream ended early", code="truncated"))
+    msg = message("msg_0", "incomplete", text_part("part"))
+    error = {
+        "code": "server_error",
+        "message": "the upstream stream ended early (truncated)",
+        "type": "upstream_error",
+    }
+    assert events == [
+        ev("response.failed", 3, response=base_response(status="failed", error=error, output=[msg]))
+    ]
+    assert (b.status, b.error) == ("failed", error)
+    Response.model_validate(events[0]["response"])
+
+
+def test_failure_of_an_open_reasoning_item_and_a_closed_message() -> None:
+    b = builder()
+    b.feed(chunk(content="a"))
+    b.feed(chunk(reasoning="r"))
+    events = b.fail(ProxyError("boom"))
+    response = events[0]["response"]
+    assert response["output"] == [
+        message("msg_0", "completed", text_part("a")),
+        reasoning("rs_1", {"type": "reasoning_text", "text": "r"}),
+    ]
+    assert response["error"] == {"code": "server_error", "message": "boom", "type": "server_error"}
+    assert "completed_at" not in response
+
+
+def test_failure_of_an_open_function_call() -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", name="f", arguments="{"))
+    response = b.fail(UpstreamError())[0]["response"]
+    assert response["output"] == [function_call("fc_0", "incomplete", "a", "f", "{")]
+    assert response["error"]["message"] == "the upstream request failed (upstream_error)"
+
+
+def test_failure_before_any_output() -> None:
+    b = builder()
+    b.start()
+    (event,) = b.fail(InvalidRequestError("bad", param="input[0]"))
+    assert event == ev(
+        "response.failed",
+        2,
+        response=base_response(
+            status="failed",
+            error={
+                "code": "server_error",
+                "message": "bad",
+                "type": "invalid_request_error",
+                "param": "input[0]",
+            },
+        ),
+    )
+
+
+def test_a_rate_limit_is_reported_as_such() -> None:
+    b = builder()
+    (event,) = b.fail(UpstreamStatusError(429, "slow down", code="rate_limited"))
+    assert event["response"]["error"] == {
+        "code": "rate_limit_exceeded",
+        "message": "slow down (rate_limited)",
+        "type": "upstream_error",
+    }
+    (event,) = builder().fail(UpstreamStatusError(503, "busy"))
+    assert event["response"]["error"]["code"] == "server_error"
+
+
+# -- the response object --------------------------------------------------------------------------
+
+
+def test_the_response_reports_the_echo() -> None:
+    echo = {
+        "instructions": "i",
+        "max_output_tokens": 9,
+        "metadata": {"k": "v"},
+        "parallel_tool_calls": False,
+        "reasoning": {"effort": "low", "summary": None},
+        "temperature": 0.5,
+        "text": {"format": {"type": "json_object"}},
+        "tool_choice": {"type": "function", "name": "f"},
+        "tools": [{"type": "function", "name": "f"}],
+        "top_p": 0.1,
+        "store": True,  # never reported: this proxy stores nothing
+        "background": True,
+        "truncation": "auto",
+        "previous_response_id": "resp_0",
+    }
+    b = builder(echo)
+    response = b.response()
+    assert response == base_response(
+        instructions="i",
+        max_output_tokens=9,
+        metadata={"k": "v"},
+        parallel_tool_calls=False,
+        reasoning={"effort": "low", "summary": None},
+        temperature=0.5,
+        text={"format": {"type": "json_object"}},
+        tool_choice={"type": "function", "name": "f"},
+        tools=[{"type": "function", "name": "f"}],
+        top_p=0.1,
+    )
+    # Deep copies: what a caller does with the object does not reach the builder.
+    response["metadata"]["k"] = "changed"
+    response["tools"][0]["name"] = "changed"
+    response["text"]["format"]["type"] = "changed"
+    response["reasoning"]["effort"] = "changed"
+    response["tool_choice"]["name"] = "changed"
+    assert b.response() == base_response(
+        instructions="i",
+        max_output_tokens=9,
+        metadata={"k": "v"},
+        parallel_tool_calls=False,
+        reasoning={"effort": "low", "summary": None},
+        temperature=0.5,
+        text={"format": {"type": "json_object"}},
+        tool_choice={"type": "function", "name": "f"},
+        tools=[{"type": "function", "name": "f"}],
+        top_p=0.1,
+    )
+    echo["instructions"] = "changed later"
+    assert b.response()["instructions"] == "i"
+
+
+def test_the_response_is_a_deep_copy_of_the_state() -> None:
+    b = builder()
+    b.feed(chunk(content="a"))
+    b.feed({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    first = b.response()
+    first["output"][0]["content"][0]["text"] = "changed"
+    first["usage"]["input_tokens_details"]["cached_tokens"] = 99
+    second = b.response()
+    assert second["output"][0]["content"][0]["text"] == "a"
+    assert second["usage"]["input_tokens_details"]["cached_tokens"] == 0
+    events = b.fail(UpstreamError("x"))
+    events[0]["response"]["error"]["code"] = "changed"
+    assert b.response()["error"]["code"] == "server_error"
+    c = builder()
+    c.feed(chunk(content="a", finish_reason="length"))
+    c.complete()
+    c.response()["incomplete_details"]["reason"] = "changed"
+    assert c.response()["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+def test_events_carry_snapshots_not_the_live_items() -> None:
+    b = builder()
+    added = b.feed(chunk(content="a"))
+    b.feed(chunk(content="b"))
+    assert added[0]["item"]["content"] == []
+    assert added[1]["part"]["text"] == ""
+    added[1]["part"]["text"] = "changed"
+    added[0]["item"]["content"].append("junk")
+    events = b.complete()
+    assert events[1]["part"] == text_part("ab")
+    assert events[2]["item"]["content"] == [text_part("ab")]
+    tools = builder()
+    opened = tools.feed(tool(0, call_id="a", name="f", arguments="{}"))
+    assert opened[0]["item"]["arguments"] == ""
+    opened[0]["item"]["name"] = "changed"
+    closing = tools.complete()
+    assert closing[1]["item"]["name"] == "f"
+    closing[1]["item"]["name"] = "changed again"
+    assert tools.response()["output"][0]["name"] == "f"
+
+
+def test_output_text_is_the_text_of_the_messages_only() -> None:
+    b = builder()
+    feed_all(
+        b,
+        [
+            chunk(reasoning="thinking"),
+            chunk(content="one "),
+            chunk(refusal="not this"),
+            chunk(content="two"),
+            tool(0, call_id="a", name="f", arguments="{}"),
+            chunk(content=" three"),
+        ],
+    )
+    b.complete()
+    assert b.output_text() == "one two three"
+    whole = b.response(with_output_text=True)
+    assert whole["output_text"] == "one two three"
+    assert "output_text" not in b.response()
+    assert builder().response(with_output_text=True)["output_text"] == ""
+
+
+def test_ids_and_creation_time_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    b = ResponseBuilder(model="m", echo={})
+    assert re.fullmatch(r"resp_[0-9a-f]{48}", b.id)
+    assert b.created_at == NOW
+    b.feed(chunk(content="x"))
+    b.feed(tool(0, name="f"))
+    message_item, call_item = b.response()["output"]
+    assert re.fullmatch(r"msg_[0-9a-f]{48}", message_item["id"])
+    assert re.fullmatch(r"fc_[0-9a-f]{48}", call_item["id"])
+    assert re.fullmatch(r"call_[0-9a-f]{48}", call_item["call_id"])
+    assert ResponseBuilder(model="m", echo={}, created_at=0).created_at == 0
+    made: list[str] = []
+
+    def make_id(prefix: str) -> str:
+        made.append(prefix)
+        return f"{prefix}_x"
+
+    assert ResponseBuilder(model="m", echo={}, make_id=make_id).id == "resp_x"
+    assert ResponseBuilder(model="m", echo={}, response_id="resp_given", make_id=make_id).id == (
+        "resp_given"
+    )
+    assert made == ["resp"]
+
+
+def test_new_id() -> None:
+    first, second = new_id("msg"), new_id("msg")
+    assert re.fullmatch(r"msg_[0-9a-f]{48}", first)
+    assert first != second
+
+
+# -- usage ----------------------------------------------------------------------------------------
+
+
+def test_map_usage_reads_every_count() -> None:
+    assert map_usage(
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 20,
+            "total_tokens": 31,
+            "prompt_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 5},
+            "completion_tokens_details": {"reasoning_tokens": 6},
+        }
+    ) == {
+        "input_tokens": 10,
+        "input_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 5},
+        "output_tokens": 20,
+        "output_tokens_details": {"reasoning_tokens": 6},
+        "total_tokens": 31,
+    }
+
+
+@pytest.mark.parametrize("bad", [None, True, "3", 1.5, [3]])
+def test_map_usage_counts_only_integers(bad: Any) -> None:
+    assert map_usage(
+        {
+            "prompt_tokens": bad,
+            "completion_tokens": 2,
+            "total_tokens": bad,
+            "prompt_tokens_details": {"cached_tokens": bad, "cache_write_tokens": bad},
+            "completion_tokens_details": {"reasoning_tokens": bad},
+        }
+    ) == {
+        "input_tokens": 0,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": 2,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 2,
+    }
+
+
+def test_map_usage_details_that_are_not_objects() -> None:
+    usage = map_usage(
+        {
+            "prompt_tokens": 1,
+            "total_tokens": 0,
+            "prompt_tokens_details": [4],
+            "completion_tokens_details": 6,
+        }
+    )
+    assert usage == {
+        "input_tokens": 1,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": 0,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 1,
+    }
+    assert map_usage({})["total_tokens"] == 0
+
+
+# -- framing --------------------------------------------------------------------------------------
+
+
+def test_encode_event_frames_compact_utf8_json() -> None:
+    event = {"type": "response.output_text.delta", "delta": 'ø \u2028 "q"', "sequence_number": 3}
+    assert encode_event(event) == (
+        b"event: response.output_text.delta\n"
+        b'data: {"type":"response.output_text.delta","delta":"'
+        + 'ø \u2028 \\"q\\"'.encode()
+        + b'","sequence_number":3}\n\n'
+    )
+
+
+def test_encode_event_escapes_what_utf8_cannot_carry() -> None:
+    event = {"type": "response.output_text.delta", "delta": "a\ud800ø"}
+    framed = encode_event(event)
+    assert framed == (
+        b"event: response.output_text.delta\n"
+        b'data: {"type":"response.output_text.delta","delta":"a\\ud800\\u00f8"}\n\n'
+    )
+    assert json.loads(framed.split(b"data: ", 1)[1]) == event
+
+
+# -- malformed chunks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "what"),
+    [
+        ({"choices": "nope"}, "a chunk whose choices is not an array"),
+        ({"choices": {"index": 0}}, "a chunk whose choices is not an array"),
+        ({"choices": ["x"]}, "a choice that is not an object"),
+        ({"choices": [{"index": 0, "delta": "text"}]}, "a delta that is not an object"),
+        ({"choices": [{"index": 0, "delta": []}]}, "a delta that is not an object"),
+        (chunk(tool_calls={"index": 0}), "tool_calls that are not an array"),
+        (chunk(tool_calls="f"), "tool_calls that are not an array"),
+        (chunk(tool_calls=["f"]), "a tool call that is not an object"),
+        (chunk(tool_calls=[{"index": "0"}]), "a tool call without an integer index"),
+        (chunk(tool_calls=[{"index": None}]), "a tool call without an integer index"),
+        (chunk(tool_calls=[{"index": True}]), "a tool call without an integer index"),
+        (chunk(tool_calls=[{"function": "f"}]), "a tool call whose function is not an object"),
+        (
+            chunk(tool_calls=[{"function": {"name": "f", "arguments": {}}}]),
+            "tool call arguments that are not a string",
+        ),
+        (
+            chunk(tool_calls=[{"function": {"name": "f", "arguments": 1}}]),
+            "tool call arguments that are not a string",
+        ),
+    ],
+)
+def test_malformed_chunks_are_upstream_errors(given: dict[str, Any], what: str) -> None:
+    with pytest.raises(UpstreamError) as info:
+        builder().feed(given)
+    assert info.value.message == f"the upstream sent {what}"
+    assert info.value.code == "upstream_bad_chunk"
+    assert info.value.http_status == 502
+
+
+def test_a_choice_at_another_index_is_not_inspected() -> None:
+    assert builder().feed({"choices": [{"index": 1, "delta": "not an object"}]}) == []
+
+
+# -- what the deltas add up to --------------------------------------------------------------------
+
+
+def deltas_and_done(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Per content part: the deltas joined, and the text its ``.done`` event reports."""
+    joined: dict[tuple[str, int], str] = {}
+    pairs: list[tuple[str, str]] = []
+    for e in events:
+        key = (e.get("item_id", ""), e.get("content_index", -1))
+        if e["type"].endswith(".delta"):
+            joined[key] = joined.get(key, "") + e["delta"]
+        elif e["type"] in ("response.output_text.done", "response.reasoning_text.done"):
+            pairs.append((joined.pop(key), e["text"]))
+        elif e["type"] == "response.refusal.done":
+            pairs.append((joined.pop(key), e["refusal"]))
+        elif e["type"] == "response.function_call_arguments.done":
+            pairs.append((joined.pop(key), e["arguments"]))
+    assert not joined
+    return pairs
+
+
+def test_content_and_a_refusal_in_one_delta_are_both_sent() -> None:
+    b = builder()
+    events = b.feed(chunk(content="I ", refusal="can't"))
+    events += b.feed(chunk(refusal=" say"))
+    events += b.complete()
+    assert deltas_and_done(events) == [("I ", "I "), ("can't say", "can't say")]
+    assert b.response()["output"] == [
+        message("msg_0", "completed", text_part("I "), {"type": "refusal", "refusal": "can't say"})
+    ]
+
+
+def test_two_entries_for_choice_zero_in_one_chunk_are_both_sent() -> None:
+    b = builder()
+    events = b.feed(
+        {
+            "choices": [
+                {"index": 0, "delta": {"content": "a"}},
+                {"index": 0, "delta": {"content": "b"}},
+            ]
+        }
+    )
+    events += b.complete()
+    assert deltas_and_done(events) == [("ab", "ab")]
+
+
+def test_a_tool_call_delta_without_an_index_continues_call_zero() -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", name="f", arguments="{"))
+    events = b.feed(chunk(tool_calls=[{"function": {"arguments": "}"}}]))
+    events += b.complete()
+    assert deltas_and_done(events) == [("}", "{}")]
+    assert b.response()["output"] == [function_call("fc_0", "completed", "a", "f", "{}")]
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        chunk(tool_calls=[{"index": 0, "function": "not an object"}]),
+        chunk(tool_calls=[{"index": 0, "function": {"arguments": 1}}]),
+    ],
+)
+def test_a_resumed_tool_call_is_reported_as_resumed_first(late: dict[str, Any]) -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", name="f", arguments="{"))
+    b.feed(chunk(content="x"))
+    with pytest.raises(UpstreamError) as info:
+        b.feed(late)
+    assert info.value.message == (
+        "the upstream sent a tool call that resumed after another output item started"
+    )
+
+
+def test_complete_leaves_no_item_open() -> None:
+    b = builder()
+    b.feed(chunk(content="a"))
+    b.complete()
+    (failed,) = b.fail(UpstreamError("late"))
+    assert failed["response"]["output"] == [message("msg_0", "completed", text_part("a"))]
+
+
+def test_part_and_item_events_are_deep_snapshots() -> None:
+    b = builder()
+    added = b.feed(chunk(content="a"))
+    added[1]["part"]["annotations"].append({"type": "url_citation"})
+    closing = b.complete()
+    closing[1]["part"]["logprobs"].append({"token": "x"})
+    closing[2]["item"]["content"].append({"type": "refusal", "refusal": "x"})
+    closing[2]["item"]["content"][0]["annotations"].append({"type": "url_citation"})
+    assert b.response()["output"] == [message("msg_0", "completed", text_part("a"))]
+
+
+def test_nested_echo_values_are_copied_into_each_response() -> None:
+    echo = translate_request(
+        {
+            "model": "m",
+            "input": "x",
+            "tools": [{"type": "function", "name": "f"}],
+            "tool_choice": {"type": "allowed_tools", "tools": [{"type": "function", "name": "f"}]},
+            "reasoning": {"effort": "low", "summary": "auto", "context": {"keep": True}},
+        }
+    ).echo
+    b = builder(echo)
+    first = b.response()
+    first["tool_choice"]["tools"].append({"type": "function", "name": "g"})
+    first["reasoning"]["context"]["keep"] = False
+    first["tools"][0]["name"] = "changed"
+    second = b.response()
+    assert second["tool_choice"] == {
+        "type": "allowed_tools",
+        "tools": [{"type": "function", "name": "f"}],
+    }
+    assert second["reasoning"] == {"effort": "low", "summary": "auto", "context": {"keep": True}}
+    assert second["tools"][0]["name"] == "f"
