@@ -26,8 +26,9 @@ item ``response.output_item.added``, then
 then ``response.output_item.done``; and finally ``response.completed``, or
 ``response.incomplete`` (``incomplete_details.reason``: ``max_output_tokens`` for
 ``finish_reason: "length"``, ``content_filter``), or ``response.failed`` with ``error``
-(``code`` ``server_error`` / ``rate_limit_exceeded``, the proxy's own code in the message) when
-the stream broke after it started. A failed response is never reported as completed.
+(``code`` ``server_error`` / ``rate_limit_exceeded``, the proxy's own code in the message,
+``type`` the one the chat error body would report) when the stream broke after it started. A
+failed response is never reported as completed.
 
 Usage: chat ``prompt_tokens`` / ``completion_tokens`` / ``total_tokens`` become
 ``input_tokens`` / ``output_tokens`` / ``total_tokens``, with ``input_tokens_details``
@@ -216,7 +217,12 @@ class ResponseBuilder:
         return events
 
     def fail(self, error: ProxyError) -> list[Event]:
-        """``response.failed`` carrying ``error``; open items are left ``incomplete``."""
+        """``response.failed`` carrying ``error``; open items are left ``incomplete``.
+
+        ``error.type`` is the one the chat error body reports (:attr:`ProxyError.reported_type`:
+        an upstream 429 is a ``rate_limit_error``, a 503 a ``server_error``); ``error.code`` is
+        one of the Responses API's own codes, ``rate_limit_exceeded`` for a 429 and
+        ``server_error`` for anything else, the proxy's code going into the message."""
         if self._current is not None:
             if self._current.kind != "reasoning":
                 self._current.item["status"] = "incomplete"
@@ -224,7 +230,7 @@ class ResponseBuilder:
         self.status = "failed"
         code = "rate_limit_exceeded" if error.http_status == 429 else "server_error"
         message = error.message if error.code is None else f"{error.message} ({error.code})"
-        self.error = {"code": code, "message": message, "type": error.error_type}
+        self.error = {"code": code, "message": message, "type": error.reported_type}
         if error.param is not None:
             self.error["param"] = error.param
         return [self._event("response.failed", response=self.response())]

@@ -636,16 +636,52 @@ def test_failure_before_any_output() -> None:
     )
 
 
-def test_a_rate_limit_is_reported_as_such() -> None:
-    b = builder()
-    (event,) = b.fail(UpstreamStatusError(429, "slow down", code="rate_limited"))
-    assert event["response"]["error"] == {
-        "code": "rate_limit_exceeded",
-        "message": "slow down (rate_limited)",
-        "type": "upstream_error",
-    }
-    (event,) = builder().fail(UpstreamStatusError(503, "busy"))
-    assert event["response"]["error"]["code"] == "server_error"
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            UpstreamStatusError(429, "slow down", code="rate_limited"),
+            {
+                "code": "rate_limit_exceeded",
+                "message": "slow down (rate_limited)",
+                "type": "rate_limit_error",
+            },
+        ),
+        (
+            UpstreamStatusError(503, "busy"),
+            {"code": "server_error", "message": "busy (upstream_error)", "type": "server_error"},
+        ),
+        (
+            UpstreamStatusError(400, "no such thing", param="model"),
+            {
+                "code": "server_error",
+                "message": "no such thing (upstream_error)",
+                "type": "invalid_request_error",
+                "param": "model",
+            },
+        ),
+        (
+            ProxyError("boom", code="internal"),
+            {"code": "server_error", "message": "boom (internal)", "type": "server_error"},
+        ),
+        (
+            UpstreamError(),
+            {
+                "code": "server_error",
+                "message": "the upstream request failed (upstream_error)",
+                "type": "upstream_error",
+            },
+        ),
+    ],
+)
+def test_a_failure_reports_the_type_of_the_chat_error_body(
+    error: ProxyError, expected: dict[str, str]
+) -> None:
+    (event,) = builder().fail(error)
+    assert event["response"]["error"] == expected
+    # The Responses "type" is the chat error body's; "code" is from the Responses vocabulary.
+    assert event["response"]["error"]["type"] == error.to_body()["error"]["type"]
+    Response.model_validate(event["response"])
 
 
 # -- the response object --------------------------------------------------------------------------
