@@ -17,7 +17,13 @@ from proxy.attestation.compose import (
     model_binding_check,
     parse_compose,
 )
-from tests.support.attestation_helpers import FIXTURES_BY_NAME, body_of, policy_for
+from tests.support.attestation_helpers import (
+    FIXTURE_LIST,
+    FIXTURES_BY_NAME,
+    Fixture,
+    body_of,
+    policy_for,
+)
 from tests.support.trust_helpers import failed, verify
 
 GLM = FIXTURES_BY_NAME["glm_5_1"]
@@ -101,6 +107,59 @@ def test_where_nothing_measured_names_the_model_the_report_says_so() -> None:
         assert "unauthenticated label" in check.detail
     assert "GLM-5.1.yaml" in verify(GLM).check("model_binding").detail  # the manager's deploy
     assert "unauthenticated label" in verify(GLM).check("model_match").detail
+
+
+# The model names each real capture's measured compose gives, in order, and its model_binding
+# verdict: (ok, enforced, the served name the detail starts with, or None when none is named).
+# The captures write their commands as folded strings (`command: >`) and their environments as
+# `- MODEL_NAME=` lists; reading the YAML's list forms must not change any of these.
+CAPTURE_MODEL_NAMES: dict[str, tuple[tuple[str, ...] | None, bool | None, bool, str | None]] = {
+    "glm_5_1": ((), None, False, None),
+    "gemma_3_27b_p": (
+        ("openai/gpt-oss-20b", "google/gemma-3-27b-it", "RedHatAI/gemma-3-27b-it-FP8-dynamic"),
+        True,
+        True,
+        "google/gemma-3-27b-it",
+    ),
+    "gpt_oss_120b_p": ((), None, False, None),
+    "qwen3_vl_30b_a3b_p": (
+        (
+            "qwen/qwen-2.5-7b-instruct",
+            "RedHatAI/Qwen2.5-7B-Instruct-FP8-dynamic",
+            "Qwen/Qwen3-VL-30B-A3B-Instruct-FP8",
+            "qwen/qwen3-vl-30b-a3b-instruct",
+        ),
+        True,
+        True,
+        "qwen/qwen3-vl-30b-a3b-instruct",
+    ),
+    "live_evidence_aci": (None, None, False, None),  # its report shows no app_compose
+    "venice_qwen3_5_122b": ((), None, False, None),
+}
+
+
+def test_every_capture_is_pinned() -> None:
+    assert set(CAPTURE_MODEL_NAMES) == {fixture.name for fixture in FIXTURE_LIST}
+
+
+@pytest.mark.parametrize("fixture", FIXTURE_LIST, ids=lambda f: f.name)
+def test_the_model_names_of_each_real_capture(fixture: Fixture) -> None:
+    names, ok, enforced, served = CAPTURE_MODEL_NAMES[fixture.name]
+    report = verify(fixture)
+    compose = report.facts["compose"]
+    assert (compose["model_names"] if compose is not None else None) == (
+        list(names) if names is not None else None
+    )
+    if compose is not None:
+        assert compose["error"] is None
+        assert report.facts["compose_bound"] is True
+    check = report.check("model_binding")
+    assert (check.ok, check.enforced) == (ok, enforced)
+    if served is None:
+        assert check.detail.startswith(UNBOUND_NOTE)
+    else:
+        shown = ", ".join(names or ())
+        assert check.detail == f"the measured compose serves {served} (names: {shown})"
 
 
 def test_the_compose_managers_second_quote_verifies_with_its_own_reportdata() -> None:
