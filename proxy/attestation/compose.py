@@ -24,6 +24,12 @@ Checks (tier ``software``):
     many), ``ok=None`` and not enforced: the detail says that ``model_match`` rests on Venice's
     unauthenticated label alone.
 
+Bounds: an app_compose over ``MAX_COMPOSE_CHARS`` is not read, and its docker_compose_file is
+loaded with PyYAML's safe loader (libyaml's where built, which also bounds nesting). An alias
+shares the node it names (nothing is copied), so nested aliases cost no more than their text;
+the one place where YAML copies is a ``<<`` merge key, and a document whose merges copy more
+than ``MAX_MERGED_ENTRIES`` entries in all is not read (an error; its images are then unknown).
+
 Deliberately NOT done: resolving tags or digests against a registry, judging what an image
 does, following ``extends`` or ``include`` (flagged as unparsed), or mapping Venice's model id
 to a Hugging Face id (Venice's ``upstream_model`` claim is what is compared).
@@ -46,6 +52,9 @@ MODEL_BINDING: Final = "model_binding"
 COMPOSE_CHECK_CODES: Final = (COMPOSE_IMAGES_PINNED, MODEL_BINDING)
 
 MAX_COMPOSE_CHARS: Final = 1_000_000
+# The entries ``<<`` merge keys may copy in one document, in all (the captures merge about 30).
+MAX_MERGED_ENTRIES: Final = 10_000
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$|@sha512:[0-9a-f]{128}$")
 _MODEL_ARGUMENT = re.compile(
     r"(?:--served-model-name|--model)(?:=|[\s\\'\"]+)([A-Za-z0-9][\w.\-/:]*)"
@@ -103,10 +112,36 @@ def is_pinned(reference: str) -> bool:
     return bool(_DIGEST.search(reference.strip()))
 
 
+class _MergedTooMuch(yaml.YAMLError):
+    """The document's ``<<`` merge keys copy more than ``MAX_MERGED_ENTRIES`` entries."""
+
+
+class _MergeBudget(yaml.constructor.SafeConstructor):
+    """Counts the entries that ``<<`` merge keys copy into mappings, and stops past the budget.
+
+    An alias is otherwise free: the loader shares the node it names rather than copying it, so a
+    "billion laughs" of nested aliases loads in the size of its text. A merge key is the one
+    place where it copies: ``<<: *common`` puts every entry of ``common`` into the mapping, so N
+    services that merge an anchor of K entries cost N x K (a 1 MB document made 16 GB of them).
+    """
+
+    merged = 0
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        own = sum(1 for key, _ in node.value if key.tag != _MERGE_TAG)
+        super().flatten_mapping(node)
+        self.merged += len(node.value) - own
+        if self.merged > MAX_MERGED_ENTRIES:
+            raise _MergedTooMuch
+
+
 # libyaml's safe loader when PyYAML was built with it (its wheels are): the same documents as
 # yaml.SafeLoader at about a tenth of the cost (the pure-Python parser was 3/4 of a whole
-# attestation verification). libyaml bounds nesting itself (a ScannerError, not a crash).
-_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# attestation verification). libyaml bounds nesting itself (a ScannerError, not a crash). The
+# merge budget goes in front of its (Python) constructor.
+_SAFE_LOADER: Any = type(
+    "_SafeLoader", (_MergeBudget, getattr(yaml, "CSafeLoader", yaml.SafeLoader)), {}
+)
 
 
 def parse_compose(app_compose: str) -> ComposeFacts:
@@ -126,6 +161,9 @@ def parse_compose(app_compose: str) -> ComposeFacts:
     models = _model_names(text)
     try:
         document = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+    except _MergedTooMuch:
+        detail = f"docker_compose_file merges over {MAX_MERGED_ENTRIES} entries with << (not read)"
+        return ComposeFacts(name, (), models, detail)
     except (yaml.YAMLError, RecursionError, ValueError):
         return ComposeFacts(name, (), models, "docker_compose_file is not valid YAML")
     services = document.get("services") if isinstance(document, Mapping) else None

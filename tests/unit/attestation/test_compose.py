@@ -9,6 +9,7 @@ import pytest
 
 from proxy.attestation.compose import (
     MAX_COMPOSE_CHARS,
+    MAX_MERGED_ENTRIES,
     ComposeFacts,
     Image,
     app_compose_of,
@@ -277,6 +278,44 @@ def test_a_manifest_of_exactly_the_limit_is_parsed() -> None:
     assert len(padded) == MAX_COMPOSE_CHARS
     assert parse_compose(padded) == ComposeFacts(
         "t", (_image("a", f"x/a@{DIGEST}", True),), (), None
+    )
+
+
+def _merging(services: int, entries: int, extra: str = "") -> str:
+    """A compose whose services each merge (``<<``) one anchor of ``entries`` entries."""
+    anchor = ", ".join(f"k{index}: v" for index in range(entries))
+    lines = "".join(f"  s{index}: {{<<: *common, image: x}}\n" for index in range(services))
+    return _manifest(f"x-common: &common {{{anchor}}}\nservices:\n{lines}{extra}")
+
+
+def test_merge_keys_may_copy_up_to_the_budget() -> None:
+    assert MAX_MERGED_ENTRIES == 10_000
+    facts = parse_compose(_merging(100, 100))  # 100 services x 100 entries: exactly the budget
+    assert facts.error is None
+    assert facts.images == tuple(_image(f"s{index}", "x") for index in range(100))
+
+
+def test_merge_keys_that_copy_past_the_budget_are_not_read() -> None:
+    # One entry more, in a mapping of its own: the budget counts the whole document.
+    text = _merging(100, 100, "  last: {<<: {--model: x}, command: --model org/m}\n")
+    assert parse_compose(text) == ComposeFacts(
+        "t", (), ("org/m",), "docker_compose_file merges over 10000 entries with << (not read)"
+    )
+    # 400 services merging 100 entries each: refused at the budget, not built (N x K entries).
+    assert parse_compose(_merging(400, 100)).error == (
+        "docker_compose_file merges over 10000 entries with << (not read)"
+    )
+
+
+def test_an_alias_bomb_is_shared_not_copied() -> None:
+    # "Billion laughs": 9 levels of 9 aliases each name 9^9 strings, but the loader shares each
+    # node it aliases (nothing is copied), so this loads in the size of its text.
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level, name in enumerate("bcdefghi"):
+        lines.append(f"{name}: &{name} [{', '.join(['*' + 'abcdefgh'[level]] * 9)}]")
+    lines.append("services:\n  s:\n    image: x\n    command: *i\n    environment: *i\n")
+    assert parse_compose(_manifest("\n".join(lines))) == ComposeFacts(
+        "t", (_image("s", "x"),), (), None
     )
 
 
