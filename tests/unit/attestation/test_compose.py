@@ -10,6 +10,7 @@ import pytest
 from proxy.attestation.compose import (
     MAX_COMPOSE_CHARS,
     MAX_MERGED_ENTRIES,
+    MAX_SPLIT_CHARS,
     ComposeFacts,
     Image,
     app_compose_of,
@@ -334,6 +335,154 @@ def test_model_names_in_each_form_once_each_in_order() -> None:
     )
     assert parse_compose(_manifest("services: {}\n# MODEL_NAME=only-env\n")).model_names == (
         "only-env",
+    )
+
+
+def _vllm(lines: str) -> str:
+    """A compose of one service, ``vllm``, with these lines (indented) under it."""
+    body = "".join(f"    {line}\n" for line in lines.splitlines())
+    return _manifest(f"services:\n  vllm:\n    image: x\n{body}")
+
+
+@pytest.mark.parametrize(
+    ("lines", "names"),
+    [
+        # Flow lists, in double, single or no quotes: nothing stands between flag and value
+        # but a comma, which the text search does not cross.
+        ('command: ["--model", "org/m", "--served-model-name", "m"]', ("org/m", "m")),
+        ("command: ['--model', 'org/m', '--served-model-name', 'm']", ("org/m", "m")),
+        ("command: [--model, org/m, --served-model-name, m]", ("org/m", "m")),
+        ('entrypoint: [vllm, serve, "--model", "org/m"]', ("org/m",)),
+        # Block lists, plain or quoted items.
+        ("command:\n  - --model\n  - org/m\n  - --served-model-name\n  - m", ("org/m", "m")),
+        ('command:\n  - "--model"\n  - "org/m"', ("org/m",)),
+        ("entrypoint:\n  - --served-model-name\n  - 'org/m'", ("org/m",)),
+        # One item, flag=value (the text search reads these too).
+        ('command: ["--model=org/m", "--served-model-name=m"]', ("org/m", "m")),
+        # A string, split as a shell would.
+        ("command: --model org/m --served-model-name=m", ("org/m", "m")),
+        # The environment: a list of KEY=value, or a mapping.
+        ("environment:\n  - MODEL_NAME=org/m", ("org/m",)),
+        ('environment:\n  - "MODEL_NAME=org/m"', ("org/m",)),
+        ("environment:\n  MODEL_NAME: org/m", ("org/m",)),
+        ('environment:\n  MODEL_NAME: "org/m"', ("org/m",)),
+        ("environment: {OTHER: x, MODEL_NAME: 'org/m'}", ("org/m",)),
+    ],
+)
+def test_model_names_in_yaml_lists_and_mappings(lines: str, names: tuple[str, ...]) -> None:
+    assert parse_compose(_vllm(lines)) == ComposeFacts("t", (_image("vllm", "x"),), names, None)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "command: [--model]",  # no value after the flag
+        "command: [--model, 5, --served-model-name, [m]]",  # values that are not strings
+        "command: [5, {--model: m}, --model=]",  # items that are not strings; an empty value
+        "command: [--model, --served-model-name, --model=-x]",  # a flag is not a name
+        "command: [--model, '${MODEL}', --model, /models/m, --model, 'org/m x']",  # not names
+        "command: [--models, m, --model-name, m, -model, m, --served-model-name-x=m]",
+        "command: {--model: m}",  # neither a string nor a list
+        "entrypoint: 5",
+        'command: "--mod\'el org/m"',  # an unclosed quote: shlex cannot split it
+        "environment: [MODEL_NAME, MODEL_NAME=, MODEL_NAMES=m, model_name=m, 5, [MODEL_NAME, m]]",
+        "environment: {MODEL_NAME: 5, MODEL_NAMES: m}",
+        "environment:\n  MODEL_NAME: ${MODEL}",  # what the host sets: not measured
+        "environment: {MODEL_NAME: null}",
+        "environment: 'MODEL_NAME: m'",  # neither a list nor a mapping
+        "models: [--model, org/m]",  # not a key that is read
+    ],
+)
+def test_what_is_not_a_model_name(lines: str) -> None:
+    facts = parse_compose(_vllm(lines))
+    assert (facts.images, facts.model_names, facts.error) == ((_image("vllm", "x"),), (), None)
+
+
+def test_model_names_of_every_service_in_order_once_each() -> None:
+    text = _manifest(
+        "services:\n"
+        "  proxy: {image: x, environment: {MODEL_NAME: org/a}}\n"
+        "  bare: x\n"
+        "  built: {build: .}\n"
+        "  vllm:\n"
+        "    image: x\n"
+        "    environment: {MODEL_NAME: org/e}\n"
+        "    command: [--served-model-name, org/c, --model, org/a]\n"
+        "    entrypoint: [vllm, serve, --model, org/p]\n"
+        "  other: {image: x, command: [--model, org/last]}\n"
+    )
+    assert parse_compose(text).model_names == ("org/a", "org/p", "org/c", "org/e", "org/last")
+
+
+def test_the_text_search_comes_first_and_the_yaml_adds_to_it() -> None:
+    text = _vllm("command: [--model, org/list]\nentrypoint: sh -c 'vllm serve --model org/sh'")
+    assert parse_compose(text).model_names == ("org/sh", "org/list")
+
+
+def test_a_string_command_is_split_only_up_to_its_limit() -> None:
+    # Only the shell's split reads this flag (quotes inside it); the text search does not.
+    command = '--mod"el" org/m'
+    assert parse_compose(_vllm(f"command: '{command}'")).model_names == ("org/m",)
+    padded = command + " " * (MAX_SPLIT_CHARS - len(command))
+    assert parse_compose(_vllm(f"command: '{padded}'")).model_names == ("org/m",)
+    assert parse_compose(_vllm(f"command: '{padded} '")).model_names == ()
+    assert MAX_SPLIT_CHARS == 4096
+
+
+def test_a_value_several_services_share_is_read_once() -> None:
+    # 3000 services share one command of 60,000 arguments through an alias: read once, that is
+    # 60,000 steps; read for each service, 180 million (the mutation run's time limit stops it).
+    arguments = ", ".join(["a"] * 60_000)
+    services = "".join(f"  s{index}: {{image: x, command: *args}}\n" for index in range(3000))
+    text = f"x-args: &args [--model, org/m, {arguments}]\nservices:\n{services}"
+    facts = parse_compose(_manifest(text))
+    assert (len(facts.images), facts.model_names, facts.error) == (3000, ("org/m",), None)
+
+
+def test_list_forms_bind_the_model_or_fail_the_binding() -> None:
+    # Before the YAML was read, both were "nothing measured names the served model" (not
+    # enforced); now they are checked like any other name, and a mismatch is enforced.
+    served = parse_compose(_vllm("command: [--model, org/box, --served-model-name, org/served]"))
+    assert _binding(served) == (
+        True,
+        True,
+        "the measured compose serves org/served (names: org/box, org/served)",
+    )
+    other = parse_compose(
+        _vllm("environment:\n  MODEL_NAME: other/m\ncommand:\n  - --model\n  - other/x")
+    )
+    assert _binding(other) == (
+        False,
+        True,
+        "the measured compose names other/x, other/m, not 'org/served'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("- --model\n- org/m\n", ()),  # a list: no services, and the text search cannot see it
+        ("--model org/m\n", ("org/m",)),  # a string: the text search reads it
+        ("services: [--model, org/m]\n", ()),
+        ("services:\n  - command: [--model, org/m]\n", ()),
+        ("x-vllm:\n  command: [--model, org/m]\nservices: {}\n", ()),
+    ],
+)
+def test_yaml_that_is_not_a_compose_is_left_to_the_text_search(
+    text: str, names: tuple[str, ...]
+) -> None:
+    assert parse_compose(_manifest(text)) == ComposeFacts(
+        "t", (), names, "docker_compose_file has no services"
+    )
+
+
+def test_deep_nesting_in_a_command_never_raises() -> None:
+    for depth in (500, 5000):
+        text = _vllm("command: " + "[" * depth + "--model, org/m" + "]" * depth)
+        facts = parse_compose(text)
+        assert facts.model_names == ()
+    assert parse_compose(_vllm("command: " + "[" * 5000)).error == (
+        "docker_compose_file is not valid YAML"
     )
 
 
