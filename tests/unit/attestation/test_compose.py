@@ -336,6 +336,9 @@ def test_model_names_in_each_form_once_each_in_order() -> None:
     assert parse_compose(_manifest("services: {}\n# MODEL_NAME=only-env\n")).model_names == (
         "only-env",
     )
+    # The text search alone (no services to read) still gives each name once.
+    text = _manifest("services: {}\n# MODEL_NAME=one --model one --model two --model one\n")
+    assert parse_compose(text).model_names == ("one", "two")
 
 
 def _vllm(lines: str) -> str:
@@ -359,11 +362,15 @@ def _vllm(lines: str) -> str:
         ("entrypoint:\n  - --served-model-name\n  - 'org/m'", ("org/m",)),
         # One item, flag=value (the text search reads these too).
         ('command: ["--model=org/m", "--served-model-name=m"]', ("org/m", "m")),
-        # A string, split as a shell would.
+        # Items that are not strings are skipped, not the end of the list.
+        ("command: [--port, 8000, --model, org/m]", ("org/m",)),
+        # A string, split as a shell would; quotes the shell removes hide it from the text search.
         ("command: --model org/m --served-model-name=m", ("org/m", "m")),
+        ("command: \"'--model'=org/m '--served-model-name'=m\"", ("org/m", "m")),
         # The environment: a list of KEY=value, or a mapping.
         ("environment:\n  - MODEL_NAME=org/m", ("org/m",)),
         ('environment:\n  - "MODEL_NAME=org/m"', ("org/m",)),
+        ('environment: ["MODEL_NAME\\x3Dorg/m"]', ("org/m",)),  # = escaped: YAML's, not the text's
         ("environment:\n  MODEL_NAME: org/m", ("org/m",)),
         ('environment:\n  MODEL_NAME: "org/m"', ("org/m",)),
         ("environment: {OTHER: x, MODEL_NAME: 'org/m'}", ("org/m",)),
