@@ -87,6 +87,15 @@ _MODEL_FLAGS: Final = frozenset({"--model", "--served-model-name"})
 # A string command longer than this is left to the text search: shlex takes time in the square
 # of a token's length (a 1 MB one took 12 s), and real commands are a few hundred characters.
 MAX_SPLIT_CHARS: Final = 4096
+_SHELL_QUOTING = re.compile(r"['\"\\]")
+_SHELL_WORD = re.compile(r"[^ \t\r\n]+")
+
+
+def shell_words_unquoted(command: str) -> list[str]:
+    """``shlex.split(command)`` for a command without quotes or backslashes: its runs of
+    anything but shlex's whitespace (space, tab, CR, LF). A tenth of shlex's time, which was
+    most of a compose's reading."""
+    return _SHELL_WORD.findall(command)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,10 +250,14 @@ def _command_names(command: object) -> list[str]:
     """``--model NAME``, ``--served-model-name NAME`` or ``--flag=NAME`` in a command: a list of
     arguments, or a string split as a shell would (``shlex``)."""
     if isinstance(command, str) and len(command) <= MAX_SPLIT_CHARS:
-        try:
-            arguments: list[Any] = shlex.split(command)
-        except ValueError:  # an unclosed quote: the text search has read it
-            return []
+        arguments: list[Any]
+        if _SHELL_QUOTING.search(command) is None:
+            arguments = shell_words_unquoted(command)
+        else:
+            try:
+                arguments = shlex.split(command)
+            except ValueError:  # an unclosed quote: the text search has read it
+                return []
     elif isinstance(command, list):
         arguments = command
     else:

@@ -4,13 +4,15 @@ The app_compose is read before ``compose_hash_binding`` is known, so its text is
 then. :func:`proxy.attestation.compose.parse_compose` must return the same facts for the same
 text every time and raise nothing, whether the text is YAML-looking noise (anchors, aliases,
 merge keys, flow and block collections, quotes) or a well-formed compose written in either
-style; and a name written after ``--model`` in a command list is always found.
+style; and a name written after ``--model`` in a command list is always found. A command
+without quotes or backslashes is split as ``shlex.split`` splits it, without shlex.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 from itertools import pairwise
 from typing import Any
 
@@ -18,7 +20,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.attestation.compose import parse_compose
+from proxy.attestation.compose import parse_compose, shell_words_unquoted
 
 NAME = re.compile(r"[A-Za-z0-9][\w.\-/:]*")
 
@@ -123,3 +125,16 @@ def test_a_name_after_a_flag_in_a_command_list_is_found(
         for key in ("entrypoint", "command"):
             for name in _after_flags(spec.get(key)):
                 assert name in facts.model_names
+
+
+@given(
+    st.text(
+        # shlex's whitespace, the whitespace it does not treat as such, and word characters.
+        alphabet=st.sampled_from([" ", "\t", "\r", "\n", "\x0b", "\x0c", "\xa0", "\u2003"])
+        | st.characters(exclude_characters="'\"\\", exclude_categories=["Cs"]),
+        max_size=60,
+    )
+)
+@settings(max_examples=400, deadline=None)
+def test_an_unquoted_command_splits_as_shlex_splits_it(command: str) -> None:
+    assert shell_words_unquoted(command) == shlex.split(command)

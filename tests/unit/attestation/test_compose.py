@@ -392,6 +392,7 @@ def test_model_names_in_yaml_lists_and_mappings(lines: str, names: tuple[str, ..
         "command: {--model: m}",  # neither a string nor a list
         "entrypoint: 5",
         'command: "--mod\'el org/m"',  # an unclosed quote: shlex cannot split it
+        'command: "--model-x \'org/m"',  # the same, where the text search finds no flag
         "environment: [MODEL_NAME, MODEL_NAME=, MODEL_NAMES=m, model_name=m, 5, [MODEL_NAME, m]]",
         "environment: {MODEL_NAME: 5, MODEL_NAMES: m}",
         "environment:\n  MODEL_NAME: ${MODEL}",  # what the host sets: not measured
