@@ -17,12 +17,39 @@ Checks (tier ``software``):
     check; the report says the manifest was not shown).
 ``model_binding``
     the model names the measured compose configures (vLLM's ``--served-model-name`` and
-    ``--model``, ``MODEL_NAME=``) include the model Venice says it serves (``upstream_model`` /
+    ``--model``, ``MODEL_NAME``) include the model Venice says it serves (``upstream_model`` /
     ``model_name``) or the requested id. Where they do, the binding passes; where they name
     other models only, it fails (enforced). Where nothing measured names a model (NEAR's
     compose-manager deploys the model from a repository at run time; the aci gateway serves
     many), ``ok=None`` and not enforced: the detail says that ``model_match`` rests on Venice's
     unauthenticated label alone.
+
+The model names are read two ways, in this order, each name once:
+
+- the text search, over the whole docker_compose_file as text: ``--model NAME``,
+  ``--served-model-name=NAME`` (spaces, quotes, backslashes or ``=`` between) and
+  ``MODEL_NAME=NAME``, wherever they are: in string commands (one line, folded ``>``, or inside
+  ``sh -c "..."``), in ``- MODEL_NAME=`` items, and in comments too. It is all there is when the
+  text is not valid YAML or is no mapping with ``services``;
+- the YAML, where it is such a mapping: each service's ``entrypoint`` then ``command``, as a
+  list (the item after ``--model`` or ``--served-model-name``, or one ``--flag=NAME`` item, in
+  flow ``[...]`` or block ``- ...`` form, quoted or not) or as a string split as a shell would
+  (``shlex``; one over ``MAX_SPLIT_CHARS`` is left to the text search), then its
+  ``environment``, as a list (``MODEL_NAME=NAME``) or a mapping (``MODEL_NAME: NAME``). These
+  are the forms the text search cannot see: a comma or a new ``- `` item between flag and
+  value, or ``:`` for ``=``.
+
+Either way a name starts with a letter or digit and holds only letters, digits and ``_.-/:``
+(the text search takes the longest such run, the YAML a whole item or nothing), so ``${MODEL}``
+(set by the host, unmeasured) or a path ``/models/x`` names nothing.
+
+Bounds: an app_compose over ``MAX_COMPOSE_CHARS`` is not read, and its docker_compose_file is
+loaded with PyYAML's safe loader (libyaml's where built, which also bounds nesting). An alias
+shares the node it names (nothing is copied), so nested aliases cost no more than their text,
+and a value several services share through an alias is read once; the one place where YAML
+copies is a ``<<`` merge key, and a document whose merges copy more than
+``MAX_MERGED_ENTRIES`` entries in all is not read (an error; its images are then unknown, and
+its model names are the text search's alone).
 
 Deliberately NOT done: resolving tags or digests against a registry, judging what an image
 does, following ``extends`` or ``include`` (flagged as unparsed), or mapping Venice's model id
@@ -33,6 +60,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -46,11 +74,28 @@ MODEL_BINDING: Final = "model_binding"
 COMPOSE_CHECK_CODES: Final = (COMPOSE_IMAGES_PINNED, MODEL_BINDING)
 
 MAX_COMPOSE_CHARS: Final = 1_000_000
+# The entries ``<<`` merge keys may copy in one document, in all (the captures merge about 30).
+MAX_MERGED_ENTRIES: Final = 10_000
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$|@sha512:[0-9a-f]{128}$")
+_NAME = r"[A-Za-z0-9][\w.\-/:]*"
 _MODEL_ARGUMENT = re.compile(
-    r"(?:--served-model-name|--model)(?:=|[\s\\'\"]+)([A-Za-z0-9][\w.\-/:]*)"
-    r"|\bMODEL_NAME=([A-Za-z0-9][\w.\-/:]*)"
+    rf"(?:--served-model-name|--model)(?:=|[\s\\'\"]+)({_NAME})|\bMODEL_NAME=({_NAME})"
 )
+_MODEL_NAME = re.compile(_NAME)
+_MODEL_FLAGS: Final = frozenset({"--model", "--served-model-name"})
+# A string command longer than this is left to the text search: shlex takes time in the square
+# of a token's length (a 1 MB one took 12 s), and real commands are a few hundred characters.
+MAX_SPLIT_CHARS: Final = 4096
+_SHELL_QUOTING = re.compile(r"['\"\\]")
+_SHELL_WORD = re.compile(r"[^ \t\r\n]+")
+
+
+def shell_words_unquoted(command: str) -> list[str]:
+    """``shlex.split(command)`` for a command without quotes or backslashes: its runs of
+    anything but shlex's whitespace (space, tab, CR, LF). A tenth of shlex's time, which was
+    most of a compose's reading."""
+    return _SHELL_WORD.findall(command)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +148,36 @@ def is_pinned(reference: str) -> bool:
     return bool(_DIGEST.search(reference.strip()))
 
 
+class _MergedTooMuch(yaml.YAMLError):
+    """The document's ``<<`` merge keys copy more than ``MAX_MERGED_ENTRIES`` entries."""
+
+
+class _MergeBudget(yaml.constructor.SafeConstructor):
+    """Counts the entries that ``<<`` merge keys copy into mappings, and stops past the budget.
+
+    An alias is otherwise free: the loader shares the node it names rather than copying it, so a
+    "billion laughs" of nested aliases loads in the size of its text. A merge key is the one
+    place where it copies: ``<<: *common`` puts every entry of ``common`` into the mapping, so N
+    services that merge an anchor of K entries cost N x K (a 1 MB document made 16 GB of them).
+    """
+
+    merged = 0
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        own = sum(1 for key, _ in node.value if key.tag != _MERGE_TAG)
+        super().flatten_mapping(node)
+        self.merged += len(node.value) - own
+        if self.merged > MAX_MERGED_ENTRIES:
+            raise _MergedTooMuch
+
+
 # libyaml's safe loader when PyYAML was built with it (its wheels are): the same documents as
 # yaml.SafeLoader at about a tenth of the cost (the pure-Python parser was 3/4 of a whole
-# attestation verification). libyaml bounds nesting itself (a ScannerError, not a crash).
-_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# attestation verification). libyaml bounds nesting itself (a ScannerError, not a crash). The
+# merge budget goes in front of its (Python) constructor.
+_SAFE_LOADER: Any = type(
+    "_SafeLoader", (_MergeBudget, getattr(yaml, "CSafeLoader", yaml.SafeLoader)), {}
+)
 
 
 def parse_compose(app_compose: str) -> ComposeFacts:
@@ -126,11 +197,15 @@ def parse_compose(app_compose: str) -> ComposeFacts:
     models = _model_names(text)
     try:
         document = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+    except _MergedTooMuch:
+        detail = f"docker_compose_file merges over {MAX_MERGED_ENTRIES} entries with << (not read)"
+        return ComposeFacts(name, (), models, detail)
     except (yaml.YAMLError, RecursionError, ValueError):
         return ComposeFacts(name, (), models, "docker_compose_file is not valid YAML")
     services = document.get("services") if isinstance(document, Mapping) else None
     if not isinstance(services, Mapping) or not services:
         return ComposeFacts(name, (), models, "docker_compose_file has no services")
+    models = tuple(dict.fromkeys((*models, *_service_model_names(services))))
     images: list[Image] = []
     for service, spec in services.items():
         reference = spec.get("image") if isinstance(spec, Mapping) else None
@@ -150,6 +225,67 @@ def _model_names(text: str) -> tuple[str, ...]:
         if value and value not in names:
             names.append(value)
     return tuple(names)
+
+
+def _service_model_names(services: Mapping[Any, Any]) -> list[str]:
+    """The model names in each service's entrypoint, command and environment, in that order.
+
+    A value that several services share through an alias is one object, and is read once.
+    """
+    names: list[str] = []
+    read: set[int] = set()
+    for spec in services.values():
+        if not isinstance(spec, Mapping):
+            continue
+        for key in ("entrypoint", "command", "environment"):
+            value = spec.get(key)
+            if id(value) in read:
+                continue
+            read.add(id(value))
+            names += _environment_names(value) if key == "environment" else _command_names(value)
+    return names
+
+
+def _command_names(command: object) -> list[str]:
+    """``--model NAME``, ``--served-model-name NAME`` or ``--flag=NAME`` in a command: a list of
+    arguments, or a string split as a shell would (``shlex``)."""
+    if isinstance(command, str) and len(command) <= MAX_SPLIT_CHARS:
+        arguments: list[Any]
+        if _SHELL_QUOTING.search(command) is None:
+            arguments = shell_words_unquoted(command)
+        else:
+            try:
+                arguments = shlex.split(command)
+            except ValueError:  # an unclosed quote: the text search has read it
+                return []
+    elif isinstance(command, list):
+        arguments = command
+    else:
+        return []
+    names = []
+    for index, argument in enumerate(arguments):
+        if not isinstance(argument, str):
+            continue
+        flag, equals, value = argument.partition("=")
+        if flag not in _MODEL_FLAGS:
+            continue
+        following = arguments[index + 1] if index + 1 < len(arguments) else None
+        candidate = value if equals else following
+        if isinstance(candidate, str) and _MODEL_NAME.fullmatch(candidate):
+            names.append(candidate)
+    return names
+
+
+def _environment_names(environment: object) -> list[str]:
+    """``MODEL_NAME`` in an environment: a list of ``KEY=value`` or a mapping."""
+    if isinstance(environment, Mapping):
+        values = [environment.get("MODEL_NAME")]
+    elif isinstance(environment, list):
+        pairs = [item.partition("=") for item in environment if isinstance(item, str)]
+        values = [value for key, _, value in pairs if key == "MODEL_NAME"]
+    else:
+        return []
+    return [value for value in values if isinstance(value, str) and _MODEL_NAME.fullmatch(value)]
 
 
 def _result(code: str, ok: bool | None, detail: str, enforced: bool) -> CheckResult:

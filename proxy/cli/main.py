@@ -26,7 +26,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,37 @@ def _api_key(settings: Settings) -> SecretStr | None:
         raise SystemExit(2) from None
 
 
+class _StoppedBySignalError(Exception):
+    """The signal uvicorn stopped on, re-raised to :func:`_a_signal_stop_is_success`'s handler."""
+
+
+@contextlib.contextmanager
+def _a_signal_stop_is_success() -> Iterator[None]:
+    """A server stopped by SIGINT or SIGTERM, drained, ends normally: the command returns 0.
+
+    uvicorn takes both signals while it serves and, once it has drained and shut down, raises
+    the one it stopped on again to the handler that was there before it (the POSIX convention
+    for a process that dies of a signal). Left at Python's defaults that is a
+    ``KeyboardInterrupt`` traceback after Ctrl-C and death by SIGTERM (status 143 in a shell),
+    so a supervisor that counts only 0 as success would see every orderly stop as a failure,
+    and ``server.workers = 1`` would end differently from several workers. Here that handler
+    raises :class:`_StoppedBySignalError`, caught below. A signal that arrives before uvicorn took
+    over (while the app is built) also ends the command with 0: it was asked to stop and did.
+    """
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise _StoppedBySignalError(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _StoppedBySignalError:
+        pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 async def _serve_demo(settings: Settings, *, banner: bool) -> None:
     from proxy.simulator import SIMULATED_MEASUREMENTS, SimulatorState, create_simulator_app
 
@@ -258,13 +289,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     api_key = _api_key(settings)
     if api_key is None and settings.upstream.base_url == DEFAULT_BASE_URL:
         # The banner is for a person at a terminal; JSON logs get the demo_mode line only.
-        asyncio.run(_serve_demo(settings, banner=not as_json))
+        with _a_signal_stop_is_success():
+            asyncio.run(_serve_demo(settings, banner=not as_json))
         return 0
     _warn_about(settings, api_key, state_persisted=persisted)
     if settings.server.workers > 1:
         return _serve_workers(settings, api_key)
-    app = create_app(settings, api_key=api_key)
-    _server(app, settings).run()
+    with _a_signal_stop_is_success():
+        app = create_app(settings, api_key=api_key)
+        _server(app, settings).run()
     return 0
 
 
@@ -297,9 +330,8 @@ def _serve_workers(settings: Settings, api_key: SecretStr | None) -> int:
             try:
                 os.setpgid(0, 0)
                 set_worker(index)
-                app = create_app(settings, api_key=api_key)
-                # uvicorn re-raises the signal it stopped on once it has drained.
-                with contextlib.suppress(KeyboardInterrupt):
+                with _a_signal_stop_is_success():
+                    app = create_app(settings, api_key=api_key)
                     _server(app, settings).run(sockets=[sock])
                 code = 0
             finally:
@@ -377,7 +409,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(
         f"Simulated Venice (NOT Venice) at http://{args.host}:{args.port}/api/v1", file=sys.stderr
     )
-    run_simulator(args.host, args.port)
+    with _a_signal_stop_is_success():
+        run_simulator(args.host, args.port)
     return 0
 
 

@@ -29,8 +29,10 @@
         └── UpstreamConnectError       502 upstream_error         code=upstream_unreachable
 
 The OpenAI error body ``{"error": {"message", "type", "param", "code"}}`` is built in one place,
-:func:`error_body`. Messages never contain prompt or completion text, keys or key material:
-decryption errors carry no detail at all.
+:func:`error_body`, and the ``type`` an error reports is :attr:`ProxyError.reported_type` (the
+chat error body and a Responses stream's ``response.failed`` both read it). Messages never
+contain prompt or completion text, keys or key material: decryption errors carry no detail at
+all.
 """
 
 from __future__ import annotations
@@ -80,9 +82,16 @@ class ProxyError(Exception):
         """The HTTP status a client sees for this error."""
         return self.status
 
+    @property
+    def reported_type(self) -> str:
+        """The OpenAI error ``type`` a client is told: in :meth:`to_body`'s envelope and in a
+        Responses stream's ``response.failed``. The class's :attr:`error_type`, except where a
+        subclass maps it (:class:`UpstreamStatusError`)."""
+        return self.error_type
+
     def to_body(self) -> dict[str, Any]:
         """This error as an OpenAI error envelope."""
-        return error_body(self.message, self.error_type, param=self.param, code=self.code)
+        return error_body(self.message, self.reported_type, param=self.param, code=self.code)
 
 
 class InvalidRequestError(ProxyError):
@@ -250,11 +259,14 @@ class UpstreamStatusError(UpstreamError):
             return self.upstream_status
         return 502
 
-    def to_body(self) -> dict[str, Any]:
+    @property
+    def reported_type(self) -> str:
+        """The OpenAI type of the upstream's status (:data:`_STATUS_TYPES`; any other 5xx is a
+        ``server_error``, anything else an ``upstream_error``)."""
         error_type = _STATUS_TYPES.get(self.upstream_status)
         if error_type is None:
             error_type = "server_error" if self.upstream_status >= 500 else "upstream_error"
-        return error_body(self.message, error_type, param=self.param, code=self.code)
+        return error_type
 
 
 class UpstreamTooLargeError(UpstreamError):

@@ -21,13 +21,18 @@ item ``response.output_item.added``, then
   ``reasoning_text`` content part with ``response.reasoning_text.delta`` / ``.done`` (raw
   reasoning is returned as such, never presented as a summary: ``summary`` stays ``[]``);
 - a function call (``fc_…``, from the chat ``tool_calls`` deltas; ``call_id`` is the chat call's
-  id): ``response.function_call_arguments.delta``…, ``response.function_call_arguments.done``;
+  id): ``response.function_call_arguments.delta``…, ``response.function_call_arguments.done``.
+  Its ``response.output_item.added`` waits until the name is whole: name pieces are joined until
+  the call's first arguments piece, the start of another output item (text, reasoning, another
+  call) or the end of the stream (:meth:`~ResponseBuilder.complete`), whichever comes first;
+  the arguments that arrived until then follow the ``added`` event as one delta;
 
 then ``response.output_item.done``; and finally ``response.completed``, or
 ``response.incomplete`` (``incomplete_details.reason``: ``max_output_tokens`` for
 ``finish_reason: "length"``, ``content_filter``), or ``response.failed`` with ``error``
-(``code`` ``server_error`` / ``rate_limit_exceeded``, the proxy's own code in the message) when
-the stream broke after it started. A failed response is never reported as completed.
+(``code`` ``server_error`` / ``rate_limit_exceeded``, the proxy's own code in the message,
+``type`` the one the chat error body would report) when the stream broke after it started. A
+failed response is never reported as completed.
 
 Usage: chat ``prompt_tokens`` / ``completion_tokens`` / ``total_tokens`` become
 ``input_tokens`` / ``output_tokens`` / ``total_tokens``, with ``input_tokens_details``
@@ -37,7 +42,9 @@ the upstream did not say).
 Only choice 0 is read (a Responses request never asks for ``n``). Deliberately not produced:
 annotations, logprobs, reasoning summaries, ``encrypted_content``, hosted-tool items.
 Tool-call deltas must arrive one call after the other, as OpenAI-compatible servers send them; a
-call that resumes after another item started is an :class:`UpstreamError`.
+call that resumes after another item started is an :class:`UpstreamError`, and so is a name
+piece that arrives after its call's item was sent (the item would otherwise carry a name cut
+short).
 """
 
 from __future__ import annotations
@@ -159,6 +166,8 @@ class ResponseBuilder:
         self._output: list[dict[str, Any]] = []
         self._current: _Open | None = None
         self._calls: dict[int, _Call] = {}
+        # The call whose name is arriving: its item is sent once the name can no longer grow.
+        self._naming: int | None = None
         self._completed_at: int | None = None
 
     # -- public ---------------------------------------------------------------------------
@@ -197,17 +206,20 @@ class ResponseBuilder:
         return events
 
     def complete(self) -> list[Event]:
-        """After a complete upstream stream: close the open item; ``response.completed`` (or
-        ``response.incomplete`` when the output was cut short)."""
+        """After a complete upstream stream: send the item of a tool call whose name was still
+        arriving, close the open item; ``response.completed`` (or ``response.incomplete`` when
+        the output was cut short). A tool call that never got a name is an
+        :class:`UpstreamError`."""
         for call in self._calls.values():
-            if call.item is None:
+            if not call.name:
                 raise _malformed("a tool call without a name")
         status, reason = "completed", None
         if self.finish_reason == "length":
             status, reason = "incomplete", "max_output_tokens"
         elif self.finish_reason == "content_filter":
             status, reason = "incomplete", "content_filter"
-        events = self._close("completed" if status == "completed" else "incomplete")
+        events = self._open_named()
+        events += self._close("completed" if status == "completed" else "incomplete")
         self.status = status
         self.incomplete_details = {"reason": reason} if reason else None
         if status == "completed":
@@ -216,7 +228,14 @@ class ResponseBuilder:
         return events
 
     def fail(self, error: ProxyError) -> list[Event]:
-        """``response.failed`` carrying ``error``; open items are left ``incomplete``."""
+        """``response.failed`` carrying ``error``; open items are left ``incomplete``. A tool
+        call whose name was still arriving never had its item sent, and is left out (its name may
+        be cut short), like one that never got a name.
+
+        ``error.type`` is the one the chat error body reports (:attr:`ProxyError.reported_type`:
+        an upstream 429 is a ``rate_limit_error``, a 503 a ``server_error``); ``error.code`` is
+        one of the Responses API's own codes, ``rate_limit_exceeded`` for a 429 and
+        ``server_error`` for anything else, the proxy's code going into the message."""
         if self._current is not None:
             if self._current.kind != "reasoning":
                 self._current.item["status"] = "incomplete"
@@ -224,7 +243,7 @@ class ResponseBuilder:
         self.status = "failed"
         code = "rate_limit_exceeded" if error.http_status == 429 else "server_error"
         message = error.message if error.code is None else f"{error.message} ({error.code})"
-        self.error = {"code": code, "message": message, "type": error.error_type}
+        self.error = {"code": code, "message": message, "type": error.reported_type}
         if error.param is not None:
             self.error["param"] = error.param
         return [self._event("response.failed", response=self.response())]
@@ -302,7 +321,7 @@ class ResponseBuilder:
         return events
 
     def _text(self, kind: _Kind, part_type: str, text: str) -> list[Event]:
-        events: list[Event] = []
+        events = self._open_named()  # text starts another item: a call's name is whole
         current = self._current
         if current is None or current.kind != kind:
             events += self._close("completed")
@@ -358,41 +377,57 @@ class ResponseBuilder:
         arguments = function.get("arguments")
         if arguments is not None and not isinstance(arguments, str):
             raise _malformed("tool call arguments that are not a string")
-        events: list[Event] = []
+        # A delta for another call: the call whose name was arriving has all of it.
+        events = self._open_named() if self._naming != index else []
         if state.item is None:
-            if isinstance(name, str):
+            if isinstance(name, str) and name:
+                if self._naming is None:
+                    # The call's first name piece: the item before it is finished.
+                    events += self._close("completed")
+                    self._naming = index
                 state.name += name
             if arguments:
                 state.pending.append(arguments)
-            if not state.name:
-                return events
-            events += self._close("completed")
-            item = {
-                "id": self._make_id("fc"),
-                "type": "function_call",
-                "status": "in_progress",
-                "arguments": "",
-                "call_id": state.call_id or self._make_id("call"),
-                "name": state.name,
-            }
-            state.item = item
-            self._output.append(item)
-            self._current = _Open(item, len(self._output) - 1, "function_call", index)
-            events.append(
-                self._event(
-                    "response.output_item.added",
-                    output_index=self._current.output_index,
-                    item=copy.deepcopy(item),
-                )
-            )
-            pending, state.pending = "".join(state.pending), []
-            if pending:
-                events += self._arguments(pending)
+                if state.name:
+                    events += self._open_named()
             return events
         if self._current is None or self._current.tool_index != index:
             raise _malformed("a tool call that resumed after another output item started")
+        if isinstance(name, str) and name:
+            raise _malformed("a tool call whose name went on after its item was sent")
         if arguments:
             events += self._arguments(arguments)
+        return events
+
+    def _open_named(self) -> list[Event]:
+        """Sends the item of the call whose name was arriving (if any), now that its name can no
+        longer grow, with the arguments that came before its name."""
+        index = self._naming
+        if index is None:
+            return []
+        self._naming = None
+        state = self._calls[index]
+        item = {
+            "id": self._make_id("fc"),
+            "type": "function_call",
+            "status": "in_progress",
+            "arguments": "",
+            "call_id": state.call_id or self._make_id("call"),
+            "name": state.name,
+        }
+        state.item = item
+        self._output.append(item)
+        self._current = _Open(item, len(self._output) - 1, "function_call", index)
+        events = [
+            self._event(
+                "response.output_item.added",
+                output_index=self._current.output_index,
+                item=copy.deepcopy(item),
+            )
+        ]
+        pending, state.pending = "".join(state.pending), []
+        if pending:
+            events += self._arguments(pending)
         return events
 
     def _arguments(self, text: str) -> list[Event]:

@@ -9,6 +9,8 @@ import pytest
 
 from proxy.attestation.compose import (
     MAX_COMPOSE_CHARS,
+    MAX_MERGED_ENTRIES,
+    MAX_SPLIT_CHARS,
     ComposeFacts,
     Image,
     app_compose_of,
@@ -17,7 +19,13 @@ from proxy.attestation.compose import (
     model_binding_check,
     parse_compose,
 )
-from tests.support.attestation_helpers import FIXTURES_BY_NAME, body_of, policy_for
+from tests.support.attestation_helpers import (
+    FIXTURE_LIST,
+    FIXTURES_BY_NAME,
+    Fixture,
+    body_of,
+    policy_for,
+)
 from tests.support.trust_helpers import failed, verify
 
 GLM = FIXTURES_BY_NAME["glm_5_1"]
@@ -101,6 +109,59 @@ def test_where_nothing_measured_names_the_model_the_report_says_so() -> None:
         assert "unauthenticated label" in check.detail
     assert "GLM-5.1.yaml" in verify(GLM).check("model_binding").detail  # the manager's deploy
     assert "unauthenticated label" in verify(GLM).check("model_match").detail
+
+
+# The model names each real capture's measured compose gives, in order, and its model_binding
+# verdict: (ok, enforced, the served name the detail starts with, or None when none is named).
+# The captures write their commands as folded strings (`command: >`) and their environments as
+# `- MODEL_NAME=` lists; reading the YAML's list forms must not change any of these.
+CAPTURE_MODEL_NAMES: dict[str, tuple[tuple[str, ...] | None, bool | None, bool, str | None]] = {
+    "glm_5_1": ((), None, False, None),
+    "gemma_3_27b_p": (
+        ("openai/gpt-oss-20b", "google/gemma-3-27b-it", "RedHatAI/gemma-3-27b-it-FP8-dynamic"),
+        True,
+        True,
+        "google/gemma-3-27b-it",
+    ),
+    "gpt_oss_120b_p": ((), None, False, None),
+    "qwen3_vl_30b_a3b_p": (
+        (
+            "qwen/qwen-2.5-7b-instruct",
+            "RedHatAI/Qwen2.5-7B-Instruct-FP8-dynamic",
+            "Qwen/Qwen3-VL-30B-A3B-Instruct-FP8",
+            "qwen/qwen3-vl-30b-a3b-instruct",
+        ),
+        True,
+        True,
+        "qwen/qwen3-vl-30b-a3b-instruct",
+    ),
+    "live_evidence_aci": (None, None, False, None),  # its report shows no app_compose
+    "venice_qwen3_5_122b": ((), None, False, None),
+}
+
+
+def test_every_capture_is_pinned() -> None:
+    assert set(CAPTURE_MODEL_NAMES) == {fixture.name for fixture in FIXTURE_LIST}
+
+
+@pytest.mark.parametrize("fixture", FIXTURE_LIST, ids=lambda f: f.name)
+def test_the_model_names_of_each_real_capture(fixture: Fixture) -> None:
+    names, ok, enforced, served = CAPTURE_MODEL_NAMES[fixture.name]
+    report = verify(fixture)
+    compose = report.facts["compose"]
+    assert (compose["model_names"] if compose is not None else None) == (
+        list(names) if names is not None else None
+    )
+    if compose is not None:
+        assert compose["error"] is None
+        assert report.facts["compose_bound"] is True
+    check = report.check("model_binding")
+    assert (check.ok, check.enforced) == (ok, enforced)
+    if served is None:
+        assert check.detail.startswith(UNBOUND_NOTE)
+    else:
+        shown = ", ".join(names or ())
+        assert check.detail == f"the measured compose serves {served} (names: {shown})"
 
 
 def test_the_compose_managers_second_quote_verifies_with_its_own_reportdata() -> None:
@@ -221,6 +282,44 @@ def test_a_manifest_of_exactly_the_limit_is_parsed() -> None:
     )
 
 
+def _merging(services: int, entries: int, extra: str = "") -> str:
+    """A compose whose services each merge (``<<``) one anchor of ``entries`` entries."""
+    anchor = ", ".join(f"k{index}: v" for index in range(entries))
+    lines = "".join(f"  s{index}: {{<<: *common, image: x}}\n" for index in range(services))
+    return _manifest(f"x-common: &common {{{anchor}}}\nservices:\n{lines}{extra}")
+
+
+def test_merge_keys_may_copy_up_to_the_budget() -> None:
+    assert MAX_MERGED_ENTRIES == 10_000
+    facts = parse_compose(_merging(100, 100))  # 100 services x 100 entries: exactly the budget
+    assert facts.error is None
+    assert facts.images == tuple(_image(f"s{index}", "x") for index in range(100))
+
+
+def test_merge_keys_that_copy_past_the_budget_are_not_read() -> None:
+    # One entry more, in a mapping of its own: the budget counts the whole document.
+    text = _merging(100, 100, "  last: {<<: {--model: x}, command: --model org/m}\n")
+    assert parse_compose(text) == ComposeFacts(
+        "t", (), ("org/m",), "docker_compose_file merges over 10000 entries with << (not read)"
+    )
+    # 400 services merging 100 entries each: refused at the budget, not built (N x K entries).
+    assert parse_compose(_merging(400, 100)).error == (
+        "docker_compose_file merges over 10000 entries with << (not read)"
+    )
+
+
+def test_an_alias_bomb_is_shared_not_copied() -> None:
+    # "Billion laughs": 9 levels of 9 aliases each name 9^9 strings, but the loader shares each
+    # node it aliases (nothing is copied), so this loads in the size of its text.
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level, name in enumerate("bcdefghi"):
+        lines.append(f"{name}: &{name} [{', '.join(['*' + 'abcdefgh'[level]] * 9)}]")
+    lines.append("services:\n  s:\n    image: x\n    command: *i\n    environment: *i\n")
+    assert parse_compose(_manifest("\n".join(lines))) == ComposeFacts(
+        "t", (_image("s", "x"),), (), None
+    )
+
+
 def test_model_names_in_each_form_once_each_in_order() -> None:
     text = (
         "services:\n  vllm:\n    image: x\n"
@@ -236,6 +335,162 @@ def test_model_names_in_each_form_once_each_in_order() -> None:
     )
     assert parse_compose(_manifest("services: {}\n# MODEL_NAME=only-env\n")).model_names == (
         "only-env",
+    )
+    # The text search alone (no services to read) still gives each name once.
+    text = _manifest("services: {}\n# MODEL_NAME=one --model one --model two --model one\n")
+    assert parse_compose(text).model_names == ("one", "two")
+
+
+def _vllm(lines: str) -> str:
+    """A compose of one service, ``vllm``, with these lines (indented) under it."""
+    body = "".join(f"    {line}\n" for line in lines.splitlines())
+    return _manifest(f"services:\n  vllm:\n    image: x\n{body}")
+
+
+@pytest.mark.parametrize(
+    ("lines", "names"),
+    [
+        # Flow lists, in double, single or no quotes: nothing stands between flag and value
+        # but a comma, which the text search does not cross.
+        ('command: ["--model", "org/m", "--served-model-name", "m"]', ("org/m", "m")),
+        ("command: ['--model', 'org/m', '--served-model-name', 'm']", ("org/m", "m")),
+        ("command: [--model, org/m, --served-model-name, m]", ("org/m", "m")),
+        ('entrypoint: [vllm, serve, "--model", "org/m"]', ("org/m",)),
+        # Block lists, plain or quoted items.
+        ("command:\n  - --model\n  - org/m\n  - --served-model-name\n  - m", ("org/m", "m")),
+        ('command:\n  - "--model"\n  - "org/m"', ("org/m",)),
+        ("entrypoint:\n  - --served-model-name\n  - 'org/m'", ("org/m",)),
+        # One item, flag=value (the text search reads these too).
+        ('command: ["--model=org/m", "--served-model-name=m"]', ("org/m", "m")),
+        # Items that are not strings are skipped, not the end of the list.
+        ("command: [--port, 8000, --model, org/m]", ("org/m",)),
+        # A string, split as a shell would; quotes the shell removes hide it from the text search.
+        ("command: --model org/m --served-model-name=m", ("org/m", "m")),
+        ("command: \"'--model'=org/m '--served-model-name'=m\"", ("org/m", "m")),
+        # The environment: a list of KEY=value, or a mapping.
+        ("environment:\n  - MODEL_NAME=org/m", ("org/m",)),
+        ('environment:\n  - "MODEL_NAME=org/m"', ("org/m",)),
+        ('environment: ["MODEL_NAME\\x3Dorg/m"]', ("org/m",)),  # = escaped: YAML's, not the text's
+        ("environment:\n  MODEL_NAME: org/m", ("org/m",)),
+        ('environment:\n  MODEL_NAME: "org/m"', ("org/m",)),
+        ("environment: {OTHER: x, MODEL_NAME: 'org/m'}", ("org/m",)),
+    ],
+)
+def test_model_names_in_yaml_lists_and_mappings(lines: str, names: tuple[str, ...]) -> None:
+    assert parse_compose(_vllm(lines)) == ComposeFacts("t", (_image("vllm", "x"),), names, None)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "command: [--model]",  # no value after the flag
+        "command: [--model, 5, --served-model-name, [m]]",  # values that are not strings
+        "command: [5, {--model: m}, --model=]",  # items that are not strings; an empty value
+        "command: [--model, --served-model-name, --model=-x]",  # a flag is not a name
+        "command: [--model, '${MODEL}', --model, /models/m, --model, 'org/m x']",  # not names
+        "command: [--models, m, --model-name, m, -model, m, --served-model-name-x=m]",
+        "command: {--model: m}",  # neither a string nor a list
+        "entrypoint: 5",
+        'command: "--mod\'el org/m"',  # an unclosed quote: shlex cannot split it
+        'command: "--model-x \'org/m"',  # the same, where the text search finds no flag
+        "environment: [MODEL_NAME, MODEL_NAME=, MODEL_NAMES=m, model_name=m, 5, [MODEL_NAME, m]]",
+        "environment: {MODEL_NAME: 5, MODEL_NAMES: m}",
+        "environment:\n  MODEL_NAME: ${MODEL}",  # what the host sets: not measured
+        "environment: {MODEL_NAME: null}",
+        "environment: 'MODEL_NAME: m'",  # neither a list nor a mapping
+        "models: [--model, org/m]",  # not a key that is read
+    ],
+)
+def test_what_is_not_a_model_name(lines: str) -> None:
+    facts = parse_compose(_vllm(lines))
+    assert (facts.images, facts.model_names, facts.error) == ((_image("vllm", "x"),), (), None)
+
+
+def test_model_names_of_every_service_in_order_once_each() -> None:
+    text = _manifest(
+        "services:\n"
+        "  proxy: {image: x, environment: {MODEL_NAME: org/a}}\n"
+        "  bare: x\n"
+        "  built: {build: .}\n"
+        "  vllm:\n"
+        "    image: x\n"
+        "    environment: {MODEL_NAME: org/e}\n"
+        "    command: [--served-model-name, org/c, --model, org/a]\n"
+        "    entrypoint: [vllm, serve, --model, org/p]\n"
+        "  other: {image: x, command: [--model, org/last]}\n"
+    )
+    assert parse_compose(text).model_names == ("org/a", "org/p", "org/c", "org/e", "org/last")
+
+
+def test_the_text_search_comes_first_and_the_yaml_adds_to_it() -> None:
+    text = _vllm("command: [--model, org/list]\nentrypoint: sh -c 'vllm serve --model org/sh'")
+    assert parse_compose(text).model_names == ("org/sh", "org/list")
+
+
+def test_a_string_command_is_split_only_up_to_its_limit() -> None:
+    # Only the shell's split reads this flag (quotes inside it); the text search does not.
+    command = '--mod"el" org/m'
+    assert parse_compose(_vllm(f"command: '{command}'")).model_names == ("org/m",)
+    padded = command + " " * (MAX_SPLIT_CHARS - len(command))
+    assert parse_compose(_vllm(f"command: '{padded}'")).model_names == ("org/m",)
+    assert parse_compose(_vllm(f"command: '{padded} '")).model_names == ()
+    assert MAX_SPLIT_CHARS == 4096
+
+
+def test_a_value_several_services_share_is_read_once() -> None:
+    # 3000 services share one command of 60,000 arguments through an alias: read once, that is
+    # 60,000 steps; read for each service, 180 million (the mutation run's time limit stops it).
+    arguments = ", ".join(["a"] * 60_000)
+    services = "".join(f"  s{index}: {{image: x, command: *args}}\n" for index in range(3000))
+    text = f"x-args: &args [--model, org/m, {arguments}]\nservices:\n{services}"
+    facts = parse_compose(_manifest(text))
+    assert (len(facts.images), facts.model_names, facts.error) == (3000, ("org/m",), None)
+
+
+def test_list_forms_bind_the_model_or_fail_the_binding() -> None:
+    # Before the YAML was read, both were "nothing measured names the served model" (not
+    # enforced); now they are checked like any other name, and a mismatch is enforced.
+    served = parse_compose(_vllm("command: [--model, org/box, --served-model-name, org/served]"))
+    assert _binding(served) == (
+        True,
+        True,
+        "the measured compose serves org/served (names: org/box, org/served)",
+    )
+    other = parse_compose(
+        _vllm("environment:\n  MODEL_NAME: other/m\ncommand:\n  - --model\n  - other/x")
+    )
+    assert _binding(other) == (
+        False,
+        True,
+        "the measured compose names other/x, other/m, not 'org/served'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("- --model\n- org/m\n", ()),  # a list: no services, and the text search cannot see it
+        ("--model org/m\n", ("org/m",)),  # a string: the text search reads it
+        ("services: [--model, org/m]\n", ()),
+        ("services:\n  - command: [--model, org/m]\n", ()),
+        ("x-vllm:\n  command: [--model, org/m]\nservices: {}\n", ()),
+    ],
+)
+def test_yaml_that_is_not_a_compose_is_left_to_the_text_search(
+    text: str, names: tuple[str, ...]
+) -> None:
+    assert parse_compose(_manifest(text)) == ComposeFacts(
+        "t", (), names, "docker_compose_file has no services"
+    )
+
+
+def test_deep_nesting_in_a_command_never_raises() -> None:
+    for depth in (500, 5000):
+        text = _vllm("command: " + "[" * depth + "--model, org/m" + "]" * depth)
+        facts = parse_compose(text)
+        assert facts.model_names == ()
+    assert parse_compose(_vllm("command: " + "[" * 5000)).error == (
+        "docker_compose_file is not valid YAML"
     )
 
 

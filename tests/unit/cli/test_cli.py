@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -92,15 +93,18 @@ def test_bad_setting_is_one_clear_line(sim_env: dict[str, str]) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.fixture
-def demo_proxy() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def _serve_until_answering(
+    *args: str, env: dict[str, str], probe: str = "/healthz"
+) -> tuple[subprocess.Popen[str], str]:
+    """``python -m proxy ARGS --port P`` and its base URL, once ``probe`` answers with anything
+    but a 5xx."""
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
     process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--port", str(port)],
+        [sys.executable, "-m", "proxy", *args, "--port", str(port)],
         cwd=REPO,
-        env=_env(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -109,10 +113,18 @@ def demo_proxy() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
+            if httpx.get(url + probe, timeout=1).status_code < 500:
+                return process, url
         except httpx.TransportError:
             time.sleep(0.1)
+    process.kill()
+    _, stderr = process.communicate(timeout=15)
+    raise AssertionError(f"{args} never answered: {stderr[-2000:]}")
+
+
+@pytest.fixture
+def demo_proxy() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    process, url = _serve_until_answering("serve", env=_env())
     try:
         yield url, process
     finally:
@@ -280,3 +292,43 @@ def test_verify_offline_bad_input_is_exit_2(tmp_path: Path) -> None:
     )
     assert raw.returncode == 2
     assert "--nonce is required" in raw.stdout
+
+
+@pytest.mark.parametrize(
+    "signum", [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
+)
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param("demo", id="demo"),
+        pytest.param("keyed", id="one-process"),
+        pytest.param("workers", id="two-workers"),
+    ],
+)
+def test_serve_stopped_by_a_signal_drains_and_exits_0_without_a_traceback(
+    sim_env: dict[str, str], mode: str, signum: signal.Signals
+) -> None:
+    """uvicorn raises the signal it stopped on again once drained; ``serve`` ends with 0 anyway
+    (not 143 / -15 or a KeyboardInterrupt traceback), with one worker as with several."""
+    env = _env() if mode == "demo" else dict(sim_env)
+    env["VENICE_PROXY_LOGGING__LEVEL"] = "info"
+    if mode == "workers":
+        env["VENICE_PROXY_SERVER__WORKERS"] = "2"
+    process, _ = _serve_until_answering("serve", env=env)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "KeyboardInterrupt" not in stderr
+    assert "Finished server process" in stderr
+
+
+@pytest.mark.parametrize(
+    "signum", [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
+)
+def test_simulate_stopped_by_a_signal_exits_0(signum: signal.Signals) -> None:
+    process, _ = _serve_until_answering("simulate", env=_env(), probe="/api/v1/models")
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr

@@ -380,13 +380,13 @@ def test_a_tool_call_waits_for_its_name_then_sends_what_it_buffered() -> None:
     b = builder()
     assert b.feed(tool(0, arguments='{"a"')) == []
     assert b.feed(tool(0, call_id="call_x", arguments=":")) == []
-    events = b.feed(tool(0, name="get_", arguments="1"))
+    events = b.feed(tool(0, name="get_weather", arguments="1"))
     assert events == [
         ev(
             "response.output_item.added",
             0,
             output_index=0,
-            item=function_call("fc_0", "in_progress", "call_x", "get_", ""),
+            item=function_call("fc_0", "in_progress", "call_x", "get_weather", ""),
         ),
         ev(
             "response.function_call_arguments.delta",
@@ -396,10 +396,10 @@ def test_a_tool_call_waits_for_its_name_then_sends_what_it_buffered() -> None:
             delta='{"a":1',
         ),
     ]
-    # Once the item is out, its name and id are fixed.
-    b.feed(tool(0, call_id="call_y", name="weather", arguments="}"))
+    # Once the item is out, its id is fixed (a later one is not read).
+    b.feed(tool(0, call_id="call_y", arguments="}"))
     assert b.response()["output"] == [
-        function_call("fc_0", "in_progress", "call_x", "get_", '{"a":1}')
+        function_call("fc_0", "in_progress", "call_x", "get_weather", '{"a":1}')
     ]
 
 
@@ -407,13 +407,344 @@ def test_a_tool_call_name_can_arrive_in_pieces_before_the_item_opens() -> None:
     b = builder()
     assert b.feed(tool(0, name="")) == []
     assert b.feed(tool(0, call_id="", name="")) == []
-    events = b.feed(tool(0, call_id="c", name="weather"))
-    assert events[0]["item"]["name"] == "weather"
-    assert len(events) == 1  # no arguments yet: no delta
+    assert b.feed(tool(0, call_id="c", name="weather")) == []  # the name may still grow
+    assert b.feed(tool(0, arguments="")) == []  # an empty piece does not end it
+    events = b.feed(tool(0, arguments="{"))
+    assert events[0]["item"] == function_call("fc_0", "in_progress", "c", "weather", "")
+    assert len(events) == 2
     b2 = builder()
     b2.feed(chunk(tool_calls=[{"index": 0, "id": "c", "function": None}]))
-    b2.feed(tool(0, name="f"))
+    b2.feed(tool(0, name="f", arguments="{}"))
     assert b2.response()["output"][0]["call_id"] == "c"
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [tool(0, call_id="call_a", name="get_"), tool(0, name="weather")],
+        [tool(0, call_id="call_a", name="get"), tool(0, name="_wea"), tool(0, name="ther")],
+        [tool(0, call_id="call_a", name="get"), tool(0, name=""), tool(0, name="_weather")],
+    ],
+)
+def test_a_tool_call_name_in_pieces_is_sent_whole(pieces: list[dict[str, Any]]) -> None:
+    b = builder()
+    for piece in pieces:
+        assert b.feed(piece) == []
+    assert b.response()["output"] == []
+    events = b.feed(tool(0, arguments='{"city":'))
+    events += b.feed(tool(0, arguments='"Oslo"}'))
+    events += b.feed(chunk(finish_reason="tool_calls"))
+    events += b.complete()
+    fc_at = {"item_id": "fc_0", "output_index": 0}
+    fc = function_call("fc_0", "completed", "call_a", "get_weather", '{"city":"Oslo"}')
+    assert events == [
+        ev(
+            "response.output_item.added",
+            0,
+            output_index=0,
+            item=function_call("fc_0", "in_progress", "call_a", "get_weather", ""),
+        ),
+        ev("response.function_call_arguments.delta", 1, **fc_at, delta='{"city":'),
+        ev("response.function_call_arguments.delta", 2, **fc_at, delta='"Oslo"}'),
+        ev(
+            "response.function_call_arguments.done",
+            3,
+            **fc_at,
+            name="get_weather",
+            arguments='{"city":"Oslo"}',
+        ),
+        ev("response.output_item.done", 4, output_index=0, item=fc),
+        ev(
+            "response.completed",
+            5,
+            response=base_response(status="completed", output=[fc], completed_at=NOW),
+        ),
+    ]
+    Response.model_validate(events[-1]["response"])
+
+
+def test_the_last_name_piece_can_come_with_the_first_arguments() -> None:
+    b = builder()
+    b.feed(tool(0, call_id="call_a", name="get"))
+    b.feed(tool(0, name="_wea"))
+    events = b.feed(tool(0, name="ther", arguments="{}"))
+    assert events == [
+        ev(
+            "response.output_item.added",
+            0,
+            output_index=0,
+            item=function_call("fc_0", "in_progress", "call_a", "get_weather", ""),
+        ),
+        ev("response.function_call_arguments.delta", 1, item_id="fc_0", output_index=0, delta="{}"),
+    ]
+
+
+def test_arguments_before_a_name_in_pieces_follow_the_whole_name() -> None:
+    b = builder()
+    assert b.feed(tool(0, arguments="{")) == []
+    assert b.feed(tool(0, name="get_")) == []
+    assert b.feed(tool(0, call_id="call_late", name="weather")) == []
+    events = b.feed(tool(0, arguments="}"))
+    assert events == [
+        ev(
+            "response.output_item.added",
+            0,
+            output_index=0,
+            # An id that came before the item was sent is still the call's.
+            item=function_call("fc_0", "in_progress", "call_late", "get_weather", ""),
+        ),
+        ev("response.function_call_arguments.delta", 1, item_id="fc_0", output_index=0, delta="{}"),
+    ]
+
+
+def test_a_name_in_pieces_then_the_end_of_the_stream_without_arguments() -> None:
+    b = builder()
+    b.feed(tool(0, call_id="call_a", name="list_"))
+    b.feed(tool(0, name="files"))
+    assert b.feed(chunk(finish_reason="tool_calls")) == []
+    events = b.complete()
+    fc = function_call("fc_0", "completed", "call_a", "list_files", "")
+    assert events == [
+        ev(
+            "response.output_item.added",
+            0,
+            output_index=0,
+            item=function_call("fc_0", "in_progress", "call_a", "list_files", ""),
+        ),
+        ev(
+            "response.function_call_arguments.done",
+            1,
+            item_id="fc_0",
+            output_index=0,
+            name="list_files",
+            arguments="",
+        ),
+        ev("response.output_item.done", 2, output_index=0, item=fc),
+        ev(
+            "response.completed",
+            3,
+            response=base_response(status="completed", output=[fc], completed_at=NOW),
+        ),
+    ]
+
+
+def test_a_name_in_pieces_then_arguments_buffered_before_it_at_the_end() -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", arguments="{}"))
+    b.feed(tool(0, name="f"))
+    b.feed(tool(0, name="g"))
+    events = b.complete()
+    assert [e["type"] for e in events] == [
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert events[1]["delta"] == "{}"
+    assert b.response()["output"] == [function_call("fc_0", "completed", "a", "fg", "{}")]
+
+
+def test_two_calls_with_names_in_pieces() -> None:
+    b = builder()
+    events = feed_all(
+        b,
+        [
+            tool(0, call_id="call_a", name="get_"),
+            tool(0, name="weather"),
+            # Call 1 starts while call 0 still had no arguments: call 0's name is whole.
+            tool(1, call_id="call_b", name="get_"),
+            tool(1, name="time"),
+            tool(1, arguments='{"tz":'),
+            tool(1, arguments='"UTC"}'),
+            tool(2, call_id="call_c", name="no"),
+            tool(2, name="te", arguments="{}"),
+        ],
+    )
+    events += b.complete()
+    fc0 = function_call("fc_0", "completed", "call_a", "get_weather", "")
+    fc1 = function_call("fc_1", "completed", "call_b", "get_time", '{"tz":"UTC"}')
+    fc2 = function_call("fc_2", "completed", "call_c", "note", "{}")
+    at0 = {"item_id": "fc_0", "output_index": 0}
+    at1 = {"item_id": "fc_1", "output_index": 1}
+    at2 = {"item_id": "fc_2", "output_index": 2}
+    assert events == [
+        ev(
+            "response.output_item.added",
+            0,
+            output_index=0,
+            item=function_call("fc_0", "in_progress", "call_a", "get_weather", ""),
+        ),
+        ev("response.function_call_arguments.done", 1, **at0, name="get_weather", arguments=""),
+        ev("response.output_item.done", 2, output_index=0, item=fc0),
+        ev(
+            "response.output_item.added",
+            3,
+            output_index=1,
+            item=function_call("fc_1", "in_progress", "call_b", "get_time", ""),
+        ),
+        ev("response.function_call_arguments.delta", 4, **at1, delta='{"tz":'),
+        ev("response.function_call_arguments.delta", 5, **at1, delta='"UTC"}'),
+        ev(
+            "response.function_call_arguments.done",
+            6,
+            **at1,
+            name="get_time",
+            arguments='{"tz":"UTC"}',
+        ),
+        ev("response.output_item.done", 7, output_index=1, item=fc1),
+        ev(
+            "response.output_item.added",
+            8,
+            output_index=2,
+            item=function_call("fc_2", "in_progress", "call_c", "note", ""),
+        ),
+        ev("response.function_call_arguments.delta", 9, **at2, delta="{}"),
+        ev("response.function_call_arguments.done", 10, **at2, name="note", arguments="{}"),
+        ev("response.output_item.done", 11, output_index=2, item=fc2),
+        ev(
+            "response.completed",
+            12,
+            response=base_response(status="completed", output=[fc0, fc1, fc2], completed_at=NOW),
+        ),
+    ]
+    with pytest.raises(UpstreamError) as info:
+        b.feed(tool(0, name="_now"))
+    assert info.value.message == (
+        "the upstream sent a tool call that resumed after another output item started"
+    )
+
+
+def test_a_delta_of_another_call_ends_the_name_being_gathered() -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", name="get_"))
+    # Call 1 sends arguments before its name: call 0's item is sent with the name it has.
+    events = b.feed(tool(1, arguments="{"))
+    assert events == [
+        ev(
+            "response.output_item.added",
+            0,
+            output_index=0,
+            item=function_call("fc_0", "in_progress", "a", "get_", ""),
+        )
+    ]
+    with pytest.raises(UpstreamError) as info:
+        b.feed(tool(0, name="weather"))
+    assert (info.value.message, info.value.code) == (
+        "the upstream sent a tool call whose name went on after its item was sent",
+        "upstream_bad_chunk",
+    )
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        tool(0, name="weather"),
+        tool(0, name="weather", arguments="}"),
+        tool(0, call_id="a", name="f"),
+    ],
+)
+def test_a_name_piece_after_the_arguments_started_fails_closed(late: dict[str, Any]) -> None:
+    b = builder()
+    b.feed(tool(0, call_id="a", name="get_", arguments="{"))
+    with pytest.raises(UpstreamError) as info:
+        b.feed(late)
+    assert info.value.message == (
+        "the upstream sent a tool call whose name went on after its item was sent"
+    )
+    assert info.value.code == "upstream_bad_chunk"
+    assert info.value.http_status == 502
+    # What the client was told stands: the item as sent, its arguments untouched.
+    assert b.response()["output"] == [function_call("fc_0", "in_progress", "a", "get_", "{")]
+
+
+def test_text_ends_the_name_being_gathered() -> None:
+    b = builder()
+    opened = b.feed(chunk(content="a"))
+    # The first name piece finishes the message; the call's item waits for the whole name.
+    closing = b.feed(tool(0, call_id="c", name="get_"))
+    assert [e["type"] for e in closing] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    assert b.feed(tool(0, name="weather")) == []
+    events = b.feed(chunk(content="b"))
+    fc = function_call("fc_1", "completed", "c", "get_weather", "")
+    assert events == [
+        ev(
+            "response.output_item.added",
+            len(opened) + 3,
+            output_index=1,
+            item=function_call("fc_1", "in_progress", "c", "get_weather", ""),
+        ),
+        ev(
+            "response.function_call_arguments.done",
+            len(opened) + 4,
+            item_id="fc_1",
+            output_index=1,
+            name="get_weather",
+            arguments="",
+        ),
+        ev("response.output_item.done", len(opened) + 5, output_index=1, item=fc),
+        ev(
+            "response.output_item.added",
+            len(opened) + 6,
+            output_index=2,
+            item=message("msg_2", "in_progress"),
+        ),
+        ev(
+            "response.content_part.added",
+            len(opened) + 7,
+            item_id="msg_2",
+            output_index=2,
+            content_index=0,
+            part=text_part(""),
+        ),
+        ev(
+            "response.output_text.delta",
+            len(opened) + 8,
+            item_id="msg_2",
+            output_index=2,
+            content_index=0,
+            delta="b",
+            logprobs=[],
+        ),
+    ]
+
+
+@pytest.mark.parametrize("after", [chunk(reasoning="r"), chunk(refusal="no")])
+def test_reasoning_or_a_refusal_ends_the_name_being_gathered(after: dict[str, Any]) -> None:
+    b = builder()
+    b.feed(tool(0, call_id="c", name="get_"))
+    b.feed(tool(0, name="weather"))
+    events = b.feed(after)
+    assert [e["type"] for e in events[:3]] == [
+        "response.output_item.added",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
+    assert events[0]["item"]["name"] == "get_weather"
+    assert events[3]["output_index"] == 1
+
+
+def test_an_empty_name_piece_is_no_call_yet() -> None:
+    b = builder()
+    b.feed(chunk(content="a"))
+    assert b.feed(tool(0, call_id="c", name="")) == []
+    # The message is still open: more text goes on in it.
+    events = b.feed(chunk(content="b"))
+    assert [e["type"] for e in events] == ["response.output_text.delta"]
+    assert b.output_text() == "ab"
+
+
+def test_failure_while_a_name_is_arriving_leaves_the_call_out() -> None:
+    b = builder()
+    b.feed(chunk(content="a"))
+    b.feed(tool(0, call_id="c", name="get_"))
+    (event,) = b.fail(UpstreamError("cut", code="upstream_stream_truncated"))
+    assert event["response"]["output"] == [message("msg_0", "completed", text_part("a"))]
+    assert event["response"]["status"] == "failed"
 
 
 def test_a_tool_call_without_an_id_gets_one() -> None:
@@ -499,10 +830,12 @@ def test_a_tool_call_after_the_stream_closed_fails_closed() -> None:
 
 def test_a_tool_call_delta_without_arguments_sends_nothing() -> None:
     b = builder()
-    b.feed(tool(0, call_id="a", name="f"))
+    b.feed(tool(0, call_id="a", name="f", arguments="{"))
     assert b.feed(tool(0)) == []
     assert b.feed(tool(0, arguments="")) == []
-    assert b.feed(tool(0, name="g")) == []
+    assert b.feed(tool(0, name="")) == []
+    assert b.feed(tool(0, call_id="b", name="", arguments="")) == []
+    assert b.response()["output"] == [function_call("fc_0", "in_progress", "a", "f", "{")]
 
 
 # -- closing --------------------------------------------------------------------------------------
@@ -636,16 +969,52 @@ def test_failure_before_any_output() -> None:
     )
 
 
-def test_a_rate_limit_is_reported_as_such() -> None:
-    b = builder()
-    (event,) = b.fail(UpstreamStatusError(429, "slow down", code="rate_limited"))
-    assert event["response"]["error"] == {
-        "code": "rate_limit_exceeded",
-        "message": "slow down (rate_limited)",
-        "type": "upstream_error",
-    }
-    (event,) = builder().fail(UpstreamStatusError(503, "busy"))
-    assert event["response"]["error"]["code"] == "server_error"
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            UpstreamStatusError(429, "slow down", code="rate_limited"),
+            {
+                "code": "rate_limit_exceeded",
+                "message": "slow down (rate_limited)",
+                "type": "rate_limit_error",
+            },
+        ),
+        (
+            UpstreamStatusError(503, "busy"),
+            {"code": "server_error", "message": "busy (upstream_error)", "type": "server_error"},
+        ),
+        (
+            UpstreamStatusError(400, "no such thing", param="model"),
+            {
+                "code": "server_error",
+                "message": "no such thing (upstream_error)",
+                "type": "invalid_request_error",
+                "param": "model",
+            },
+        ),
+        (
+            ProxyError("boom", code="internal"),
+            {"code": "server_error", "message": "boom (internal)", "type": "server_error"},
+        ),
+        (
+            UpstreamError(),
+            {
+                "code": "server_error",
+                "message": "the upstream request failed (upstream_error)",
+                "type": "upstream_error",
+            },
+        ),
+    ],
+)
+def test_a_failure_reports_the_type_of_the_chat_error_body(
+    error: ProxyError, expected: dict[str, str]
+) -> None:
+    (event,) = builder().fail(error)
+    assert event["response"]["error"] == expected
+    # The Responses "type" is the chat error body's; "code" is from the Responses vocabulary.
+    assert event["response"]["error"]["type"] == error.to_body()["error"]["type"]
+    Response.model_validate(event["response"])
 
 
 # -- the response object --------------------------------------------------------------------------
@@ -761,7 +1130,7 @@ def test_ids_and_creation_time_by_default(monkeypatch: pytest.MonkeyPatch) -> No
     assert re.fullmatch(r"resp_[0-9a-f]{48}", b.id)
     assert b.created_at == NOW
     b.feed(chunk(content="x"))
-    b.feed(tool(0, name="f"))
+    b.feed(tool(0, name="f", arguments="{}"))
     message_item, call_item = b.response()["output"]
     assert re.fullmatch(r"msg_[0-9a-f]{48}", message_item["id"])
     assert re.fullmatch(r"fc_[0-9a-f]{48}", call_item["id"])
