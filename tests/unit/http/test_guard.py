@@ -273,6 +273,15 @@ async def test_host_guard_passes_lifespan_and_refuses_websocket() -> None:
         ("[::1", None),
         ("[::1]:x", None),
         ("host:x", None),
+        # The first "]" closes the literal: what follows must be a port or nothing.
+        ("[::1]]", None),
+        ("[a]b]", None),
+        ("[::1]:80]", None),
+        ("[]", None),
+        ("[]:80", None),
+        ("[.]", None),
+        ("HOST.EXAMPLE..", "host.example"),
+        (" [::1]:8000 ", "::1"),
     ],
 )
 def test_host_part(value: str, expected: str | None) -> None:
@@ -294,6 +303,13 @@ def test_host_part(value: str, expected: str | None) -> None:
         ("192.168.1.2", False),
         ("example.com", False),
         ("", False),
+        ("[::1x", False),
+        ("x::1]", False),
+        ("[127.0.0.1", False),
+        (" 127.0.0.1 ", True),
+        ("[::ffff:127.0.0.1]", True),
+        ("::ffff:10.0.0.1", False),
+        ("localhost..", True),
     ],
 )
 def test_is_loopback(host: str, expected: bool) -> None:
@@ -511,13 +527,16 @@ def shutting_down(retry_after: bytes) -> list[Message]:
 
 
 class Recorder:
-    """An ASGI app that records each scope and answers http with 200 "ok"."""
+    """An ASGI app that records each scope and its first received message, and answers http
+    with 200 "ok"."""
 
     def __init__(self) -> None:
         self.scopes: list[Scope] = []
+        self.received: list[Message] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scopes.append(scope)
+        self.received.append(await receive())
         if scope["type"] == "http":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok", "more_body": False})
@@ -543,6 +562,8 @@ async def test_the_host_refusal_is_exactly_a_421_envelope() -> None:
     assert inner.scopes == []
     assert await call_raw(guard, host(b"localhost:8000")) == OK
     assert inner.paths == ["/v1/models"]
+    # The app reads the request through the receive it was given.
+    assert inner.received == [{"type": "http.request", "body": b"", "more_body": False}]
 
 
 async def test_the_host_header_name_is_matched_in_any_case() -> None:
