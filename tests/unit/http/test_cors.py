@@ -20,14 +20,17 @@ PREFLIGHT_VARY = b"Origin, Access-Control-Request-Method, Access-Control-Request
 
 
 class App:
-    """Records the calls; answers http with the given start headers (or none at all)."""
+    """Records the calls and reads one message; answers http with the given start headers (or
+    none at all)."""
 
     def __init__(self, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.headers = headers
         self.calls: list[tuple[Scope, Send]] = []
+        self.received: list[Message] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.calls.append((scope, send))
+        self.received.append(await receive())
         if scope["type"] != "http":
             return
         start: dict[str, Any] = {"type": "http.response.start", "status": 200}
@@ -326,6 +329,7 @@ async def test_an_allowed_request_gets_the_cors_headers() -> None:
     sent, _ = await call(BrowserOriginMiddleware(app, [ALLOWED]), origin(ALLOWED))
     assert sent == [decorated(ALLOWED, (b"content-type", b"application/json")), BODY]
     assert len(app.calls) == 1
+    assert app.received == [{"type": "http.request", "body": b"", "more_body": False}]
 
 
 async def test_the_origin_is_echoed_as_sent() -> None:

@@ -14,16 +14,19 @@ FRESH = re.compile(r"req_[0-9a-f]{24}")
 
 
 class App:
-    """Answers with the given start headers (or none at all) and records what it was given."""
+    """Answers with the given start headers (or none at all), records what it was given and
+    reads one message."""
 
     def __init__(self, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.headers = headers
         self.scopes: list[Scope] = []
         self.sends: list[Send] = []
+        self.received: list[Message] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scopes.append(dict(scope))
         self.sends.append(send)
+        self.received.append(await receive())
         if scope["type"] != "http":
             return
         start: dict[str, Any] = {"type": "http.response.start", "status": 200}
@@ -73,6 +76,7 @@ async def test_a_well_formed_client_id_is_kept_in_the_scope_and_on_the_response(
     ]
     assert scope[REQUEST_ID_SCOPE_KEY] == "client-id.1:2_3"
     assert app.scopes[0][REQUEST_ID_SCOPE_KEY] == "client-id.1:2_3"
+    assert app.received == [{"type": "http.request", "body": b"", "more_body": False}]
 
 
 async def test_the_header_name_is_matched_in_any_case_and_the_first_copy_counts() -> None:
