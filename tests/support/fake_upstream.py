@@ -472,6 +472,9 @@ class FakeUpstream:
             await send(_sse_head(content_type))
             await self._endless(writer, reader, _chunk(stream.role() * 400), plan.size)
             return
+        # Sealed before the prefix goes out: sealing megabytes takes long enough on a loaded
+        # machine that the proxy's idle timeout, running since the prefix, could fire first.
+        big = stream.text("x" * plan.size) if kind == "big_event" else b""
         await send(_sse_head(content_type) + _chunk(stream.prefix(plan.text_chunks)))
         if plan.hold:
             await self._held()
@@ -488,7 +491,6 @@ class FakeUpstream:
             await self._endless_line(writer, reader)
             return
         elif kind == "big_event":
-            big = stream.text("x" * plan.size)
             await send(_chunk(big) + _chunk(stream.end(plan.text_chunks + 1)) + _LAST_CHUNK)
         elif kind == "flood":
             if plan.opening:
