@@ -249,7 +249,11 @@ def _compose_hash_binding(
         )
         if hash_value is not None
     ]
-    app_compose = facts.tcb_info.get("app_compose", facts.info.get("app_compose"))
+    # The manifest the compose facts read (compose.app_compose_of): tcb_info's, unless it is
+    # absent or null, then info's. Hashing another one would vouch for a manifest never checked.
+    app_compose = facts.tcb_info.get("app_compose")
+    if app_compose is None:
+        app_compose = facts.info.get("app_compose")
     if app_compose is not None:
         if not isinstance(app_compose, str):
             return _result(code, False, "app_compose is not a string", enforced), value

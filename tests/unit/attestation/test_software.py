@@ -264,6 +264,28 @@ def test_aci_has_no_app_compose_and_passes_on_the_binding_alone() -> None:
     assert "the report carries no app_compose to hash" in detail
 
 
+def test_a_null_app_compose_in_tcb_info_does_not_hide_an_unbound_one_in_info() -> None:
+    # The compose facts read info.app_compose when tcb_info's is null (compose.app_compose_of);
+    # the binding must hash that same manifest, or a forged one would be judged as measured.
+    body = body_of(GEMMA)
+    manifest = json.loads(tcb_info_of(body)["app_compose"])
+    pinned = "vllm/vllm-openai@sha256:" + "ab" * 32
+    manifest["docker_compose_file"] = f"services:\n  vllm:\n    image: {pinned}\n"
+    forged = json.dumps(manifest)
+    tcb_info_of(body)["app_compose"] = None
+    body["info"]["app_compose"] = forged
+    strict = replace(policy_for(GEMMA), allow_unpinned_images=False)
+    report = run(GEMMA, body, policy=strict)
+    assert failed(report) == {"compose_hash_binding"}
+    forged_hash = hashlib.sha256(forged.encode()).hexdigest()
+    assert report.check("compose_hash_binding").detail.startswith(
+        f"sha256(app_compose) {forged_hash} != compose hash "
+    )
+    images = report.check("compose_images_pinned")
+    assert (images.ok, images.enforced) == (False, False)
+    assert images.detail == "not evaluated: compose_hash_binding failed"
+
+
 def test_no_compose_hash_bound_at_all_is_not_evaluated() -> None:
     body = map_event_logs(body_of(GLM), _drop_runtime_event("compose-hash"))
     # Dropping the event also changes RTMR3; and mr_config_id is zeroed in a copy of the quote.
