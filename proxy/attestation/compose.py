@@ -24,24 +24,28 @@ Checks (tier ``software``):
     many), ``ok=None`` and not enforced: the detail says that ``model_match`` rests on Venice's
     unauthenticated label alone.
 
-The model names are read two ways, in this order, each name once:
+The model names come from the YAML alone, and only from what a service runs: each service's
+``entrypoint``, then ``command``, then ``environment``, each name once, in that order. A
+comment, a label or any other key names nothing (a ``# --model org/m`` line would otherwise
+make the check say the compose serves ``org/m``). In a command or entrypoint, a string or each
+string item of a list is read two ways:
 
-- the text search, over the whole docker_compose_file as text: ``--model NAME``,
-  ``--served-model-name=NAME`` (spaces, quotes, backslashes or ``=`` between) and
-  ``MODEL_NAME=NAME``, wherever they are: in string commands (one line, folded ``>``, or inside
-  ``sh -c "..."``), in ``- MODEL_NAME=`` items, and in comments too. It is all there is when the
-  text is not valid YAML or is no mapping with ``services``;
-- the YAML, where it is such a mapping: each service's ``entrypoint`` then ``command``, as a
-  list (the item after ``--model`` or ``--served-model-name``, or one ``--flag=NAME`` item, in
-  flow ``[...]`` or block ``- ...`` form, quoted or not) or as a string split as a shell would
-  (``shlex``; one over ``MAX_SPLIT_CHARS`` is left to the text search), then its
-  ``environment``, as a list (``MODEL_NAME=NAME``) or a mapping (``MODEL_NAME: NAME``). These
-  are the forms the text search cannot see: a comma or a new ``- `` item between flag and
-  value, or ``:`` for ``=``.
+- the text pattern: ``--model NAME``, ``--served-model-name=NAME`` (spaces, quotes,
+  backslashes or ``=`` between) and ``MODEL_NAME=NAME``, wherever they stand in the string, so
+  a command inside ``sh -c "..."`` or after ``MODEL_NAME=x`` is read;
+- the arguments: a list (the item after ``--model`` or ``--served-model-name``, or one
+  ``--flag=NAME`` item, in flow ``[...]`` or block ``- ...`` form, quoted or not), or a string
+  split as a shell would (``shlex``; one over ``MAX_SPLIT_CHARS`` is left to the text
+  pattern). This reads what the pattern cannot see: a comma or a new ``- `` item between flag
+  and value, or quotes the shell removes.
+
+The ``environment`` is a list (``MODEL_NAME=NAME``) or a mapping (``MODEL_NAME: NAME``). A
+docker_compose_file that is not valid YAML, or no mapping with ``services``, names no model
+(it could not have been deployed as it stands).
 
 Either way a name starts with a letter or digit and holds only letters, digits and ``_.-/:``
-(the text search takes the longest such run, the YAML a whole item or nothing), so ``${MODEL}``
-(set by the host, unmeasured) or a path ``/models/x`` names nothing.
+(the text pattern takes the longest such run, the arguments a whole item or nothing), so
+``${MODEL}`` (set by the host, unmeasured) or a path ``/models/x`` names nothing.
 
 Bounds: an app_compose over ``MAX_COMPOSE_CHARS`` is not read, and its docker_compose_file is
 loaded with PyYAML's safe loader (libyaml's where built, which also bounds nesting). An alias
@@ -49,7 +53,7 @@ shares the node it names (nothing is copied), so nested aliases cost no more tha
 and a value several services share through an alias is read once; the one place where YAML
 copies is a ``<<`` merge key, and a document whose merges copy more than
 ``MAX_MERGED_ENTRIES`` entries in all is not read (an error; its images are then unknown, and
-its model names are the text search's alone).
+it names no model).
 
 Deliberately NOT done: resolving tags or digests against a registry, judging what an image
 does, following ``extends`` or ``include`` (flagged as unparsed), or mapping Venice's model id
@@ -84,7 +88,7 @@ _MODEL_ARGUMENT = re.compile(
 )
 _MODEL_NAME = re.compile(_NAME)
 _MODEL_FLAGS: Final = frozenset({"--model", "--served-model-name"})
-# A string command longer than this is left to the text search: shlex takes time in the square
+# A string command longer than this is left to the text pattern: shlex takes time in the square
 # of a token's length (a 1 MB one took 12 s), and real commands are a few hundred characters.
 MAX_SPLIT_CHARS: Final = 4096
 _SHELL_QUOTING = re.compile(r"['\"\\]")
@@ -194,18 +198,17 @@ def parse_compose(app_compose: str) -> ComposeFacts:
     text = manifest.get("docker_compose_file")
     if not isinstance(text, str):
         return ComposeFacts(name, (), (), "app_compose has no docker_compose_file")
-    models = _model_names(text)
     try:
         document = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except _MergedTooMuch:
         detail = f"docker_compose_file merges over {MAX_MERGED_ENTRIES} entries with << (not read)"
-        return ComposeFacts(name, (), models, detail)
+        return ComposeFacts(name, (), (), detail)
     except (yaml.YAMLError, RecursionError, ValueError):
-        return ComposeFacts(name, (), models, "docker_compose_file is not valid YAML")
+        return ComposeFacts(name, (), (), "docker_compose_file is not valid YAML")
     services = document.get("services") if isinstance(document, Mapping) else None
     if not isinstance(services, Mapping) or not services:
-        return ComposeFacts(name, (), models, "docker_compose_file has no services")
-    models = tuple(dict.fromkeys((*models, *_service_model_names(services))))
+        return ComposeFacts(name, (), (), "docker_compose_file has no services")
+    models = tuple(dict.fromkeys(_service_model_names(services)))
     images: list[Image] = []
     for service, spec in services.items():
         reference = spec.get("image") if isinstance(spec, Mapping) else None
@@ -218,13 +221,14 @@ def parse_compose(app_compose: str) -> ComposeFacts:
     return ComposeFacts(name, tuple(images), models, error)
 
 
-def _model_names(text: str) -> tuple[str, ...]:
+def _pattern_names(text: str) -> list[str]:
+    """The names the text pattern finds in one string, in order."""
     names: list[str] = []
     for match in _MODEL_ARGUMENT.finditer(text):
         value = (match.group(1) or match.group(2) or "").rstrip("'\",")
-        if value and value not in names:
+        if value:
             names.append(value)
-    return tuple(names)
+    return names
 
 
 def _service_model_names(services: Mapping[Any, Any]) -> list[str]:
@@ -247,21 +251,33 @@ def _service_model_names(services: Mapping[Any, Any]) -> list[str]:
 
 
 def _command_names(command: object) -> list[str]:
-    """``--model NAME``, ``--served-model-name NAME`` or ``--flag=NAME`` in a command: a list of
-    arguments, or a string split as a shell would (``shlex``)."""
-    if isinstance(command, str) and len(command) <= MAX_SPLIT_CHARS:
-        arguments: list[Any]
-        if _SHELL_QUOTING.search(command) is None:
-            arguments = shell_words_unquoted(command)
-        else:
-            try:
-                arguments = shlex.split(command)
-            except ValueError:  # an unclosed quote: the text search has read it
-                return []
-    elif isinstance(command, list):
-        arguments = command
-    else:
+    """The text pattern's names in a command's strings, then ``--model NAME``,
+    ``--served-model-name NAME`` or ``--flag=NAME`` in its arguments: a list, or a string split
+    as a shell would (``shlex``)."""
+    if isinstance(command, str):
+        names = _pattern_names(command)
+        return names + _argument_names(_shell_split(command))
+    if isinstance(command, list):
+        names = [name for item in command if isinstance(item, str) for name in _pattern_names(item)]
+        return names + _argument_names(command)
+    return []
+
+
+def _shell_split(command: str) -> list[str]:
+    """The command's words as a shell splits them; none when it is over ``MAX_SPLIT_CHARS`` or
+    has an unclosed quote (the text pattern has read it)."""
+    if len(command) > MAX_SPLIT_CHARS:
         return []
+    if _SHELL_QUOTING.search(command) is None:
+        return shell_words_unquoted(command)
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return []
+
+
+def _argument_names(arguments: list[Any]) -> list[str]:
+    """The value after each model flag, or of each ``--flag=value``, where it is a name."""
     names = []
     for index, argument in enumerate(arguments):
         if not isinstance(argument, str):

@@ -126,8 +126,8 @@ CAPTURE_MODEL_NAMES: dict[str, tuple[tuple[str, ...] | None, bool | None, bool, 
     "gpt_oss_120b_p": ((), None, False, None),
     "qwen3_vl_30b_a3b_p": (
         (
-            "qwen/qwen-2.5-7b-instruct",
             "RedHatAI/Qwen2.5-7B-Instruct-FP8-dynamic",
+            "qwen/qwen-2.5-7b-instruct",
             "Qwen/Qwen3-VL-30B-A3B-Instruct-FP8",
             "qwen/qwen3-vl-30b-a3b-instruct",
         ),
@@ -222,11 +222,11 @@ def _image(service: str, reference: str | None, pinned: bool = False) -> Image:
         ),
         (
             _manifest("command: --model org/m\nservices: [unclosed"),
-            ComposeFacts("t", (), ("org/m",), "docker_compose_file is not valid YAML"),
+            ComposeFacts("t", (), (), "docker_compose_file is not valid YAML"),
         ),
         (
             _manifest("services: {}\n# MODEL_NAME=org/m\n"),
-            ComposeFacts("t", (), ("org/m",), "docker_compose_file has no services"),
+            ComposeFacts("t", (), (), "docker_compose_file has no services"),
         ),
         (
             _manifest("services: [a, b]\n"),
@@ -300,7 +300,7 @@ def test_merge_keys_that_copy_past_the_budget_are_not_read() -> None:
     # One entry more, in a mapping of its own: the budget counts the whole document.
     text = _merging(100, 100, "  last: {<<: {--model: x}, command: --model org/m}\n")
     assert parse_compose(text) == ComposeFacts(
-        "t", (), ("org/m",), "docker_compose_file merges over 10000 entries with << (not read)"
+        "t", (), (), "docker_compose_file merges over 10000 entries with << (not read)"
     )
     # 400 services merging 100 entries each: refused at the budget, not built (N x K entries).
     assert parse_compose(_merging(400, 100)).error == (
@@ -327,18 +327,36 @@ def test_model_names_in_each_form_once_each_in_order() -> None:
         "    environment:\n      - MODEL_NAME=org/env.v1:2\n"
         "    entrypoint: sh -c \"vllm serve --model 'org/BOX' --served-model-name 'org/quoted'\"\n"
     )
+    # The entrypoint, then the command, then the environment; each name once.
     assert parse_compose(_manifest(text)).model_names == (
         "org/BOX",
+        "org/quoted",
         "org/served-X",
         "org/env.v1:2",
-        "org/quoted",
     )
-    assert parse_compose(_manifest("services: {}\n# MODEL_NAME=only-env\n")).model_names == (
-        "only-env",
-    )
-    # The text search alone (no services to read) still gives each name once.
-    text = _manifest("services: {}\n# MODEL_NAME=one --model one --model two --model one\n")
-    assert parse_compose(text).model_names == ("one", "two")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "services:\n  vllm:\n    image: x  # --model org/m\n",
+        "# MODEL_NAME=org/m\nservices:\n  vllm:\n    image: x\n    command: serve\n",
+        "services:\n  vllm:\n    image: x\n    labels: [--model org/m, MODEL_NAME=org/m]\n",
+        "services:\n  vllm:\n    image: x\n    healthcheck: {test: [--model, org/m]}\n",
+        "x-note: --model org/m\nservices:\n  vllm: {image: x}\n",
+    ],
+)
+def test_a_comment_or_any_other_key_names_no_model(text: str) -> None:
+    """Only what a service runs binds a model: a comment saying ``--model org/m`` does not."""
+    assert parse_compose(_manifest(text)).model_names == ()
+
+
+def test_a_comment_cannot_make_the_binding_pass() -> None:
+    text = _vllm("command: --model org/other\n# --model org/claimed")
+    facts = parse_compose(text)
+    assert facts.model_names == ("org/other",)
+    check = model_binding_check(facts, True, claimed="org/claimed", requested="claimed")
+    assert (check.ok, check.enforced) == (False, True)
 
 
 def _vllm(lines: str) -> str:
@@ -422,7 +440,14 @@ def test_model_names_of_every_service_in_order_once_each() -> None:
     assert parse_compose(text).model_names == ("org/a", "org/p", "org/c", "org/e", "org/last")
 
 
-def test_the_text_search_comes_first_and_the_yaml_adds_to_it() -> None:
+def test_model_name_set_before_a_command_in_a_shell_string_is_read() -> None:
+    text = _vllm("entrypoint: sh -c 'MODEL_NAME=org/env exec vllm serve'\ncommand: [x]")
+    assert parse_compose(text).model_names == ("org/env",)
+    text = _vllm("command: [sh, -c, 'MODEL_NAME=org/env vllm serve --model org/m']")
+    assert parse_compose(text).model_names == ("org/env", "org/m")
+
+
+def test_the_entrypoint_comes_before_the_command() -> None:
     text = _vllm("command: [--model, org/list]\nentrypoint: sh -c 'vllm serve --model org/sh'")
     assert parse_compose(text).model_names == ("org/sh", "org/list")
 
@@ -467,20 +492,18 @@ def test_list_forms_bind_the_model_or_fail_the_binding() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "names"),
+    "text",
     [
-        ("- --model\n- org/m\n", ()),  # a list: no services, and the text search cannot see it
-        ("--model org/m\n", ("org/m",)),  # a string: the text search reads it
-        ("services: [--model, org/m]\n", ()),
-        ("services:\n  - command: [--model, org/m]\n", ()),
-        ("x-vllm:\n  command: [--model, org/m]\nservices: {}\n", ()),
+        "- --model\n- org/m\n",
+        "--model org/m\n",
+        "services: [--model, org/m]\n",
+        "services:\n  - command: [--model, org/m]\n",
+        "x-vllm:\n  command: [--model, org/m]\nservices: {}\n",
     ],
 )
-def test_yaml_that_is_not_a_compose_is_left_to_the_text_search(
-    text: str, names: tuple[str, ...]
-) -> None:
+def test_yaml_that_is_not_a_compose_names_no_model(text: str) -> None:
     assert parse_compose(_manifest(text)) == ComposeFacts(
-        "t", (), names, "docker_compose_file has no services"
+        "t", (), (), "docker_compose_file has no services"
     )
 
 
