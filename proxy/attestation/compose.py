@@ -33,11 +33,11 @@ string item of a list is read two ways:
 - the text pattern: ``--model NAME``, ``--served-model-name=NAME`` (spaces, quotes,
   backslashes or ``=`` between) and ``MODEL_NAME=NAME``, wherever they stand in the string, so
   a command inside ``sh -c "..."`` or after ``MODEL_NAME=x`` is read;
-- the arguments: a list (the item after ``--model`` or ``--served-model-name``, or one
-  ``--flag=NAME`` item, in flow ``[...]`` or block ``- ...`` form, quoted or not), or a string
-  split as a shell would (``shlex``; one over ``MAX_SPLIT_CHARS`` is left to the text
-  pattern). This reads what the pattern cannot see: a comma or a new ``- `` item between flag
-  and value, or quotes the shell removes.
+- the arguments: a list (the item after ``--model``, every item after ``--served-model-name``
+  up to the next option, or one ``--flag=NAME`` item, in flow ``[...]`` or block ``- ...``
+  form, quoted or not), or a string split as a shell would (``shlex``; one over
+  ``MAX_SPLIT_CHARS`` is left to the text pattern). This reads what the pattern cannot see: a
+  comma or a new ``- `` item between flag and value, or quotes the shell removes.
 
 The ``environment`` is a list (``MODEL_NAME=NAME``) or a mapping (``MODEL_NAME: NAME``). A
 docker_compose_file that is not valid YAML, or no mapping with ``services``, names no model
@@ -62,6 +62,7 @@ to a Hugging Face id (Venice's ``upstream_model`` claim is what is compared).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
@@ -87,7 +88,8 @@ _MODEL_ARGUMENT = re.compile(
     rf"(?:--served-model-name|--model)(?:=|[\s\\'\"]+)({_NAME})|\bMODEL_NAME=({_NAME})"
 )
 _MODEL_NAME = re.compile(_NAME)
-_MODEL_FLAGS: Final = frozenset({"--model", "--served-model-name"})
+_SERVED_NAME_FLAG: Final = "--served-model-name"
+_MODEL_FLAGS: Final = frozenset({"--model", _SERVED_NAME_FLAG})
 # A string command longer than this is left to the text pattern: shlex takes time in the square
 # of a token's length (a 1 MB one took 12 s), and real commands are a few hundred characters.
 MAX_SPLIT_CHARS: Final = 4096
@@ -277,7 +279,9 @@ def _shell_split(command: str) -> list[str]:
 
 
 def _argument_names(arguments: list[Any]) -> list[str]:
-    """The value after each model flag, or of each ``--flag=value``, where it is a name."""
+    """The names a model flag gives: the value of ``--flag=value``; else the argument after
+    ``--model``, and every argument after ``--served-model-name`` up to the next option (vLLM
+    takes one or more served names, ``nargs="+"``). Values that are not names are skipped."""
     names = []
     for index, argument in enumerate(arguments):
         if not isinstance(argument, str):
@@ -285,11 +289,18 @@ def _argument_names(arguments: list[Any]) -> list[str]:
         flag, equals, value = argument.partition("=")
         if flag not in _MODEL_FLAGS:
             continue
-        following = arguments[index + 1] if index + 1 < len(arguments) else None
-        candidate = value if equals else following
-        if isinstance(candidate, str) and _MODEL_NAME.fullmatch(candidate):
-            names.append(candidate)
+        if equals:
+            candidates: list[Any] = [value]
+        elif flag == _SERVED_NAME_FLAG:
+            candidates = list(itertools.takewhile(_not_an_option, arguments[index + 1 :]))
+        else:
+            candidates = arguments[index + 1 : index + 2]
+        names += [c for c in candidates if isinstance(c, str) and _MODEL_NAME.fullmatch(c)]
     return names
+
+
+def _not_an_option(argument: Any) -> bool:
+    return not (isinstance(argument, str) and argument.startswith("-"))
 
 
 def _environment_names(environment: object) -> list[str]:

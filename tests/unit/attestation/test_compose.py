@@ -447,6 +447,30 @@ def test_model_name_set_before_a_command_in_a_shell_string_is_read() -> None:
     assert parse_compose(text).model_names == ("org/env", "org/m")
 
 
+@pytest.mark.parametrize(
+    ("lines", "names"),
+    [
+        # vLLM serves under every name given to --served-model-name (nargs="+").
+        ("command: --model org/m --served-model-name a b --port 8000", ("org/m", "a", "b")),
+        ("command: [--served-model-name, a, b, c]", ("a", "b", "c")),
+        ("command: [--served-model-name, a, '${X}', b, --model, org/m]", ("a", "b", "org/m")),
+        ("command: [--served-model-name, a, 5, b]", ("a", "b")),  # 5 is no name, not an end
+        ("command: [--served-model-name=a, b]", ("a",)),  # the = form takes one value
+        ("command: [--model, org/m, b]", ("org/m",)),  # --model takes one
+        ("command: [--served-model-name, -a, b]", ()),  # an option ends the names
+    ],
+)
+def test_every_served_name_is_read(lines: str, names: tuple[str, ...]) -> None:
+    assert parse_compose(_vllm(lines)).model_names == names
+
+
+def test_a_second_served_name_binds_the_model() -> None:
+    facts = parse_compose(_vllm("command: [--model, org/m, --served-model-name, alias, org/x]"))
+    check = model_binding_check(facts, True, claimed="org/x", requested="x")
+    assert (check.ok, check.enforced) == (True, True)
+    assert check.detail == "the measured compose serves org/x (names: org/m, alias, org/x)"
+
+
 def test_the_entrypoint_comes_before_the_command() -> None:
     text = _vllm("command: [--model, org/list]\nentrypoint: sh -c 'vllm serve --model org/sh'")
     assert parse_compose(text).model_names == ("org/sh", "org/list")
