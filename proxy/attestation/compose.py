@@ -62,7 +62,6 @@ to a Hugging Face id (Venice's ``upstream_model`` claim is what is compared).
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import shlex
@@ -292,15 +291,20 @@ def _argument_names(arguments: list[Any]) -> list[str]:
         if equals:
             candidates: list[Any] = [value]
         elif flag == _SERVED_NAME_FLAG:
-            candidates = list(itertools.takewhile(_not_an_option, arguments[index + 1 :]))
+            # Up to the next option, which ends this run: each argument is looked at once in
+            # all (a slice of the rest per flag would be quadratic in a hostile list of flags).
+            end = index + 1
+            while end < len(arguments) and not _is_option(arguments[end]):
+                end += 1
+            candidates = arguments[index + 1 : end]
         else:
             candidates = arguments[index + 1 : index + 2]
         names += [c for c in candidates if isinstance(c, str) and _MODEL_NAME.fullmatch(c)]
     return names
 
 
-def _not_an_option(argument: Any) -> bool:
-    return not (isinstance(argument, str) and argument.startswith("-"))
+def _is_option(argument: Any) -> bool:
+    return isinstance(argument, str) and argument.startswith("-")
 
 
 def _environment_names(environment: object) -> list[str]:

@@ -163,8 +163,9 @@ def _a_signal_stop_is_success() -> Iterator[None]:
     ``KeyboardInterrupt`` traceback after Ctrl-C and death by SIGTERM (status 143 in a shell),
     so a supervisor that counts only 0 as success would see every orderly stop as a failure,
     and ``server.workers = 1`` would end differently from several workers. Here that handler
-    raises :class:`_StoppedBySignalError`, caught below. A signal that arrives before uvicorn took
-    over (while the app is built) also ends the command with 0: it was asked to stop and did.
+    raises :class:`_StoppedBySignalError`, which is suppressed. A signal that arrives before
+    uvicorn took over (while the app is built) also ends the command with 0: it was asked to
+    stop and did.
     """
 
     def stop(signum: int, _frame: Any) -> None:
@@ -172,9 +173,8 @@ def _a_signal_stop_is_success() -> Iterator[None]:
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
-    except _StoppedBySignalError:
-        pass
+        with contextlib.suppress(_StoppedBySignalError):
+            yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

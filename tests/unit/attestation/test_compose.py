@@ -464,6 +464,15 @@ def test_every_served_name_is_read(lines: str, names: tuple[str, ...]) -> None:
     assert parse_compose(_vllm(lines)).model_names == names
 
 
+def test_a_long_list_of_served_name_flags_is_read_in_one_pass() -> None:
+    # 25,000 flags, each with one name (within MAX_COMPOSE_CHARS): each argument is read once;
+    # a copy of the rest of the list per flag would be 300 million steps.
+    arguments = ", ".join(f"--served-model-name, m{index}" for index in range(25_000))
+    facts = parse_compose(_vllm(f"command: [{arguments}]"))
+    assert facts.error is None
+    assert facts.model_names == tuple(f"m{index}" for index in range(25_000))
+
+
 def test_a_second_served_name_binds_the_model() -> None:
     facts = parse_compose(_vllm("command: [--model, org/m, --served-model-name, alias, org/x]"))
     check = model_binding_check(facts, True, claimed="org/x", requested="x")
