@@ -9,7 +9,8 @@ decrypted batches (:func:`proxy.service.relay.decrypted_batches`) and hand every
   per upstream read, then ``response.completed`` (or ``response.incomplete``). An error after
   the first byte (a chunk that does not decrypt, plaintext, a cut stream, Venice's in-band
   error, a strict signature failure from ``before_done``) becomes ``response.failed`` with the
-  error: never a completed response.
+  error: never a completed response. The events the failing batch (and chunk) made before the
+  error go out first, so ``response.failed`` never lists output the client was not sent.
 - :func:`responses_object`: the final ``response`` object (with ``output_text``); errors
   propagate, so the handler answers them as ordinary OpenAI errors.
 
@@ -48,14 +49,20 @@ async def responses_sse(
 ) -> AsyncIterator[bytes]:
     """The Responses event stream for one opened chat stream (bytes, framed)."""
     yield _encoded(builder.start())
+    # The events of the batch being fed: if a later chunk of it fails, they still go out, before
+    # response.failed (which lists what they announced).
+    pending: list[dict[str, Any]] = []
     try:
-        if first:
-            out = _encoded([e for chunk in first for e in builder.feed(_note(chunk, stats))])
-            if out:
-                yield out
+        for chunk in first:
+            pending += builder.feed(_note(chunk, stats))
+        if pending:
+            out, pending = _encoded(pending), []
+            yield out
         async for batch in rest:
-            out = _encoded([e for chunk in batch for e in builder.feed(_note(chunk, stats))])
-            if out:
+            for chunk in batch:
+                pending += builder.feed(_note(chunk, stats))
+            if pending:
+                out, pending = _encoded(pending), []
                 yield out
         if before_done is not None:
             failure = await before_done()
@@ -64,7 +71,7 @@ async def responses_sse(
         closing = builder.complete()
     except ProxyError as exc:
         stats.error_code = exc.log_code
-        closing = builder.fail(exc)
+        closing = pending + builder.fail(exc)
     yield _encoded(closing)
 
 

@@ -141,7 +141,13 @@ class _Call:
 
 
 class ResponseBuilder:
-    """Turns one decrypted chat stream into Responses events and the final ``response``."""
+    """Turns one decrypted chat stream into Responses events and the final ``response``.
+
+    Every event is made in the order it is sent: :meth:`_event` numbers it and queues it, and
+    each public method hands the queue out. So a chunk that turns out malformed half-way (an
+    :class:`UpstreamError` from :meth:`feed`) leaves the events it already made queued, and
+    :meth:`fail` sends them before ``response.failed``: the failed response never lists an item
+    or text the client was not sent, and ``sequence_number`` has no gap."""
 
     def __init__(
         self,
@@ -163,6 +169,7 @@ class ResponseBuilder:
         self.usage: dict[str, Any] | None = None
         self.finish_reason: str | None = None
         self._sequence = 0
+        self._queued: list[Event] = []
         self._output: list[dict[str, Any]] = []
         self._current: _Open | None = None
         self._calls: dict[int, _Call] = {}
@@ -174,22 +181,21 @@ class ResponseBuilder:
 
     def start(self) -> list[Event]:
         """``response.created`` and ``response.in_progress``."""
-        return [
-            self._event("response.created", response=self.response()),
-            self._event("response.in_progress", response=self.response()),
-        ]
+        self._event("response.created", response=self.response())
+        self._event("response.in_progress", response=self.response())
+        return self._take()
 
     def feed(self, chunk: Mapping[str, Any]) -> list[Event]:
-        """The events for one decrypted chat chunk (possibly none)."""
+        """The events for one decrypted chat chunk (possibly none). On an
+        :class:`UpstreamError` the events made before it stay queued for :meth:`fail`."""
         usage = chunk.get("usage")
         if isinstance(usage, Mapping):
             self.usage = map_usage(usage)
         choices = chunk.get("choices")
         if choices is None:
-            return []
+            return self._take()
         if not isinstance(choices, list):
             raise _malformed("a chunk whose choices is not an array")
-        events: list[Event] = []
         for choice in choices:
             if not isinstance(choice, Mapping):
                 raise _malformed("a choice that is not an object")
@@ -199,11 +205,11 @@ class ResponseBuilder:
             if delta is not None:
                 if not isinstance(delta, Mapping):
                     raise _malformed("a delta that is not an object")
-                events += self._delta(delta)
+                self._delta(delta)
             finish = choice.get("finish_reason")
             if isinstance(finish, str):
                 self.finish_reason = finish
-        return events
+        return self._take()
 
     def complete(self) -> list[Event]:
         """After a complete upstream stream: send the item of a tool call whose name was still
@@ -218,19 +224,20 @@ class ResponseBuilder:
             status, reason = "incomplete", "max_output_tokens"
         elif self.finish_reason == "content_filter":
             status, reason = "incomplete", "content_filter"
-        events = self._open_named()
-        events += self._close("completed" if status == "completed" else "incomplete")
+        self._open_named()
+        self._close("completed" if status == "completed" else "incomplete")
         self.status = status
         self.incomplete_details = {"reason": reason} if reason else None
         if status == "completed":
             self._completed_at = int(time.time())
-        events.append(self._event(f"response.{status}", response=self.response()))
-        return events
+        self._event(f"response.{status}", response=self.response())
+        return self._take()
 
     def fail(self, error: ProxyError) -> list[Event]:
-        """``response.failed`` carrying ``error``; open items are left ``incomplete``. A tool
-        call whose name was still arriving never had its item sent, and is left out (its name may
-        be cut short), like one that never got a name.
+        """The events a chunk made before it failed (see the class), then ``response.failed``
+        carrying ``error``; open items are left ``incomplete``. A tool call whose name was still
+        arriving never had its item sent, and is left out (its name may be cut short), like one
+        that never got a name.
 
         ``error.type`` is the one the chat error body reports (:attr:`ProxyError.reported_type`:
         an upstream 429 is a ``rate_limit_error``, a 503 a ``server_error``); ``error.code`` is
@@ -246,7 +253,8 @@ class ResponseBuilder:
         self.error = {"code": code, "message": message, "type": error.reported_type}
         if error.param is not None:
             self.error["param"] = error.param
-        return [self._event("response.failed", response=self.response())]
+        self._event("response.failed", response=self.response())
+        return self._take()
 
     def response(self, *, with_output_text: bool = False) -> dict[str, Any]:
         """The ``response`` object as it stands (a deep copy)."""
@@ -294,43 +302,44 @@ class ResponseBuilder:
 
     # -- deltas -----------------------------------------------------------------------------
 
-    def _event(self, kind: str, **fields: Any) -> Event:
-        event: Event = {"type": kind, **fields, "sequence_number": self._sequence}
+    def _event(self, kind: str, **fields: Any) -> None:
+        self._queued.append({"type": kind, **fields, "sequence_number": self._sequence})
         self._sequence += 1
-        return event
 
-    def _delta(self, delta: Mapping[str, Any]) -> list[Event]:
-        events: list[Event] = []
+    def _take(self) -> list[Event]:
+        events, self._queued = self._queued, []
+        return events
+
+    def _delta(self, delta: Mapping[str, Any]) -> None:
         for name in _REASONING_FIELDS:
             reasoning = delta.get(name)
             if isinstance(reasoning, str) and reasoning:
-                events += self._text("reasoning", "reasoning_text", reasoning)
+                self._text("reasoning", "reasoning_text", reasoning)
                 break
         content = _text_of(delta.get("content"))
         if content:
-            events += self._text("message", "output_text", content)
+            self._text("message", "output_text", content)
         refusal = delta.get("refusal")
         if isinstance(refusal, str) and refusal:
-            events += self._text("message", "refusal", refusal)
+            self._text("message", "refusal", refusal)
         calls = delta.get("tool_calls")
         if calls is not None:
             if not isinstance(calls, list):
                 raise _malformed("tool_calls that are not an array")
             for call in calls:
-                events += self._tool_delta(call)
-        return events
+                self._tool_delta(call)
 
-    def _text(self, kind: _Kind, part_type: str, text: str) -> list[Event]:
-        events = self._open_named()  # text starts another item: a call's name is whole
+    def _text(self, kind: _Kind, part_type: str, text: str) -> None:
+        self._open_named()  # text starts another item: a call's name is whole
         current = self._current
         if current is None or current.kind != kind:
-            events += self._close("completed")
-            current = self._open(kind, events)
+            self._close("completed")
+            current = self._open(kind)
         item = current.item
         parts: list[dict[str, Any]] = item["content"]
         if not parts or parts[-1]["type"] != part_type:
             if parts:
-                events += self._close_part(current)
+                self._close_part(current)
             part: dict[str, Any] = (
                 {"type": "refusal", "refusal": ""}
                 if part_type == "refusal"
@@ -339,7 +348,7 @@ class ResponseBuilder:
             if part_type == "output_text":
                 part.update(annotations=[], logprobs=[])
             parts.append(part)
-            events.append(self._part_event("response.content_part.added", current, part))
+            self._part_event("response.content_part.added", current, part)
         part = parts[-1]
         index = len(parts) - 1
         common = {
@@ -350,16 +359,15 @@ class ResponseBuilder:
         }
         if part_type == "refusal":
             part["refusal"] += text
-            events.append(self._event("response.refusal.delta", **common))
+            self._event("response.refusal.delta", **common)
         elif part_type == "reasoning_text":
             part["text"] += text
-            events.append(self._event("response.reasoning_text.delta", **common))
+            self._event("response.reasoning_text.delta", **common)
         else:
             part["text"] += text
-            events.append(self._event("response.output_text.delta", **common, logprobs=[]))
-        return events
+            self._event("response.output_text.delta", **common, logprobs=[])
 
-    def _tool_delta(self, call: Any) -> list[Event]:
+    def _tool_delta(self, call: Any) -> None:
         if not isinstance(call, Mapping):
             raise _malformed("a tool call that is not an object")
         index = call.get("index", 0)
@@ -378,33 +386,33 @@ class ResponseBuilder:
         if arguments is not None and not isinstance(arguments, str):
             raise _malformed("tool call arguments that are not a string")
         # A delta for another call: the call whose name was arriving has all of it.
-        events = self._open_named() if self._naming != index else []
+        if self._naming != index:
+            self._open_named()
         if state.item is None:
             if isinstance(name, str) and name:
                 if self._naming is None:
                     # The call's first name piece: the item before it is finished.
-                    events += self._close("completed")
+                    self._close("completed")
                     self._naming = index
                 state.name += name
             if arguments:
                 state.pending.append(arguments)
                 if state.name:
-                    events += self._open_named()
-            return events
+                    self._open_named()
+            return
         if self._current is None or self._current.tool_index != index:
             raise _malformed("a tool call that resumed after another output item started")
         if isinstance(name, str) and name:
             raise _malformed("a tool call whose name went on after its item was sent")
         if arguments:
-            events += self._arguments(arguments)
-        return events
+            self._arguments(arguments)
 
-    def _open_named(self) -> list[Event]:
+    def _open_named(self) -> None:
         """Sends the item of the call whose name was arriving (if any), now that its name can no
         longer grow, with the arguments that came before its name."""
         index = self._naming
         if index is None:
-            return []
+            return
         self._naming = None
         state = self._calls[index]
         item = {
@@ -418,34 +426,29 @@ class ResponseBuilder:
         state.item = item
         self._output.append(item)
         self._current = _Open(item, len(self._output) - 1, "function_call", index)
-        events = [
-            self._event(
-                "response.output_item.added",
-                output_index=self._current.output_index,
-                item=copy.deepcopy(item),
-            )
-        ]
+        self._event(
+            "response.output_item.added",
+            output_index=self._current.output_index,
+            item=copy.deepcopy(item),
+        )
         pending, state.pending = "".join(state.pending), []
         if pending:
-            events += self._arguments(pending)
-        return events
+            self._arguments(pending)
 
-    def _arguments(self, text: str) -> list[Event]:
+    def _arguments(self, text: str) -> None:
         current = self._current
         assert current is not None
         current.item["arguments"] += text
-        return [
-            self._event(
-                "response.function_call_arguments.delta",
-                item_id=current.item["id"],
-                output_index=current.output_index,
-                delta=text,
-            )
-        ]
+        self._event(
+            "response.function_call_arguments.delta",
+            item_id=current.item["id"],
+            output_index=current.output_index,
+            delta=text,
+        )
 
     # -- items ------------------------------------------------------------------------------
 
-    def _open(self, kind: _Kind, events: list[Event]) -> _Open:
+    def _open(self, kind: _Kind) -> _Open:
         item: dict[str, Any]
         if kind == "reasoning":
             item = {"id": self._make_id("rs"), "type": "reasoning", "summary": [], "content": []}
@@ -460,17 +463,15 @@ class ResponseBuilder:
         self._output.append(item)
         current = _Open(item, len(self._output) - 1, kind)
         self._current = current
-        events.append(
-            self._event(
-                "response.output_item.added",
-                output_index=current.output_index,
-                item=copy.deepcopy(item),
-            )
+        self._event(
+            "response.output_item.added",
+            output_index=current.output_index,
+            item=copy.deepcopy(item),
         )
         return current
 
-    def _part_event(self, kind: str, current: _Open, part: Mapping[str, Any]) -> Event:
-        return self._event(
+    def _part_event(self, kind: str, current: _Open, part: Mapping[str, Any]) -> None:
+        self._event(
             kind,
             item_id=current.item["id"],
             output_index=current.output_index,
@@ -478,7 +479,7 @@ class ResponseBuilder:
             part=copy.deepcopy(dict(part)),
         )
 
-    def _close_part(self, current: _Open) -> list[Event]:
+    def _close_part(self, current: _Open) -> None:
         parts = current.item["content"]
         part = parts[-1]
         common = {
@@ -487,43 +488,35 @@ class ResponseBuilder:
             "content_index": len(parts) - 1,
         }
         if part["type"] == "refusal":
-            done = self._event("response.refusal.done", **common, refusal=part["refusal"])
+            self._event("response.refusal.done", **common, refusal=part["refusal"])
         elif part["type"] == "reasoning_text":
-            done = self._event("response.reasoning_text.done", **common, text=part["text"])
+            self._event("response.reasoning_text.done", **common, text=part["text"])
         else:
-            done = self._event(
-                "response.output_text.done", **common, text=part["text"], logprobs=[]
-            )
-        return [done, self._part_event("response.content_part.done", current, part)]
+            self._event("response.output_text.done", **common, text=part["text"], logprobs=[])
+        self._part_event("response.content_part.done", current, part)
 
-    def _close(self, status: str) -> list[Event]:
+    def _close(self, status: str) -> None:
         current = self._current
         if current is None:
-            return []
+            return
         self._current = None
         item = current.item
-        events: list[Event] = []
         if current.kind == "function_call":
             if current.tool_index is not None:
                 self._calls[current.tool_index].closed = True
-            events.append(
-                self._event(
-                    "response.function_call_arguments.done",
-                    item_id=item["id"],
-                    output_index=current.output_index,
-                    name=item["name"],
-                    arguments=item["arguments"],
-                )
+            self._event(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=current.output_index,
+                name=item["name"],
+                arguments=item["arguments"],
             )
         elif item["content"]:
-            events += self._close_part(current)
+            self._close_part(current)
         if current.kind != "reasoning":
             item["status"] = status
-        events.append(
-            self._event(
-                "response.output_item.done",
-                output_index=current.output_index,
-                item=copy.deepcopy(item),
-            )
+        self._event(
+            "response.output_item.done",
+            output_index=current.output_index,
+            item=copy.deepcopy(item),
         )
-        return events

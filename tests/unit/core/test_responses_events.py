@@ -950,6 +950,48 @@ def test_failure_of_an_open_function_call() -> None:
     assert response["error"]["message"] == "the upstream request failed (upstream_error)"
 
 
+def test_a_chunk_that_fails_half_way_sends_what_it_made_before_response_failed() -> None:
+    # The text of the chunk opened a message before its tool_calls turned out malformed: the
+    # failed response lists that message, so the client must have been sent it, in sequence.
+    b = builder()
+    b.start()
+    with pytest.raises(UpstreamError) as info:
+        b.feed({"choices": [{"index": 0, "delta": {"content": "Hi", "tool_calls": "x"}}]})
+    assert info.value.message == "the upstream sent tool_calls that are not an array"
+    events = b.fail(info.value)
+    msg = message("msg_0", "incomplete", text_part("Hi"))
+    assert [(e["type"], e["sequence_number"]) for e in events] == [
+        ("response.output_item.added", 2),
+        ("response.content_part.added", 3),
+        ("response.output_text.delta", 4),
+        ("response.failed", 5),
+    ]
+    assert events[2]["delta"] == "Hi"
+    assert events[3]["response"]["output"] == [msg]
+    assert b.fail(info.value)[0]["sequence_number"] == 6  # handed out once, not again
+
+
+def test_a_failing_tool_call_after_another_call_sends_the_first_calls_item() -> None:
+    # The second call's delta makes the first call's name whole and closes its item; the same
+    # delta's next piece is malformed. The first call's events go out before response.failed.
+    b = builder()
+    b.feed(tool(0, call_id="a", name="get_"))
+    bad = {"index": 1, "function": {"name": "g", "arguments": 7}}
+    good = {"index": 1, "function": {"name": "g"}}
+    with pytest.raises(UpstreamError):
+        b.feed(chunk(tool_calls=[good, bad]))
+    events = b.fail(UpstreamError("x"))
+    assert [e["type"] for e in events] == [
+        "response.output_item.added",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.failed",
+    ]
+    assert events[0]["item"]["name"] == "get_"
+    # The second call's name was still arriving: left out, as fail() documents.
+    assert events[3]["response"]["output"] == [function_call("fc_0", "completed", "a", "get_", "")]
+
+
 def test_failure_before_any_output() -> None:
     b = builder()
     b.start()
