@@ -17,7 +17,8 @@ Common fields: ``intel_quote`` is hex (base64 tolerated), ``nvidia_payload`` is 
 holding an object, ``model``/``verified``/``nonce``/``tee_provider``/``upstream_model`` are
 Venice's additions. Every copy of the quote (``intel_quote``, ``quote``,
 ``attestation.evidence.quote``) and of the nonce (``nonce``, ``request_nonce``) must agree, and
-so must ``signing_public_key`` and ``signing_key``; a disagreement is a garbled report.
+so must ``signing_public_key`` and ``signing_key`` (as points: the compressed and the
+uncompressed form of one key agree); a disagreement is a garbled report.
 
 Garbled or missing essentials raise :class:`AttestationError` with a stable code:
 ``attestation_shape_unknown``, ``signing_address_missing``, ``signing_key_invalid`` (not a
@@ -206,6 +207,12 @@ def _try_key(text: str) -> bytes | None:
 
 
 def _normalized(text: str) -> str:
+    """One form of a key for comparison: its uncompressed point when the text is a valid key
+    (so the compressed and the uncompressed form of one key agree), else the bare lower-case
+    hex (``04`` added to 64 bytes)."""
+    key = _try_key(text)
+    if key is not None:
+        return key.hex()
     bare = text.lower().removeprefix("0x")
     return "04" + bare if len(bare) == 128 else bare
 

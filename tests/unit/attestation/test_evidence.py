@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from coincurve import PublicKey
 
 from proxy.attestation import parse_attestation, parse_tdx_quote, unwrap_capture
 from proxy.core.crypto import address_hex, address_of, generate_keypair
@@ -505,19 +506,54 @@ def test_nonces_are_compared_without_case_and_kept_as_sent() -> None:
         ("0X{upper}", "{key}"),
         ("{key}", "{bare}"),  # 64-byte X||Y is the same key
         ("0x{bare}", "{key}"),
+        ("{key}", "{compressed}"),  # the same point, compressed
+        ("0x{compressed}", "{bare}"),
     ],
 )
 def test_the_two_key_fields_agree_across_encodings(public: str, other: str) -> None:
     body = body_of(GLM)
     key = body["signing_public_key"].lower().removeprefix("0x")
     assert len(key) == 130
-    values = {"key": key, "upper": key.upper(), "bare": key[2:]}
+    compressed = PublicKey(bytes.fromhex(key)).format(compressed=True).hex()
+    values = {"key": key, "upper": key.upper(), "bare": key[2:], "compressed": compressed}
     body["signing_public_key"] = public.format(**values)
     body["signing_key"] = other.format(**values)
     evidence = parse_attestation(body)
     assert evidence.signing_public_key == bytes.fromhex(key)
     assert evidence.signing_public_key_text == body["signing_public_key"]
     assert evidence.key_source == "signing_public_key"
+
+
+@pytest.mark.parametrize(
+    ("public", "other", "agree"),
+    [
+        ("0x04" + "11" * 64, "04" + "11" * 64, True),
+        ("0X04" + "11" * 64, "04" + "11" * 64, True),
+        ("04" + "11" * 64, "11" * 64, True),  # 64 bytes: X||Y
+        ("04" + "11" * 64, "04" + "12" * 64, False),
+        ("11" * 64, "0x" + "11" * 63 + "12", False),
+    ],
+)
+def test_two_texts_that_are_no_key_are_compared_as_hex(
+    public: str, other: str, agree: bool
+) -> None:
+    # Not points on the curve: the report is parsed (signing_key_valid then fails it) when the
+    # two fields spell one value, and is a conflict when they do not.
+    body = body_of(GLM)
+    body["signing_public_key"], body["signing_key"] = public, other
+    if not agree:
+        assert _refused(body).code == "signing_key_conflict"
+        return
+    evidence = parse_attestation(body)
+    assert evidence.signing_public_key is None
+    assert evidence.signing_public_key_text == public
+
+
+def test_another_valid_key_in_compressed_form_still_disagrees() -> None:
+    body = body_of(GLM)
+    other = generate_keypair().public
+    body["signing_key"] = PublicKey(other).format(compressed=True).hex()
+    assert _refused(body).code == "signing_key_conflict"
 
 
 def test_a_key_with_0x_at_its_end_is_another_key() -> None:
