@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -78,6 +79,7 @@ SOFTWARE_CHECK_CODES: Final = (
 )
 
 DEV_IMAGE_TOKENS: Final = frozenset({"dev", "devel", "debug"})
+_IMAGE_NAME_TOKENS: Final = re.compile(r"[a-z0-9]+")
 _CONFIG_ID_TAG = 0x01
 _COMPOSE_HASH_BYTES = 32
 
@@ -285,8 +287,10 @@ def _vm_config(info: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def is_dev_image(name: str) -> bool:
-    """True when an image name has a dev/debug token (``dstack-nvidia-dev-0.5.8-e3e677dd``)."""
-    tokens = name.lower().replace("_", "-").replace(".", "-").split("-")
+    """True when an image name has a dev/debug token (``dstack-nvidia-dev-0.5.8-e3e677dd``,
+    ``dstack/dev:0.5``): tokens are the runs of letters and digits, so any separator counts and
+    a word that only starts with one (``devstack``, ``device``) does not."""
+    tokens = _IMAGE_NAME_TOKENS.findall(name.lower())
     return any(token in DEV_IMAGE_TOKENS for token in tokens)
 
 

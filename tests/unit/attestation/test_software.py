@@ -347,6 +347,15 @@ def test_missing_vm_config_is_not_evaluated() -> None:
         ("dstack-nvidia-0.5.5", False),
         ("devstack-0.5", False),
         ("dstack-device-0.5", False),
+        ("dstack/dev:0.5", True),
+        ("dstack:debug", True),
+        ("dstack+devel", True),
+        ("dstack nvidia dev", True),
+        ("DSTACK-DEV", True),
+        ("dev", True),
+        ("dstack/nvidia:0.5.5", False),
+        ("dstack-developer-0.5", False),
+        ("", False),
     ],
 )
 def test_dev_image_names(name: str, dev: bool) -> None:
