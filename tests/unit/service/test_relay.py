@@ -736,3 +736,27 @@ async def test_an_aggregated_answer_keeps_its_usage_for_the_log() -> None:
     stats = StreamStats(usage={"stale": 1})
     await aggregate([content("Hi")], batches_of([content("", "stop")]), stats, max_chars=10)
     assert stats.usage is None
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_an_answer_without_text_is_relayed_from_its_first_batch(include_usage: bool) -> None:
+    """No text: the first batch holds the whole answer, its usage included."""
+    stats = StreamStats()
+    first = [content(""), content("", "stop"), USAGE_CHUNK]
+    parts = await client_parts(first, include_usage=include_usage, stats=stats)
+    closing = frame(USAGE_CHUNK) if include_usage else b""
+    assert parts == [
+        frame(content("")) + frame(content("", "stop")) + closing,
+        b"data: [DONE]\n\n",
+    ]
+    assert stats.usage == USAGE
+    assert stats.sent == (3 if include_usage else 2)
+
+
+async def test_usage_read_with_the_finish_is_relayed_in_the_same_write() -> None:
+    stats = StreamStats()
+    closing = [content("", "stop"), USAGE_CHUNK]
+    parts = await client_parts([content("Hi")], closing, include_usage=True, stats=stats)
+    assert parts[1] == frame(content("", "stop")) + frame(USAGE_CHUNK)
+    assert stats.usage == USAGE
+    assert stats.sent == 3
