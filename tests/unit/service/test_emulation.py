@@ -418,3 +418,13 @@ def test_completion_chunks_keep_each_choice_index() -> None:
         ]
     }
     assert [chunk["choices"][0]["index"] for chunk in completion_chunks(completion)] == [2, 2]
+
+
+@pytest.mark.parametrize("role", ["assistant", "tool", None])
+def test_completion_chunks_carry_the_message_role(role: str | None) -> None:
+    """The role folds back as the message had it (none: ``assistant``), never assumed."""
+    message: dict[str, Any] = {"content": "x"} if role is None else {"role": role, "content": "x"}
+    completion = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    chunks = completion_chunks(completion)
+    assert chunks[0]["choices"][0]["delta"] == {"role": role or "assistant", "content": "x"}
+    assert _folded(chunks)["choices"][0]["message"]["role"] == (role or "assistant")
