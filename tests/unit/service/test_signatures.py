@@ -101,6 +101,17 @@ async def test_the_answer_names_another_address() -> None:
     assert (result.outcome, result.code) == ("mismatch", "signature_address_mismatch")
 
 
+async def test_a_detail_is_at_most_200_characters() -> None:
+    """The upstream's claimed address is shown escaped: 44 control characters make a detail of
+    264 characters, cut at 200."""
+    fetch = Fetcher(signed_by(ENCLAVE, signing_address="\x01" * 60))
+    result = await verifier(fetch, Pauses()).verify(MODEL, COMPLETION, ATTESTED)
+    claimed = repr("\x01" * 44)
+    detail = f"the answer names signing_address {claimed}, attested {ATTESTED}"
+    assert len(detail) == 264
+    assert result == SignatureResult("mismatch", "signature_address_mismatch", detail[:200])
+
+
 @pytest.mark.parametrize(
     ("body", "code", "detail"),
     [
@@ -215,7 +226,11 @@ async def test_a_check_is_counted_and_logged(log_lines: Callable[[], list[str]])
     assert counted(metrics, "ok") == 1
     assert counted(metrics, "mismatch") == 0
     (line,) = [json.loads(line) for line in log_lines() if "signature_check" in line]
-    assert line["level"] == "info"
+    assert (line["event"], line["component"], line["level"]) == (
+        "signature_check",
+        "proxy.request",
+        "info",
+    )
     assert {key: line[key] for key in ("request_id", "completion_id", "model")} == {
         "request_id": "req-1",
         "completion_id": COMPLETION,
@@ -262,9 +277,15 @@ async def test_nothing_to_check(answer: Answer, log_lines: Callable[[], list[str
     assert failure.http_status == 502
 
 
-async def test_strict_passes_an_answer_the_enclave_signed() -> None:
-    checks, _ = policy(Fetcher(signed_by(ENCLAVE)))
+async def test_strict_passes_an_answer_the_enclave_signed(
+    log_lines: Callable[[], list[str]],
+) -> None:
+    checks, metrics = policy(Fetcher(signed_by(ENCLAVE)))
     assert await checks.strict_failure(Answer(), "req-4") is None  # type: ignore[arg-type]
+    # The strict check is the same check: counted, and logged under the request's id.
+    assert counted(metrics, "ok") == 1
+    (line,) = [json.loads(line) for line in log_lines() if "signature_check" in line]
+    assert line["request_id"] == "req-4"
 
 
 @pytest.mark.parametrize(
