@@ -244,17 +244,18 @@ class _Sealed:
             closing = {"id": completion_id, "choices": [], "usage": USAGE}
             pieces.append(b"data: " + json.dumps(closing).encode() + b"\n\n")
         pieces.append(b"data: [DONE]\n\n")
-        self.rest = decrypted_batches(_reads(pieces), ChunkDecryptor(CLIENT.private), stats)
+        self._batches = decrypted_batches(_reads(pieces), ChunkDecryptor(CLIENT.private), stats)
+        self.rest: AsyncIterator[Batch] = self._batches
         self.first: Batch = []
         self.closed = False
 
     async def open(self) -> _Sealed:
-        self.first = await anext(self.rest)
+        self.first = await anext(self._batches)
         return self
 
     async def aclose(self) -> None:
         self.closed = True
-        await self.rest.aclose()
+        await self._batches.aclose()
 
 
 async def _reads(pieces: list[bytes]) -> AsyncIterator[bytes]:
@@ -273,7 +274,8 @@ def _run_sealed(
     }
     config = ToolsConfig(repair_attempts=repair_attempts)
     prepared = prepare(request, model_id="e2ee-qwen-2-5-7b-p", config=config)
-    assert prepared.plan is not None
+    plan = prepared.plan
+    assert plan is not None
     stats = StreamStats()
     later = iter(enumerate(answers[1:], start=2))
     at_reopen: list[tuple[Any, Any, Any]] = []
@@ -288,7 +290,7 @@ def _run_sealed(
     async def collect() -> Batch:
         first = await _Sealed(answers[0], "chatcmpl-1", stats, usage).open()
         batches = emulated_batches(
-            prepared.plan, prepared.request, first, reopen, client_stream=stream, stats=stats
+            plan, prepared.request, first, reopen, client_stream=stream, stats=stats
         )
         return [chunk async for batch in batches for chunk in batch]
 
