@@ -99,6 +99,7 @@ async def _stream_body(
             outcome.rest,
             builder,
             stats=outcome.stats,
+            max_chars=services.chat.max_answer_chars,
             before_done=before_done if mode == "strict" else None,
         ):
             record.first_byte()

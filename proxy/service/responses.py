@@ -6,11 +6,13 @@ decrypted batches (:func:`proxy.service.relay.decrypted_batches`) and hand every
 :class:`proxy.core.responses.ResponseBuilder`.
 
 - :func:`responses_sse`: ``response.created`` / ``response.in_progress`` first, one client write
-  per upstream read, then ``response.completed`` (or ``response.incomplete``). An error after
-  the first byte (a chunk that does not decrypt, plaintext, a cut stream, Venice's in-band
-  error, a strict signature failure from ``before_done``) becomes ``response.failed`` with the
-  error: never a completed response. The events the failing batch (and chunk) made before the
-  error go out first, so ``response.failed`` never lists output the client was not sent.
+  per upstream read, then ``response.completed`` (or ``response.incomplete``). The answer is
+  bounded like a gathered one (``max_chars``): ``response.completed`` carries it whole, so the
+  builder holds it. An error after the first byte (a chunk that does not decrypt, plaintext, a
+  cut stream, Venice's in-band error, an answer over the bound, a strict signature failure from
+  ``before_done``) becomes ``response.failed`` with the error: never a completed response. The
+  events the failing batch (and chunk) made before the error go out first, so
+  ``response.failed`` never lists output the client was not sent.
 - :func:`responses_object`: the final ``response`` object (with ``output_text``); errors
   propagate, so the handler answers them as ordinary OpenAI errors.
 
@@ -45,20 +47,27 @@ async def responses_sse(
     builder: ResponseBuilder,
     *,
     stats: StreamStats,
+    max_chars: int,
     before_done: BeforeDone | None = None,
 ) -> AsyncIterator[bytes]:
-    """The Responses event stream for one opened chat stream (bytes, framed)."""
+    """The Responses event stream for one opened chat stream (bytes, framed). The builder holds
+    the whole output for ``response.completed``, so the answer is bounded like a gathered one:
+    past ``max_chars`` characters of text (:class:`~proxy.service.relay.AnswerLimit`) the
+    stream ends with ``response.failed`` (``upstream_answer_too_large``)."""
+    limit = AnswerLimit(max_chars)
     yield _encoded(builder.start())
     # The events of the batch being fed: if a later chunk of it fails, they still go out, before
     # response.failed (which lists what they announced).
     pending: list[dict[str, Any]] = []
     try:
+        limit.take(first)
         for chunk in first:
             pending += builder.feed(_note(chunk, stats))
         if pending:
             out, pending = _encoded(pending), []
             yield out
         async for batch in rest:
+            limit.take(batch)
             for chunk in batch:
                 pending += builder.feed(_note(chunk, stats))
             if pending:

@@ -12,7 +12,8 @@ the request ran:
 - a 128 MiB JSON answer for the attestation, the model list and a signature:
   ``upstream.max_json_bytes`` (4 MiB);
 - an answer that never ends, gathered whole for a non-streaming client (chat completions and
-  the Responses API), or a tool call that never closes in a streamed answer:
+  the Responses API) or held for a streamed Responses answer (its ``response.completed``
+  carries the whole output), or a tool call that never closes in a streamed answer:
   ``upstream.max_answer_chars`` (4,000,000 characters of text).
 
 Before the bounds: 120 MB of role-only chunks raised the proxy's RSS from 77 to 202 MB, endless
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +42,7 @@ MiB = 1 << 20
 RSS_GROWTH_LIMIT = 20 * MiB
 FLOOD = 150 * MiB
 HUGE_JSON = 128 * MiB
+EVENT_LINE = re.compile(rb"(?:^|\n)event: ([a-z_.]+)\n")
 CUT_WITHIN_S = 10.0  # the idle timeout is 30 s: an answer before this was cut at the bound
 TIMEOUTS = {"first_byte_timeout_s": 30, "idle_timeout_s": 30}
 
@@ -78,16 +81,16 @@ class PeakRss:
         self.growth = max(self.growth, _rss() - self._before)
 
 
-def _check(case: str, rss: PeakRss, sent: int, total: int, elapsed: float) -> None:
-    """The bound held: cut quickly, long before the upstream finished, memory flat. The numbers
-    are printed for ``pytest -s``."""
+def _check(case: str, rss: PeakRss, sent: int, total: int, elapsed: float, held: int = 0) -> None:
+    """The bound held: cut quickly, long before the upstream finished, memory flat (beyond
+    ``held`` bytes the case must hold by design). The numbers are printed for ``pytest -s``."""
     print(
         f"\n{case}: RSS +{rss.growth / MiB:.1f} MiB at peak; the upstream got to send "
         f"{sent / MiB:.1f} of {total / MiB:.0f} MiB; answered in {elapsed:.2f} s"
     )
     assert elapsed < CUT_WITHIN_S
     assert sent < total // 4, "the proxy kept reading after its bound"
-    assert rss.growth < RSS_GROWTH_LIMIT, f"RSS grew by {rss.growth / MiB:.1f} MiB"
+    assert rss.growth < RSS_GROWTH_LIMIT + held, f"RSS grew by {rss.growth / MiB:.1f} MiB"
 
 
 def _body(*, stream: bool) -> dict[str, Any]:
@@ -216,6 +219,44 @@ def test_an_endless_answer_gathered_whole_is_cut_at_its_bound(
     )
     assert fake.settled()
     _check(f"endless answer at {path}", rss, fake.bytes_sent, FLOOD, elapsed)
+
+
+def test_an_endless_answer_streamed_as_the_responses_api_is_cut_at_its_bound(
+    clean: ProxyHarness,
+) -> None:
+    # response.completed carries the whole output, so a streamed Responses answer is held too:
+    # one that never ends fails in-band at the bound instead of growing the proxy.
+    fake = clean.fake
+    fake.reset(Behaviour("flood", text_chunks=1, size=FLOOD))
+    body = {"model": E2EE_MODEL, "input": f"{CANARY} hello", "stream": True}
+    started = time.monotonic()
+    kinds: list[bytes] = []
+    code_seen = False
+    tail = b""
+    # Read as it arrives, keeping only a short tail: the client shares this process, and the
+    # body (4 MB of deltas, then the failed response carrying the 4 MB output) would otherwise
+    # count as the proxy's growth.
+    with (
+        PeakRss() as rss,
+        httpx.stream("POST", clean.server.url + "/v1/responses", json=body, timeout=60) as response,
+    ):
+        for piece in response.iter_raw():
+            window = tail + piece
+            kinds += [
+                match[1]
+                for match in EVENT_LINE.finditer(window)
+                if match.end() > len(tail)  # not counted with the tail already
+            ]
+            code_seen = code_seen or b"(upstream_answer_too_large)" in window
+            tail = window[-128:]
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200  # the stream had started: the error is in-band
+    assert kinds[-1] == b"response.failed"
+    assert b"response.completed" not in kinds
+    assert code_seen
+    # By design the proxy holds the answer (4,000,000 characters) and then encodes it once
+    # more in response.failed, which carries the output whole: 8 MB beyond the other cases.
+    _check("endless streamed Responses answer", rss, fake.bytes_sent, FLOOD, elapsed, held=8 * MiB)
 
 
 WEATHER_TOOL = {

@@ -50,7 +50,6 @@ short).
 from __future__ import annotations
 
 import copy
-import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -58,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from proxy.core.errors import ProxyError, UpstreamError
+from proxy.core.sse import json_bytes
 
 Event = dict[str, Any]
 _REASONING_FIELDS = ("reasoning_content", "reasoning")
@@ -70,13 +70,11 @@ def new_id(prefix: str) -> str:
 
 
 def encode_event(event: Mapping[str, Any]) -> bytes:
-    """One event framed as ``event: <type>`` + ``data: <compact json>``."""
-    text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:
-        data = json.dumps(event, separators=(",", ":")).encode("ascii")
-    return b"event: " + str(event["type"]).encode("ascii") + b"\ndata: " + data + b"\n\n"
+    """One event framed as ``event: <type>`` + ``data: <compact json>`` (the chat relay's
+    :func:`~proxy.core.sse.json_bytes`: compact UTF-8, a lone surrogate kept as an escape). The
+    frame is one copy of the JSON: a final ``response`` can carry the whole answer."""
+    kind = str(event["type"]).encode("ascii")
+    return b"".join((b"event: ", kind, b"\ndata: ", json_bytes(event), b"\n\n"))
 
 
 def map_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,12 +119,15 @@ def _malformed(what: str) -> UpstreamError:
 
 @dataclass(slots=True)
 class _Open:
-    """The output item currently receiving deltas."""
+    """The output item currently receiving deltas. The text of its last content part (or a
+    call's arguments) arrives in ``pieces``, joined into the item only when it is read: adding
+    each delta to one growing string would copy the whole text per delta."""
 
     item: dict[str, Any]
     output_index: int
     kind: _Kind
     tool_index: int | None = None
+    pieces: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -244,6 +245,7 @@ class ResponseBuilder:
         one of the Responses API's own codes, ``rate_limit_exceeded`` for a 429 and
         ``server_error`` for anything else, the proxy's code going into the message."""
         if self._current is not None:
+            self._joined()
             if self._current.kind != "reasoning":
                 self._current.item["status"] = "incomplete"
             self._current = None
@@ -258,6 +260,7 @@ class ResponseBuilder:
 
     def response(self, *, with_output_text: bool = False) -> dict[str, Any]:
         """The ``response`` object as it stands (a deep copy)."""
+        self._joined()
         echo = self.echo
         body: dict[str, Any] = {
             "id": self.id,
@@ -292,6 +295,7 @@ class ResponseBuilder:
 
     def output_text(self) -> str:
         """The text of every ``output_text`` part, in order (the SDKs' ``output_text``)."""
+        self._joined()
         return "".join(
             part.get("text", "")
             for item in self._output
@@ -349,7 +353,6 @@ class ResponseBuilder:
                 part.update(annotations=[], logprobs=[])
             parts.append(part)
             self._part_event("response.content_part.added", current, part)
-        part = parts[-1]
         index = len(parts) - 1
         common = {
             "item_id": item["id"],
@@ -357,14 +360,12 @@ class ResponseBuilder:
             "content_index": index,
             "delta": text,
         }
+        current.pieces.append(text)
         if part_type == "refusal":
-            part["refusal"] += text
             self._event("response.refusal.delta", **common)
         elif part_type == "reasoning_text":
-            part["text"] += text
             self._event("response.reasoning_text.delta", **common)
         else:
-            part["text"] += text
             self._event("response.output_text.delta", **common, logprobs=[])
 
     def _tool_delta(self, call: Any) -> None:
@@ -438,7 +439,7 @@ class ResponseBuilder:
     def _arguments(self, text: str) -> None:
         current = self._current
         assert current is not None
-        current.item["arguments"] += text
+        current.pieces.append(text)
         self._event(
             "response.function_call_arguments.delta",
             item_id=current.item["id"],
@@ -479,7 +480,21 @@ class ResponseBuilder:
             part=copy.deepcopy(dict(part)),
         )
 
+    def _joined(self) -> None:
+        """Joins the open item's pieces into its last content part (or a call's arguments)."""
+        current = self._current
+        if current is None or not current.pieces:
+            return
+        text = "".join(current.pieces)
+        current.pieces.clear()
+        if current.kind == "function_call":
+            current.item["arguments"] += text
+        else:
+            part = current.item["content"][-1]
+            part["refusal" if part["type"] == "refusal" else "text"] += text
+
     def _close_part(self, current: _Open) -> None:
+        self._joined()
         parts = current.item["content"]
         part = parts[-1]
         common = {
@@ -499,6 +514,7 @@ class ResponseBuilder:
         current = self._current
         if current is None:
             return
+        self._joined()
         self._current = None
         item = current.item
         if current.kind == "function_call":

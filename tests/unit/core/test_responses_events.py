@@ -950,6 +950,35 @@ def test_failure_of_an_open_function_call() -> None:
     assert response["error"]["message"] == "the upstream request failed (upstream_error)"
 
 
+def test_reading_the_response_mid_stream_loses_no_text() -> None:
+    # The open part's text and a call's arguments are joined when read: reading them before
+    # more arrives must keep both what was read and what comes after.
+    b = builder()
+    b.feed(chunk(content="a"))
+    assert b.output_text() == "a"
+    b.feed(chunk(content="b"))
+    assert b.response()["output"][0]["content"][0]["text"] == "ab"
+    b.feed(chunk(content="c"))
+    b.feed(tool(0, call_id="k", name="f", arguments="{"))
+    assert b.response()["output"][1]["arguments"] == "{"
+    b.feed(tool(0, arguments='"x":1'))
+    b.feed(tool(0, arguments="}"))
+    events = b.complete()
+    assert b.output_text() == "abc"
+    done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert done[0]["arguments"] == '{"x":1}'
+    assert events[-1]["response"]["output"][1]["arguments"] == '{"x":1}'
+
+
+def test_a_refusal_read_mid_stream_keeps_growing() -> None:
+    b = builder()
+    b.feed(chunk(refusal="no"))
+    assert b.response()["output"][0]["content"][0] == {"type": "refusal", "refusal": "no"}
+    b.feed(chunk(refusal=", sorry"))
+    (done,) = [e for e in b.complete() if e["type"] == "response.refusal.done"]
+    assert done["refusal"] == "no, sorry"
+
+
 def test_a_chunk_that_fails_half_way_sends_what_it_made_before_response_failed() -> None:
     # The text of the chunk opened a message before its tool_calls turned out malformed: the
     # failed response lists that message, so the client must have been sent it, in sequence.

@@ -37,6 +37,7 @@ def text(content: str, finish: str | None = None) -> dict[str, Any]:
 
 
 BROKEN = {"choices": [{"index": 0, "delta": {"tool_calls": "not an array"}}]}
+LIMIT = 1000
 USAGE = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
 
 
@@ -60,7 +61,12 @@ def events_of(parts: list[bytes]) -> list[dict[str, Any]]:
 
 async def relay(first: Batch, *rest: Batch, stats: StreamStats) -> list[dict[str, Any]]:
     return events_of(
-        [part async for part in responses_sse(first, batches(*rest), builder(), stats=stats)]
+        [
+            part
+            async for part in responses_sse(
+                first, batches(*rest), builder(), stats=stats, max_chars=LIMIT
+            )
+        ]
     )
 
 
@@ -93,7 +99,7 @@ async def test_a_batch_that_fails_half_way_sends_its_earlier_chunks_before_respo
 
 async def test_a_chunk_that_fails_half_way_sends_the_text_it_carried() -> None:
     stats = StreamStats()
-    half = {"choices": [{"index": 0, "delta": {"content": "Hi", "tool_calls": 5}}]}
+    half = {"choices": [{"index": 0, "delta": {"content": "Hi", "tool_calls": [7]}}]}
     events = await relay([text("A")], [half], stats=stats)
     deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
     assert deltas == ["A", "Hi"]
@@ -107,7 +113,11 @@ async def test_one_write_per_batch_and_usage_recorded_on_success() -> None:
     parts = [
         part
         async for part in responses_sse(
-            [text("a")], batches([text("b"), text("c", "stop")], [USAGE]), builder(), stats=stats
+            [text("a")],
+            batches([text("b"), text("c", "stop")], [USAGE]),
+            builder(),
+            stats=stats,
+            max_chars=LIMIT,
         )
     ]
     # start, first batch, one batch of two chunks, the usage batch (no events), the closing.
@@ -128,7 +138,12 @@ async def test_a_failure_before_done_ends_the_stream_failed_not_completed() -> N
     parts = [
         part
         async for part in responses_sse(
-            [text("a", "stop")], batches(), builder(), stats=stats, before_done=before_done
+            [text("a", "stop")],
+            batches(),
+            builder(),
+            stats=stats,
+            max_chars=LIMIT,
+            before_done=before_done,
         )
     ]
     events = events_of(parts)
@@ -149,3 +164,51 @@ async def test_the_object_carries_output_text_and_propagates_errors() -> None:
         await responses_object(
             [text("a"), BROKEN], batches(), builder(), stats=stats, max_chars=100
         )
+
+
+async def test_a_streamed_answer_is_bounded_like_a_gathered_one() -> None:
+    # response.completed carries the whole output, so the builder holds it: an upstream that
+    # never stops must end the stream failed at the bound, not grow the proxy.
+    stats = StreamStats()
+    parts = [
+        part
+        async for part in responses_sse(
+            [text("ab")],
+            batches([text("cd"), text("e")], [text("f")], [text("never")]),
+            builder(),
+            stats=stats,
+            max_chars=5,
+        )
+    ]
+    events = events_of(parts)
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert deltas == ["ab", "cd", "e"]  # 5 characters: at the bound, not over it
+    failed = events[-1]
+    assert failed["type"] == "response.failed"
+    assert failed["response"]["output"][0]["content"][0]["text"] == "abcde"
+    assert failed["response"]["error"]["message"] == (
+        "the upstream's answer exceeds 5 characters, more than the proxy holds for one answer; "
+        "raise upstream.max_answer_chars for longer ones (upstream_answer_too_large)"
+    )
+    assert stats.error_code == "upstream_answer_too_large"
+
+
+COSTED = {**USAGE, "cost": {"usd": 0.25}}
+
+
+@pytest.mark.parametrize("where", ["first", "rest"])
+async def test_usage_and_cost_are_recorded_from_any_batch_streamed(where: str) -> None:
+    stats = StreamStats()
+    first, rest = ([text("a"), COSTED], []) if where == "first" else ([text("a")], [[COSTED]])
+    events = await relay(first, *rest, stats=stats)
+    assert events[-1]["response"]["usage"]["total_tokens"] == 5
+    assert (stats.usage, stats.cost) == (USAGE["usage"], {"usd": 0.25})
+
+
+@pytest.mark.parametrize("where", ["first", "rest"])
+async def test_usage_and_cost_are_recorded_from_any_batch_gathered(where: str) -> None:
+    stats = StreamStats()
+    first, rest = ([text("a"), COSTED], []) if where == "first" else ([text("a")], [[COSTED]])
+    body = await responses_object(first, batches(*rest), builder(), stats=stats, max_chars=LIMIT)
+    assert body["usage"]["total_tokens"] == 5
+    assert (stats.usage, stats.cost) == (USAGE["usage"], {"usd": 0.25})
