@@ -348,13 +348,13 @@ def test_retry_after_reaches_the_client_with_an_upstream_status_only() -> None:
     limited = proxy_error_response(UpstreamStatusError(429, "slow down", retry_after="7"))
     assert limited.status_code == 429
     assert limited.headers["retry-after"] == "7"
-    assert json.loads(limited.body) == _body(
+    assert json.loads(bytes(limited.body)) == _body(
         "slow down", "rate_limit_error", None, "upstream_error"
     )
     without = proxy_error_response(UpstreamStatusError(503, "busy"))
     assert without.status_code == 503
     assert "retry-after" not in without.headers
-    assert json.loads(without.body) == _body("busy", "server_error", None, "upstream_error")
+    assert json.loads(bytes(without.body)) == _body("busy", "server_error", None, "upstream_error")
 
 
 @pytest.mark.parametrize(("cls", "status", "error_type", "code", "message"), TREE)
@@ -363,5 +363,5 @@ def test_the_http_answer_is_the_envelope_with_the_class_status(
 ) -> None:
     response = proxy_error_response(cls())
     assert response.status_code == status
-    assert json.loads(response.body) == _body(message, error_type, None, code)
+    assert json.loads(bytes(response.body)) == _body(message, error_type, None, code)
     assert "retry-after" not in response.headers

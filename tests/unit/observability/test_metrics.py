@@ -510,6 +510,7 @@ def test_every_retry_reason_is_a_label() -> None:
 
 
 def test_every_closed_label_set_maps_the_unknown_to_other() -> None:
+    assert OTHER == "other"  # what dashboards match on
     metrics = Metrics(models=[MODEL], process_metrics=False)
     for outcome in ("ok", "fetch_error", "verification_failed", "OK", "failed"):
         metrics.record_attestation_fetch(MODEL, outcome)  # type: ignore[arg-type]
