@@ -37,10 +37,21 @@ class TTY(io.StringIO):
 
 @pytest.fixture(autouse=True)
 def _restore(_capture_logs: io.StringIO) -> Iterator[None]:
-    """Each test configures logging its own way; the session's capture is put back after."""
+    """Each test starts from uvicorn's loggers as a fresh process has them (an in-process
+    uvicorn server of another test sets their levels) and configures logging its own way; the
+    session's capture and those loggers' state are put back after."""
+    names = (*UVICORN_LOGGERS, "uvicorn.access")
+    saved = {
+        name: (logging.getLogger(name).level, logging.getLogger(name).disabled) for name in names
+    }
+    for name in names:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     yield
     set_worker(0)
     configure_logging("debug", "json", stream=_capture_logs)
+    for name, (level, disabled) in saved.items():
+        logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).disabled = disabled
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
