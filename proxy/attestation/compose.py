@@ -17,7 +17,8 @@ Checks (tier ``software``):
     check; the report says the manifest was not shown).
 ``model_binding``
     the model names the measured compose configures (vLLM's ``--served-model-name`` and
-    ``--model``, ``MODEL_NAME``) include the model Venice says it serves (``upstream_model`` /
+    ``--model``, SGLang's ``--model-path``, ``MODEL_NAME``) include the model Venice says it
+    serves (``upstream_model`` /
     ``model_name``) or the requested id. Where they do, the binding passes; where they name
     other models only, it fails (enforced). Where nothing measured names a model (NEAR's
     compose-manager deploys the model from a repository at run time; the aci gateway serves
@@ -30,14 +31,18 @@ comment, a label or any other key names nothing (a ``# --model org/m`` line woul
 make the check say the compose serves ``org/m``). In a command or entrypoint, a string or each
 string item of a list is read two ways:
 
-- the text pattern: ``--model NAME``, ``--served-model-name=NAME`` (spaces, quotes,
-  backslashes or ``=`` between) and ``MODEL_NAME=NAME``, wherever they stand in the string, so
-  a command inside ``sh -c "..."`` or after ``MODEL_NAME=x`` is read;
-- the arguments: a list (the item after ``--model``, every item after ``--served-model-name``
-  up to the next option, or one ``--flag=NAME`` item, in flow ``[...]`` or block ``- ...``
-  form, quoted or not), or a string split as a shell would (``shlex``; one over
-  ``MAX_SPLIT_CHARS`` is left to the text pattern). This reads what the pattern cannot see: a
-  comma or a new ``- `` item between flag and value, or quotes the shell removes.
+- the text pattern: ``--model NAME``, ``--model-path NAME``, ``--served-model-name=NAME``
+  (spaces, quotes, backslashes or ``=`` between) and ``MODEL_NAME=NAME``, wherever they stand
+  in the string, so a command inside ``sh -c "..."`` or after ``MODEL_NAME=x`` is read;
+- the arguments: a list (the item after ``--model`` or ``--model-path``, every item after
+  ``--served-model-name`` up to the next option, or one ``--flag=NAME`` item, in flow ``[...]``
+  or block ``- ...`` form, quoted or not), or a string split as a shell would (``shlex``; one
+  over ``MAX_SPLIT_CHARS`` is left to the text pattern). This reads what the pattern cannot
+  see: a comma or a new ``- `` item between flag and value, or quotes the shell removes.
+
+``--model`` and ``--served-model-name`` are vLLM's (``vllm serve``, or ``python -m
+vllm.entrypoints.openai.api_server``), ``--model-path`` and ``--served-model-name`` SGLang's
+(``python -m sglang.launch_server``, ``sglang serve``).
 
 The ``environment`` is a list (``MODEL_NAME=NAME``) or a mapping (``MODEL_NAME: NAME``). A
 docker_compose_file that is not valid YAML, or no mapping with ``services``, names no model
@@ -84,11 +89,12 @@ _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$|@sha512:[0-9a-f]{128}$")
 _NAME = r"[A-Za-z0-9][\w.\-/:]*"
 _MODEL_ARGUMENT = re.compile(
-    rf"(?:--served-model-name|--model)(?:=|[\s\\'\"]+)({_NAME})|\bMODEL_NAME=({_NAME})"
+    rf"(?:--served-model-name|--model(?:-path)?)(?:=|[\s\\'\"]+)({_NAME})|\bMODEL_NAME=({_NAME})"
 )
 _MODEL_NAME = re.compile(_NAME)
 _SERVED_NAME_FLAG: Final = "--served-model-name"
-_MODEL_FLAGS: Final = frozenset({"--model", _SERVED_NAME_FLAG})
+# vLLM's --model; SGLang's --model-path (``python -m sglang.launch_server``, ``sglang serve``).
+_MODEL_FLAGS: Final = frozenset({"--model", "--model-path", _SERVED_NAME_FLAG})
 # A string command longer than this is left to the text pattern: shlex takes time in the square
 # of a token's length (a 1 MB one took 12 s), and real commands are a few hundred characters.
 MAX_SPLIT_CHARS: Final = 4096

@@ -480,6 +480,69 @@ def test_a_second_served_name_binds_the_model() -> None:
     assert check.detail == "the measured compose serves org/x (names: org/m, alias, org/x)"
 
 
+# --- SGLang's --model-path, and vLLM's positional model (vllm serve MODEL) ----------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "names"),
+    [
+        # SGLang: python -m sglang.launch_server (or sglang serve) --model-path NAME.
+        (
+            "command: python3 -m sglang.launch_server --model-path org/m --served-model-name s",
+            ("org/m", "s"),
+        ),
+        ("command: sglang serve --model-path=org/m --port 30000", ("org/m",)),
+        # Only the arguments read these (a comma between flag and value) ...
+        (
+            "command: [python3, -m, sglang.launch_server, --model-path, org/m, --tp, '2']",
+            ("org/m",),
+        ),
+        ("command: ['--model-path=org/m']", ("org/m",)),
+        # ... and only the text pattern this one (an unclosed quote: shlex cannot split it).
+        ('command: "--model-path org/m \'"', ("org/m",)),
+        ("command: [--model-path, org/m, b]", ("org/m",)),  # one value, like --model
+    ],
+)
+def test_sglangs_model_path_is_read_like_model(lines: str, names: tuple[str, ...]) -> None:
+    assert parse_compose(_vllm(lines)).model_names == names
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "command: [--model-path, /models/m, --model-path, '${MODEL}']",  # not names
+        "command: --model-paths org/m --model-path-x org/m --model-pat org/m",
+        # A flag that ends in -model-path is another flag (the draft model).
+        "command: --speculative-draft-model-path org/d --draft-model-path=org/d",
+        "command: [--speculative-draft-model-path, org/d, -model-path, org/d]",
+    ],
+)
+def test_what_model_path_does_not_name(lines: str) -> None:
+    assert parse_compose(_vllm(lines)).model_names == ()
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "command: python -m sglang.launch_server --model-path {model} --port 30000",
+        "command: [sglang, serve, --model-path, {model}]",
+    ],
+)
+def test_model_path_binds_the_model_or_fails_the_binding(lines: str) -> None:
+    served = parse_compose(_vllm(lines.format(model="org/served")))
+    assert _binding(served) == (
+        True,
+        True,
+        "the measured compose serves org/served (names: org/served)",
+    )
+    other = parse_compose(_vllm(lines.format(model="org/other")))
+    assert _binding(other) == (
+        False,
+        True,
+        "the measured compose names org/other, not 'org/served'",
+    )
+
+
 def test_the_entrypoint_comes_before_the_command() -> None:
     text = _vllm("command: [--model, org/list]\nentrypoint: sh -c 'vllm serve --model org/sh'")
     assert parse_compose(text).model_names == ("org/sh", "org/list")
