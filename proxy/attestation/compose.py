@@ -16,8 +16,9 @@ Checks (tier ``software``):
     ``attestation.allow_unpinned_images``. No manifest in the report: ``ok=None`` (nothing to
     check; the report says the manifest was not shown).
 ``model_binding``
-    the model names the measured compose configures (vLLM's ``--served-model-name`` and
-    ``--model``, ``MODEL_NAME``) include the model Venice says it serves (``upstream_model`` /
+    the model names the measured compose configures (the model of ``vllm serve MODEL``, vLLM's
+    ``--served-model-name`` and ``--model``, SGLang's ``--model-path``, ``MODEL_NAME``) include
+    the model Venice says it serves (``upstream_model`` /
     ``model_name``) or the requested id. Where they do, the binding passes; where they name
     other models only, it fails (enforced). Where nothing measured names a model (NEAR's
     compose-manager deploys the model from a repository at run time; the aci gateway serves
@@ -25,19 +26,48 @@ Checks (tier ``software``):
     unauthenticated label alone.
 
 The model names come from the YAML alone, and only from what a service runs: each service's
-``entrypoint``, then ``command``, then ``environment``, each name once, in that order. A
-comment, a label or any other key names nothing (a ``# --model org/m`` line would otherwise
-make the check say the compose serves ``org/m``). In a command or entrypoint, a string or each
-string item of a list is read two ways:
+``vllm serve MODEL`` (below), then its ``entrypoint``, ``command`` and ``environment``, each
+name once, in that order. A comment, a label or any other key names nothing (a
+``# --model org/m`` line would otherwise make the check say the compose serves ``org/m``). In a
+command or entrypoint, a string or each string item of a list is read two ways for flags:
 
-- the text pattern: ``--model NAME``, ``--served-model-name=NAME`` (spaces, quotes,
-  backslashes or ``=`` between) and ``MODEL_NAME=NAME``, wherever they stand in the string, so
-  a command inside ``sh -c "..."`` or after ``MODEL_NAME=x`` is read;
-- the arguments: a list (the item after ``--model``, every item after ``--served-model-name``
-  up to the next option, or one ``--flag=NAME`` item, in flow ``[...]`` or block ``- ...``
-  form, quoted or not), or a string split as a shell would (``shlex``; one over
-  ``MAX_SPLIT_CHARS`` is left to the text pattern). This reads what the pattern cannot see: a
-  comma or a new ``- `` item between flag and value, or quotes the shell removes.
+- the text pattern: ``--model NAME``, ``--model-path NAME``, ``--served-model-name=NAME``
+  (spaces, quotes, backslashes or ``=`` between) and ``MODEL_NAME=NAME``, wherever they stand
+  in the string, so a command inside ``sh -c "..."`` or after ``MODEL_NAME=x`` is read;
+- the arguments: a list (the item after ``--model`` or ``--model-path``, every item after
+  ``--served-model-name`` up to the next option, or one ``--flag=NAME`` item, in flow ``[...]``
+  or block ``- ...`` form, quoted or not), or a string split as a shell would (``shlex``; one
+  over ``MAX_SPLIT_CHARS`` is left to the text pattern). This reads what the pattern cannot
+  see: a comma or a new ``- `` item between flag and value, or quotes the shell removes.
+
+``--model`` and ``--served-model-name`` are vLLM's (``vllm serve``, or ``python -m
+vllm.entrypoints.openai.api_server``), ``--model-path`` and ``--served-model-name`` SGLang's
+(``python -m sglang.launch_server``, ``sglang serve``).
+
+vLLM's current CLI takes the model as a positional argument, ``vllm serve MODEL [options]``. It
+is read from the words a service runs, its entrypoint's then its command's (compose runs the
+command after the entrypoint, so ``entrypoint: [vllm, serve]`` with ``command: [org/m, ...]`` is
+read), where they start with the program ``vllm`` (or a path ending ``/vllm``), or ``python`` /
+``python3`` (or a path to one) ``-m vllm.entrypoints.cli.main``, then ``serve``, then the model.
+Where they start ``sh -c SCRIPT`` or ``bash -c SCRIPT`` (``-c``, ``-ec``, ``-lc`` or ``-xc``),
+the script is read: each of its commands (between ``;``, ``&&``, ``||``, ``|``, ``&``,
+parentheses and new lines), after ``NAME=value`` assignments and an ``exec``, that starts so.
+Deliberately NOT read, because which word is the model cannot be told for sure without vLLM's
+parser or a shell (no name then: ``model_binding`` is not evaluated, never wrongly passed):
+
+- an option before the model (``vllm serve --port 8000 org/m``): whether an option takes a
+  value is vLLM's to say, and the next word may be that value (``--tokenizer org/t org/m``);
+- ``vllm`` anywhere but at the head of a command (``echo vllm serve org/m``, ``env X=1 vllm``,
+  ``then vllm``, ``{ vllm``), or a program merely containing it (``vllm-proxy``, ``myvllm``);
+- a script past its plain part: from the first quote, backslash, ``$``, backtick, ``<`` or
+  ``#`` on (quoting, escapes, expansions, here-documents and comments change what the words
+  are), and a word that touches that character (``org/m$X``, ``org/m"x"``) is no name;
+- a script inside a script (``sh -c "bash -c '...'"``), a string command over
+  ``MAX_SPLIT_CHARS`` (not split), and a model after ``vllm serve`` in the image's own
+  entrypoint, which the compose does not show (``command: [org/m]`` alone names nothing).
+
+Which commands actually run (a condition, ``false && vllm serve x``) is not judged, like the
+flags: a name in what a service runs is a name the compose configures.
 
 The ``environment`` is a list (``MODEL_NAME=NAME``) or a mapping (``MODEL_NAME: NAME``). A
 docker_compose_file that is not valid YAML, or no mapping with ``services``, names no model
@@ -84,16 +114,36 @@ _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$|@sha512:[0-9a-f]{128}$")
 _NAME = r"[A-Za-z0-9][\w.\-/:]*"
 _MODEL_ARGUMENT = re.compile(
-    rf"(?:--served-model-name|--model)(?:=|[\s\\'\"]+)({_NAME})|\bMODEL_NAME=({_NAME})"
+    rf"(?:--served-model-name|--model(?:-path)?)(?:=|[\s\\'\"]+)({_NAME})|\bMODEL_NAME=({_NAME})"
 )
 _MODEL_NAME = re.compile(_NAME)
 _SERVED_NAME_FLAG: Final = "--served-model-name"
-_MODEL_FLAGS: Final = frozenset({"--model", _SERVED_NAME_FLAG})
+# vLLM's --model; SGLang's --model-path (``python -m sglang.launch_server``, ``sglang serve``).
+_MODEL_FLAGS: Final = frozenset({"--model", "--model-path", _SERVED_NAME_FLAG})
 # A string command longer than this is left to the text pattern: shlex takes time in the square
 # of a token's length (a 1 MB one took 12 s), and real commands are a few hundred characters.
 MAX_SPLIT_CHARS: Final = 4096
 _SHELL_QUOTING = re.compile(r"['\"\\]")
 _SHELL_WORD = re.compile(r"[^ \t\r\n]+")
+# vLLM's own CLI, ``vllm serve MODEL``: the program is vllm, or Python running the CLI's module
+# (each a name, or a path ending in /name).
+_VLLM: Final = ("vllm",)
+_PYTHON: Final = ("python", "python3")
+_VLLM_MODULE: Final = ("-m", "vllm.entrypoints.cli.main")
+# What runs a shell script: ``sh -c SCRIPT`` or bash (-c alone, or after -e, -l or -x).
+_SHELL: Final = ("sh", "bash")
+_SCRIPT_OPTIONS: Final = frozenset({"-c", "-ec", "-lc", "-xc"})
+# Where the part of a script that is read ends: at a quote, an escape, an expansion, a
+# here-document (``<<``) or a comment; past it, only a shell knows the words.
+_SCRIPT_END = re.compile(r"['\"\\`$<#]")
+# What ends one command of a script: ; & | ( ) or a new line (not >& or >|, redirections).
+_SCRIPT_OPERATOR = re.compile(r"[;()\n]|(?<!>)[&|]")
+_SCRIPT_WORD = re.compile(r"[^ \t]+")
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+# What a service runs: its entrypoint, then its command. The head read is its first five words,
+# the longest form: ``python -m vllm.entrypoints.cli.main serve MODEL``.
+_RUNS: Final = ("entrypoint", "command")
+_HEAD: Final = 5
 
 
 def shell_words_unquoted(command: str) -> list[str]:
@@ -233,35 +283,117 @@ def _pattern_names(text: str) -> list[str]:
 
 
 def _service_model_names(services: Mapping[Any, Any]) -> list[str]:
-    """The model names in each service's entrypoint, command and environment, in that order.
+    """The model names each service runs: ``vllm serve MODEL`` at the head of its entrypoint
+    then command, then the names in its entrypoint, command and environment, in that order.
 
-    A value that several services share through an alias is one object, and is read once.
+    A value that several services share through an alias is one object, and is read once; so is
+    a script or a model word at the head of what they run.
     """
     names: list[str] = []
     read: set[int] = set()
+    arguments: dict[int, list[Any]] = {}  # each entrypoint's and command's arguments, split once
+    heads: set[tuple[int, bool]] = set()  # the scripts (True) and model words read at a head
     for spec in services.values():
         if not isinstance(spec, Mapping):
             continue
+        entrypoint, command = (_arguments_of(spec.get(key), arguments) for key in _RUNS)
+        # What the service runs: its entrypoint, then its command (compose joins them).
+        names += _head_names([*entrypoint[:_HEAD], *command[:_HEAD]][:_HEAD], heads)
         for key in ("entrypoint", "command", "environment"):
             value = spec.get(key)
             if id(value) in read:
                 continue
             read.add(id(value))
-            names += _environment_names(value) if key == "environment" else _command_names(value)
+            if key == "environment":
+                names += _environment_names(value)
+            else:
+                names += _command_names(value, arguments[id(value)])
     return names
 
 
-def _command_names(command: object) -> list[str]:
+def _arguments_of(value: object, arguments: dict[int, list[Any]]) -> list[Any]:
+    """A command's or entrypoint's arguments: a list as it is, a string split as a shell would
+    (each split once: ``arguments`` keeps them by identity), anything else none."""
+    if id(value) not in arguments:
+        if isinstance(value, str):
+            arguments[id(value)] = _shell_split(value)
+        else:
+            arguments[id(value)] = value if isinstance(value, list) else []
+    return arguments[id(value)]
+
+
+def _head_names(head: list[Any], read: set[tuple[int, bool]]) -> list[str]:
+    """The model of ``vllm serve MODEL`` at the head of what a service runs, or in the script of
+    ``sh -c SCRIPT`` there. Each script, and each model word, is read once (by identity, in
+    ``read``): the words before it are cheap to test, but it may be a megabyte that thousands
+    of services share."""
+    script = (
+        len(head) >= 3
+        and _is_program(head[0], _SHELL)
+        and isinstance(head[1], str)
+        and head[1] in _SCRIPT_OPTIONS
+    )
+    word = head[2] if script else _model_word(head)
+    if not isinstance(word, str) or (id(word), script) in read:
+        return []
+    read.add((id(word), script))
+    return _script_names(word) if script else _model_name(word)
+
+
+def _is_program(word: object, programs: tuple[str, ...]) -> bool:
+    """Is this word one of these programs, by name or by a path ending in ``/name``? In constant
+    time (no scan of a long word)."""
+    if not isinstance(word, str):
+        return False
+    return word in programs or word.endswith(tuple(f"/{program}" for program in programs))
+
+
+def _model_word(words: list[Any]) -> object:
+    """The word after ``serve`` where the words start ``vllm serve`` (or ``python -m
+    vllm.entrypoints.cli.main serve``): vLLM's first positional argument, the model, when it is
+    right after ``serve``. An option first ends the reading (None): which options take a value
+    is vLLM's to say, and the word after one may be its value (``--tokenizer org/t``)."""
+    program = words[0] if words else None
+    if _is_program(program, _VLLM):
+        rest = words[1:]
+    elif _is_program(program, _PYTHON) and tuple(words[1:3]) == _VLLM_MODULE:
+        rest = words[3:]
+    else:
+        return None
+    return rest[1] if len(rest) > 1 and rest[0] == "serve" else None
+
+
+def _model_name(word: str) -> list[str]:
+    return [word] if _MODEL_NAME.fullmatch(word) else []
+
+
+def _script_names(script: str) -> list[str]:
+    """``vllm serve MODEL`` in a shell script: in each of its commands (between ``;``, ``&&``,
+    ``||``, ``|``, ``&``, parentheses and new lines), after any ``NAME=value`` assignments and an
+    ``exec``. Only the script's plain part is read: up to its first quote, backslash, ``$``,
+    backtick, ``<`` or ``#``, which is kept so that a word it touches is no name."""
+    end = _SCRIPT_END.search(script)
+    plain = script if end is None else script[: end.end()]
+    names: list[str] = []
+    for command in _SCRIPT_OPERATOR.split(plain):
+        words = _SCRIPT_WORD.findall(command)
+        start = 0
+        while start < len(words) and _ASSIGNMENT.match(words[start]):
+            start += 1
+        if words[start : start + 1] == ["exec"]:
+            start += 1
+        word = _model_word(words[start : start + _HEAD])
+        names += _model_name(word) if isinstance(word, str) else []
+    return names
+
+
+def _command_names(command: object, arguments: list[Any]) -> list[str]:
     """The text pattern's names in a command's strings, then ``--model NAME``,
-    ``--served-model-name NAME`` or ``--flag=NAME`` in its arguments: a list, or a string split
-    as a shell would (``shlex``)."""
-    if isinstance(command, str):
-        names = _pattern_names(command)
-        return names + _argument_names(_shell_split(command))
-    if isinstance(command, list):
-        names = [name for item in command if isinstance(item, str) for name in _pattern_names(item)]
-        return names + _argument_names(command)
-    return []
+    ``--served-model-name NAME`` or ``--flag=NAME`` in its ``arguments``: the list, or the string
+    split as a shell would (``shlex``)."""
+    strings = [command] if isinstance(command, str) else arguments
+    names = [name for item in strings if isinstance(item, str) for name in _pattern_names(item)]
+    return names + _argument_names(arguments)
 
 
 def _shell_split(command: str) -> list[str]:

@@ -480,6 +480,277 @@ def test_a_second_served_name_binds_the_model() -> None:
     assert check.detail == "the measured compose serves org/x (names: org/m, alias, org/x)"
 
 
+# --- SGLang's --model-path, and vLLM's positional model (vllm serve MODEL) ----------------
+
+
+@pytest.mark.parametrize(
+    ("lines", "names"),
+    [
+        # SGLang: python -m sglang.launch_server (or sglang serve) --model-path NAME.
+        (
+            "command: python3 -m sglang.launch_server --model-path org/m --served-model-name s",
+            ("org/m", "s"),
+        ),
+        ("command: sglang serve --model-path=org/m --port 30000", ("org/m",)),
+        # Only the arguments read these (a comma between flag and value) ...
+        (
+            "command: [python3, -m, sglang.launch_server, --model-path, org/m, --tp, '2']",
+            ("org/m",),
+        ),
+        ("command: ['--model-path=org/m']", ("org/m",)),
+        # ... and only the text pattern this one (an unclosed quote: shlex cannot split it).
+        ('command: "--model-path org/m \'"', ("org/m",)),
+        ("command: [--model-path, org/m, b]", ("org/m",)),  # one value, like --model
+    ],
+)
+def test_sglangs_model_path_is_read_like_model(lines: str, names: tuple[str, ...]) -> None:
+    assert parse_compose(_vllm(lines)).model_names == names
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "command: [--model-path, /models/m, --model-path, '${MODEL}']",  # not names
+        "command: --model-paths org/m --model-path-x org/m --model-pat org/m",
+        # A flag that ends in -model-path is another flag (the draft model).
+        "command: --speculative-draft-model-path org/d --draft-model-path=org/d",
+        "command: [--speculative-draft-model-path, org/d, -model-path, org/d]",
+    ],
+)
+def test_what_model_path_does_not_name(lines: str) -> None:
+    assert parse_compose(_vllm(lines)).model_names == ()
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "command: python -m sglang.launch_server --model-path {model} --port 30000",
+        "command: [sglang, serve, --model-path, {model}]",
+    ],
+)
+def test_model_path_binds_the_model_or_fails_the_binding(lines: str) -> None:
+    served = parse_compose(_vllm(lines.format(model="org/served")))
+    assert _binding(served) == (
+        True,
+        True,
+        "the measured compose serves org/served (names: org/served)",
+    )
+    other = parse_compose(_vllm(lines.format(model="org/other")))
+    assert _binding(other) == (
+        False,
+        True,
+        "the measured compose names org/other, not 'org/served'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("lines", "names"),
+    [
+        # The program, serve, then the model: as a string compose splits, or a list.
+        ("command: vllm serve org/m --port 8000", ("org/m",)),
+        ("command: vllm serve org/m", ("org/m",)),
+        ("command: /usr/local/bin/vllm serve org/m --port 8000", ("org/m",)),
+        ('command: ["vllm", "serve", "org/m", "--port", "8000"]', ("org/m",)),
+        ("command:\n  - vllm\n  - serve\n  - 'org/m:rev'", ("org/m:rev",)),
+        # Compose runs the command after the entrypoint: the head spans the two.
+        ('entrypoint: ["vllm", "serve"]\ncommand: ["org/m", "--port", "8000"]', ("org/m",)),
+        ("entrypoint: vllm\ncommand: serve org/m", ("org/m",)),
+        ("entrypoint: [vllm, serve, org/m, --port]\ncommand: ['8000']", ("org/m",)),
+        ("entrypoint: []\ncommand: [vllm, serve, org/m]", ("org/m",)),
+        # Python running vLLM's CLI module.
+        ("command: python3 -m vllm.entrypoints.cli.main serve org/m --port 8000", ("org/m",)),
+        ("command: python -m vllm.entrypoints.cli.main serve org/m", ("org/m",)),
+        (
+            "command: [/opt/venv/bin/python3, -m, vllm.entrypoints.cli.main, serve, org/m]",
+            ("org/m",),
+        ),
+        (
+            "entrypoint: [/usr/bin/python, -m]\ncommand: [vllm.entrypoints.cli.main, serve, org/m]",
+            ("org/m",),
+        ),
+        # In the script of sh -c or bash -c (-ec, -lc, -xc), in any of its commands.
+        ('command: sh -c "vllm serve org/m --port 8000"', ("org/m",)),
+        ("command: [sh, -c, vllm serve org/m]", ("org/m",)),
+        ("command: [/bin/sh, -ec, 'exec vllm serve org/m']", ("org/m",)),
+        (
+            "command: [bash, -lc, 'pip install x && HF_HOME=/d X_1=a exec vllm serve org/m']",
+            ("org/m",),
+        ),
+        ("entrypoint: [/bin/bash, -xc]\ncommand: ['X=1 vllm serve org/m --port 8000']", ("org/m",)),
+        ("entrypoint: [sh]\ncommand: [-c, 'a; vllm serve org/m']", ("org/m",)),
+        (
+            'command: [sh, -c, "a;vllm serve org/a\\nb | vllm serve org/b &\\n(vllm serve org/c)"]',
+            ("org/a", "org/b", "org/c"),
+        ),
+        ("command: [sh, -c, 'a || vllm serve org/a& vllm serve org/b']", ("org/a", "org/b")),
+        ("command: [sh, -c, 'x 2>&1 >|log; vllm serve org/m 2>&1']", ("org/m",)),
+        ('command: [sh, -c, "\\t vllm\\tserve  org/m  "]', ("org/m",)),
+        ("command: [sh, -c, 'python3 -m vllm.entrypoints.cli.main serve org/m']", ("org/m",)),
+        # The plain part of a script ends at a quote, $, #...: a model before it is read.
+        ("command: [sh, -c, \"vllm serve org/m --chat-template '{{x}}'\"]", ("org/m",)),
+        ("command: [sh, -c, 'vllm serve org/m --port $$PORT']", ("org/m",)),
+        ("command: [sh, -c, 'vllm serve org/m # the model']", ("org/m",)),
+        ("command: [sh, -c, 'vllm serve org/m < /dev/null']", ("org/m",)),
+        # The head's model comes first, then the flags, then the environment.
+        (
+            "command: vllm serve org/m --served-model-name alias\nenvironment: [MODEL_NAME=org/e]",
+            ("org/m", "alias", "org/e"),
+        ),
+        ("command: [sh, -c, 'vllm serve org/m --served-model-name org/m']", ("org/m",)),
+    ],
+)
+def test_the_model_vllm_serve_is_given_is_read(lines: str, names: tuple[str, ...]) -> None:
+    assert parse_compose(_vllm(lines)) == ComposeFacts("t", (_image("vllm", "x"),), names, None)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        # An option before the model: its value may be the next word (a tokenizer, a path).
+        "command: vllm serve --port 8000 org/m",
+        "command: vllm serve --tokenizer org/m org/x",
+        "command: [vllm, serve, --help]",
+        "entrypoint: [vllm, serve, --port]\ncommand: [org/m]",
+        # No model, or no name.
+        "command: [vllm, serve]",
+        "command: vllm serve",
+        "command: [vllm, serve, '${MODEL}']",
+        "command: vllm serve /models/m",
+        "command: vllm serve org/m${SUFFIX}",
+        "command: [vllm, serve, 5]",
+        "command: [vllm, serve, [org/m]]",
+        # Not vLLM's serve, or not vLLM.
+        "command: vllm chat org/m",
+        "command: vllm bench serve org/m",
+        "command: [vllm, 5, org/m]",
+        "command: vllm-proxy serve org/m",
+        "command: myvllm serve org/m",
+        "command: /opt/myvllm serve org/m",
+        "command: /opt/vllm/serve org/m",
+        "command: [5, serve, org/m]",
+        "command: [[vllm], serve, org/m]",
+        # vllm not at the head: an argument of another program, or a word compose does not
+        # treat as a shell would (no shell runs a string command).
+        "command: echo vllm serve org/m",
+        "command: [env, X=1, vllm, serve, org/m]",
+        "command: X=1 vllm serve org/m",
+        "command: exec vllm serve org/m",
+        "command: true && vllm serve org/m",
+        # The image's entrypoint is not in the compose: a bare model names nothing.
+        "command: [org/m, --port, '8000']",
+        "command: serve org/m",
+        # Python, but not vLLM's CLI module, or not run with -m.
+        "command: python3 -m vllm.entrypoints.openai.api_server serve org/m",
+        "command: python3 -m vllm serve org/m",
+        "command: python3 vllm.entrypoints.cli.main serve org/m",
+        "command: python3.12 -m vllm.entrypoints.cli.main serve org/m",
+        "command: node -m vllm.entrypoints.cli.main serve org/m",
+        "command: python3 -m vllm.entrypoints.cli.main org/m",
+        "command: [python3, -m, vllm.entrypoints.cli.main, serve]",
+        "command: [python3, [-m], vllm.entrypoints.cli.main, serve, org/m]",
+        # Not a script a shell runs: another shell, another option, no script.
+        "command: [zsh, -c, vllm serve org/m]",
+        "command: [sh, -x, vllm serve org/m]",
+        "command: [sh, -e, -c, vllm serve org/m]",
+        "command: [sh, vllm serve org/m]",
+        "command: [sh, -c]",
+        "command: [sh, [-c], vllm serve org/m]",
+        "command: [sh, -c, [vllm serve org/m]]",
+        "command: [sh, -c, 5]",
+        # In a script: not at the head of a command.
+        "command: [sh, -c, 'echo vllm serve org/m']",
+        "command: [sh, -c, 'then vllm serve org/m']",
+        "command: [sh, -c, 'exec X=1 vllm serve org/m']",
+        "command: [sh, -c, 'exec exec vllm serve org/m']",
+        "command: [sh, -c, 'x >&vllm serve org/m']",
+        "command: [sh, -c, 'x >|vllm serve org/m']",
+        "command: [sh, -c, '1X=1 vllm serve org/m']",
+        # In a script: past its plain part (quoting, escapes, expansions, here-documents and
+        # comments change what the words are), or a word that touches it.
+        "command: [sh, -c, \"echo 'a; vllm serve org/m'\"]",
+        "command: [sh, -c, 'echo \"a; vllm serve org/m\"']",
+        "command: [sh, -c, 'echo a\\; vllm serve org/m']",
+        "command: [sh, -c, 'echo `a; vllm serve org/m`']",
+        "command: [sh, -c, 'echo $$(a; vllm serve org/m)']",
+        "command: [sh, -c, 'cat <<EOF; vllm serve org/m']",
+        "command: [sh, -c, '# a; vllm serve org/m']",
+        "command: [sh, -c, \"vllm serve 'org/m'\"]",
+        "command: [sh, -c, \"vllm serve org/m'x'\"]",
+        "command: [sh, -c, 'vllm serve org/m$$X']",
+        "command: [sh, -c, 'vllm serve org/m\\\\']",
+        "command: [sh, -c, 'vllm serve org/m#x']",
+        "command: [sh, -c, 'vllm serve org/m<x']",
+        'command: [sh, -c, "vllm serve org/m\\r"]',
+        # A script in a script is not read.
+        "command: [sh, -c, \"bash -c 'vllm serve org/m'\"]",
+        "command: [sh, -c, 'bash -c vllm serve org/m']",
+    ],
+)
+def test_what_vllm_serve_does_not_name(lines: str) -> None:
+    facts = parse_compose(_vllm(lines))
+    assert (facts.images, facts.model_names, facts.error) == ((_image("vllm", "x"),), (), None)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "command: vllm serve {model} --port 8000",
+        "entrypoint: [vllm, serve]\ncommand: [{model}]",
+        "command: python3 -m vllm.entrypoints.cli.main serve {model}",
+        "command: [bash, -c, 'pip install x && exec vllm serve {model}']",
+    ],
+)
+def test_vllm_serve_binds_the_model_or_fails_the_binding(lines: str) -> None:
+    # Before, each was "nothing measured names the served model" (not enforced).
+    served = parse_compose(_vllm(lines.format(model="org/served")))
+    assert _binding(served) == (
+        True,
+        True,
+        "the measured compose serves org/served (names: org/served)",
+    )
+    other = parse_compose(_vllm(lines.format(model="org/other")))
+    assert _binding(other) == (
+        False,
+        True,
+        "the measured compose names org/other, not 'org/served'",
+    )
+
+
+def test_a_hostile_compose_of_shell_scripts_is_read_in_one_pass() -> None:
+    # 3000 services run one shared script of 30,000 commands, each after its own (unshared)
+    # [sh, -c]: the script is read once, 30,000 steps; once per service, 90 million.
+    script = "; ".join(f"vllm serve m{index}" for index in range(30_000))
+    services = "".join(
+        f"  s{index}: {{image: x, entrypoint: [sh, -c], command: *script}}\n"
+        for index in range(3000)
+    )
+    facts = parse_compose(_manifest(f"x: &script ['{script}']\nservices:\n{services}"))
+    assert facts.error is None
+    assert facts.model_names == tuple(f"m{index}" for index in range(30_000))
+    # 200,000 assignments before the program: each word is looked at once.
+    text = _vllm(f"command: [sh, -c, '{'X=1 ' * 200_000}exec vllm serve org/m']")
+    assert parse_compose(text).model_names == ("org/m",)
+
+
+def test_a_model_word_several_services_share_is_read_once() -> None:
+    # 8000 services, each with its own [vllm, serve], share a 400,000-character model word:
+    # tested once, not once per service (3.2 billion characters).
+    model = "m" * 400_000
+    services = "".join(
+        f"  s{index}: {{image: x, entrypoint: [vllm, serve], command: *model}}\n"
+        for index in range(8000)
+    )
+    facts = parse_compose(_manifest(f"x: &model [{model}]\nservices:\n{services}"))
+    assert (len(facts.images), facts.model_names, facts.error) == (8000, (model,), None)
+    # The same word is a model after vllm serve and a script after sh -c: each is read.
+    text = _manifest(
+        "x: &m [org/m]\nservices:\n"
+        "  a: {image: x, entrypoint: [sh, -c], command: *m}\n"
+        "  b: {image: x, entrypoint: [vllm, serve], command: *m}\n"
+    )
+    assert parse_compose(text).model_names == ("org/m",)
+
+
 def test_the_entrypoint_comes_before_the_command() -> None:
     text = _vllm("command: [--model, org/list]\nentrypoint: sh -c 'vllm serve --model org/sh'")
     assert parse_compose(text).model_names == ("org/sh", "org/list")
