@@ -37,6 +37,7 @@ all.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -67,6 +68,9 @@ class ProxyError(Exception):
         self.code = code if code is not None else self.default_code
         self.param = param
         self.foreign = foreign
+        # The client's Retry-After (an HTTP date or seconds), where this error knows when a
+        # retry can succeed: the upstream said so, or the proxy's own rate limit will reopen.
+        self.retry_after: str | None = None
         super().__init__(self.message)
 
     @property
@@ -194,11 +198,24 @@ class QuoteParseError(AttestationError):
 
 
 class AttestationRateLimitedError(AttestationError):
-    """The model was attested as often as ``attestation.max_fetches_per_minute`` allows."""
+    """The model was attested as often as ``attestation.max_fetches_per_minute`` allows;
+    ``retry_after_s`` (rounded up to whole seconds) becomes the answer's ``Retry-After``."""
 
     status = 503
     default_code = "attestation_rate_limited"
     default_message = "the model was attested too often in the last minute; retry shortly"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, param=param)
+        if retry_after_s is not None:
+            self.retry_after = str(max(1, math.ceil(retry_after_s)))
 
 
 class SSEProtocolError(ProxyError):

@@ -3,7 +3,8 @@
 ``{"error": {"message", "type", "param", "code"}}`` with the error's HTTP status, including
 unknown routes and wrong methods (:func:`proxy.http.endpoints.not_served` says what is served
 and why a known OpenAI endpoint is not) and crashes (a crash says nothing about its cause: its
-traceback could hold data). An upstream ``Retry-After`` is passed on with a rate-limit error.
+traceback could hold data). A ``Retry-After`` goes with an error that knows when a retry can
+succeed: the upstream's, passed on, and the proxy's own attestation rate limit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from proxy.core.errors import ProxyError, UpstreamStatusError, error_body
+from proxy.core.errors import ProxyError, error_body
 from proxy.http.endpoints import not_served
 from proxy.observability.logs import get_logger
 
@@ -22,7 +23,7 @@ log = get_logger("proxy.app")
 def proxy_error_response(exc: ProxyError) -> JSONResponse:
     """The JSON response for one of our errors."""
     headers: dict[str, str] = {}
-    if isinstance(exc, UpstreamStatusError) and exc.retry_after:
+    if exc.retry_after:
         headers["retry-after"] = exc.retry_after
     return JSONResponse(exc.to_body(), status_code=exc.http_status, headers=headers)
 

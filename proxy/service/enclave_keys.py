@@ -32,6 +32,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections import OrderedDict, deque
@@ -245,7 +246,8 @@ class AttestedKeyCache:
                     raise failure[1]
                 raise AttestationRateLimitedError(
                     f"the model was attested {self._max_fetches} times in the last minute "
-                    f"(attestation.max_fetches_per_minute); retry in {wait_s:.0f} s"
+                    f"(attestation.max_fetches_per_minute); retry in {math.ceil(wait_s)} s",
+                    retry_after_s=wait_s,
                 )
             task = self._start(model)
         # shield: one caller's disconnect must not cancel the fetch the others wait on.

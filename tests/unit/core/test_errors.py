@@ -344,7 +344,19 @@ def test_an_upstream_status_error_keeps_the_hints_and_its_own_type_private() -> 
     assert (bare.code, bare.param) == ("upstream_error", None)
 
 
-def test_retry_after_reaches_the_client_with_an_upstream_status_only() -> None:
+@pytest.mark.parametrize(("seconds", "header"), [(56.2, "57"), (57.0, "57"), (0.1, "1")])
+def test_the_attestation_rate_limit_says_when_to_retry(seconds: float, header: str) -> None:
+    error = AttestationRateLimitedError("attested too often", retry_after_s=seconds)
+    response = proxy_error_response(error)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == header
+    assert json.loads(bytes(response.body)) == _body(
+        "attested too often", "attestation_error", None, "attestation_rate_limited"
+    )
+    assert AttestationRateLimitedError().retry_after is None
+
+
+def test_an_upstream_status_passes_its_retry_after_on() -> None:
     limited = proxy_error_response(UpstreamStatusError(429, "slow down", retry_after="7"))
     assert limited.status_code == 429
     assert limited.headers["retry-after"] == "7"

@@ -201,7 +201,11 @@ async def test_fetches_per_model_are_rate_limited(clock: Clock, attester: FakeAt
     with pytest.raises(AttestationRateLimitedError) as info:
         await cache.get("m")
     assert info.value.http_status == 503
-    assert "attestation.max_fetches_per_minute" in info.value.message
+    assert info.value.message == (
+        "the model was attested 3 times in the last minute "
+        "(attestation.max_fetches_per_minute); retry in 57 s"
+    )
+    assert info.value.retry_after == "57"  # the first fetch leaves the window in 57 s
     assert attester.calls == 3
     assert (await cache.get("other")).model == "other"  # per model
     clock.now += 58  # the first fetch is now more than a minute old
