@@ -33,7 +33,9 @@ command or entrypoint, a string or each string item of a list is read two ways f
 
 - the text pattern: ``--model NAME``, ``--model-path NAME``, ``--served-model-name=NAME``
   (spaces, quotes, backslashes or ``=`` between) and ``MODEL_NAME=NAME``, wherever they stand
-  in the string, so a command inside ``sh -c "..."`` or after ``MODEL_NAME=x`` is read;
+  in the string, so a command inside ``sh -c "..."`` or after ``MODEL_NAME=x`` is read; the
+  name must end where a shell word ends (a space, a quote, a backslash, ``; & | ) , ]`` or the
+  end): ``--model org/m${SUFFIX}`` names nothing, since the host completes it at deploy time;
 - the arguments: a list (the item after ``--model`` or ``--model-path``, every item after
   ``--served-model-name`` up to the next option, or one ``--flag=NAME`` item, in flow ``[...]``
   or block ``- ...`` form, quoted or not), or a string split as a shell would (``shlex``; one
@@ -113,8 +115,13 @@ MAX_MERGED_ENTRIES: Final = 10_000
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$|@sha512:[0-9a-f]{128}$")
 _NAME = r"[A-Za-z0-9][\w.\-/:]*"
+# In the text, a name must end where a shell word ends (the end, a space, a quote, a backslash,
+# ; & | ) , or ]): one that runs on into anything else (``org/m${SUFFIX}``, ``org/m*``) is
+# completed at deploy time by what the host supplies, which is not measured, so it is no name.
+_TEXT_NAME = r"[A-Za-z0-9][\w.\-/:]*+(?=$|[\s'\"\\;&|),\]])"
 _MODEL_ARGUMENT = re.compile(
-    rf"(?:--served-model-name|--model(?:-path)?)(?:=|[\s\\'\"]+)({_NAME})|\bMODEL_NAME=({_NAME})"
+    rf"(?:--served-model-name|--model(?:-path)?)(?:=|[\s\\'\"]+)({_TEXT_NAME})"
+    rf"|\bMODEL_NAME=({_TEXT_NAME})"
 )
 _MODEL_NAME = re.compile(_NAME)
 _SERVED_NAME_FLAG: Final = "--served-model-name"

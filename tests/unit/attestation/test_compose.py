@@ -359,6 +359,48 @@ def test_a_comment_cannot_make_the_binding_pass() -> None:
     assert (check.ok, check.enforced) == (False, True)
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "command: --model org/m${SUFFIX}",
+        "command: --model org/m$SUFFIX --port 8000",
+        "command: --served-model-name=org/m${SUFFIX}",
+        "command: --model-path org/m*",
+        "command: --model org/m`cat /x`",
+        'command: [sh, -c, "vllm serve --model org/m${SUFFIX}"]',
+        'entrypoint: sh -c "exec vllm --model org/m$$X"',
+        "environment: [MODEL_NAME=org/m${SUFFIX}]",
+        "environment: {MODEL_NAME: org/m${SUFFIX}}",
+        'command: ["MODEL_NAME=org/m${X} vllm"]',
+    ],
+)
+def test_a_name_the_host_completes_at_deploy_time_is_no_name(lines: str) -> None:
+    """``org/m${SUFFIX}`` is filled in from the host when the compose is deployed, which is not
+    measured: reading ``org/m`` from it would let the binding pass for a model that may not be
+    the one served."""
+    facts = parse_compose(_vllm(lines))
+    assert facts.model_names == ()
+    check = model_binding_check(facts, True, claimed="org/m", requested="m")
+    assert check.ok is not True
+
+
+@pytest.mark.parametrize(
+    ("lines", "names"),
+    [
+        ("command: --model org/m", ("org/m",)),
+        ("command: --model org/m;", ("org/m",)),
+        ('command: sh -c "vllm serve --model org/m && echo done"', ("org/m",)),
+        ('command: sh -c "(vllm --model org/m)"', ("org/m",)),
+        ("command: sh -c 'vllm --model org/m|tee log'", ("org/m",)),
+        ('command: sh -c "vllm --model org/m\\\n --port 1"', ("org/m",)),
+        ("command: [vllm, --model=org/m, --port, '8000']", ("org/m",)),
+        ('command: ["--model org/m,x"]', ("org/m",)),
+    ],
+)
+def test_a_name_ends_where_a_shell_word_ends(lines: str, names: tuple[str, ...]) -> None:
+    assert parse_compose(_vllm(lines)).model_names == names
+
+
 def _vllm(lines: str) -> str:
     """A compose of one service, ``vllm``, with these lines (indented) under it."""
     body = "".join(f"    {line}\n" for line in lines.splitlines())
