@@ -46,7 +46,7 @@ kubernetes-check:
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants tests/js/node_modules
 
-# Mutation testing of the sans-I/O core and the listener (not part of `make test`; tens of minutes):
+# Mutation testing, module by module (not part of `make test`; tens of minutes):
 # make mutation, or make mutation ARGS='proxy/core/sse.py --jobs 1'. See mutation/targets.toml.
 .PHONY: mutation
 mutation: $(STAMP)

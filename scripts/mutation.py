@@ -1,4 +1,4 @@
-"""Mutation testing of the sans-I/O core and the listener (``make mutation``; not in ``make test``).
+"""Mutation testing, module by module (``make mutation``; not in ``make test``).
 
 Usage (from the repository root)::
 
