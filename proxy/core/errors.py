@@ -211,9 +211,10 @@ class AttestationRateLimitedError(AttestationError):
         *,
         code: str | None = None,
         param: str | None = None,
+        foreign: bool = False,
         retry_after_s: float | None = None,
     ) -> None:
-        super().__init__(message, code=code, param=param)
+        super().__init__(message, code=code, param=param, foreign=foreign)
         if retry_after_s is not None:
             self.retry_after = str(max(1, math.ceil(retry_after_s)))
 

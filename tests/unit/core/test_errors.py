@@ -354,6 +354,13 @@ def test_the_attestation_rate_limit_says_when_to_retry(seconds: float, header: s
         "attested too often", "attestation_error", None, "attestation_rate_limited"
     )
     assert AttestationRateLimitedError().retry_after is None
+    # Like every error, it takes the base's keywords (a foreign one logs its class and status).
+    foreign = AttestationRateLimitedError(code="theirs", param="p", foreign=True)
+    assert (foreign.code, foreign.param, foreign.log_code) == (
+        "theirs",
+        "p",
+        "AttestationRateLimitedError:503",
+    )
 
 
 def test_an_upstream_status_passes_its_retry_after_on() -> None:
