@@ -1057,3 +1057,51 @@ async def test_key_pairs_are_topped_up_after_a_failed_open() -> None:
         await r.service.start(ask())
     await asyncio.sleep(0)
     assert repr(r.service.fresh_keys) == "FreshKeys(1 of 64 ready)"
+
+
+def with_a_field_sealed_to_a_stranger(*texts: str, bad: str) -> Script:
+    """An answer whose ``texts`` open, then one more text field that does not."""
+
+    def build(client_public: bytes | None) -> list[Piece]:
+        good = sealed(*texts)(client_public)
+        wrong = sealed(bad, to=STRANGER)(client_public)
+        return [*good[: 1 + len(texts)], wrong[1], *good[1 + len(texts) :]]
+
+    return build
+
+
+@pytest.mark.parametrize(
+    ("stop", "read_to_end"), [("STOP", False), ("ST", True)], ids=["held-back", "cut"]
+)
+async def test_a_field_that_fails_after_the_first_opened_is_no_stale_key(
+    stop: str, read_to_end: bool
+) -> None:
+    """Regression: with a stop sequence, the answer's first text can be held back (a prefix of
+    the stop) or cut away (the stop itself) before the read-ahead sees it. A later field that
+    did not decrypt was then taken for a stale key: the working key was dropped, the model
+    re-attested and the prompt sent (and paid) again, and the broken answer replaced by the
+    new one as if nothing had happened. The first field opened: it is a decryption error.
+    (A cut first text hides it only when the stream is read to its end after the stop.)"""
+    keys = Keys(attested(ENCLAVE), attested(ROTATED))
+    r = rig(
+        with_a_field_sealed_to_a_stranger("ST", bad="OP more"),
+        sealed("again"),
+        keys=keys,
+        read_to_end_after_stop=read_to_end,
+    )
+    with pytest.raises(DecryptionError):
+        await r.service.start(ask(stop=[stop]))
+    assert r.keys.invalidated == []
+    assert r.retried == []
+    assert len(r.upstream.sent) == 1
+    assert r.upstream.streams[0].closed == 1
+
+
+async def test_a_first_field_that_does_not_open_under_a_stop_is_a_stale_key() -> None:
+    keys = Keys(attested(ENCLAVE), attested(ROTATED))
+    r = rig(sealed("lost", to=STRANGER), sealed("found STOP x"), keys=keys)
+    answer = await r.service.start(ask(stop=["STOP"]))
+    assert r.keys.invalidated == [ENCLAVE.public]
+    assert r.retried == ["key_rejected"]
+    assert await whole(answer) == "found "
+    assert r.upstream.streams[0].closed == 1
