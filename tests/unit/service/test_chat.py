@@ -175,7 +175,8 @@ class Stream:
 @dataclass
 class Sent:
     raw: bytes
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lowercased
+    names: list[str]  # as the service wrote them
 
     @property
     def body(self) -> dict[str, Any]:
@@ -205,7 +206,7 @@ class Upstream:
 
     async def open_chat(self, body: bytes, headers: dict[str, str]) -> Stream:
         assert isinstance(body, bytes)
-        self.sent.append(Sent(body, {k.lower(): v for k, v in headers.items()}))
+        self.sent.append(Sent(body, {k.lower(): v for k, v in headers.items()}, list(headers)))
         assert self.script, "the upstream was asked once more than scripted"
         answer = self.script.pop(0)
         if isinstance(answer, BaseException):
@@ -316,6 +317,7 @@ async def test_an_e2ee_request_travels_encrypted_to_the_attested_key() -> None:
     assert sent.headers[MODEL_KEY] == ENCLAVE.public.hex()
     assert sent.headers[ALGO] == "ecdsa"
     assert sent.headers["x-request-id"] == "req-1"
+    assert "x-request-id" in sent.names  # lowercase, like every header the proxy adds
     assert sent.client_public is not None
     assert len(sent.client_public) == 65
     assert texts(answer.first) == ["Hello"]
@@ -374,6 +376,7 @@ async def test_a_field_outside_the_allowlist_is_refused_before_anything_is_sent(
     assert caught.value.param == "custom_note"
     assert r.upstream.sent == []
     assert r.keys.asked == []
+    assert r.catalogue.asked == []  # the policy comes first
 
 
 async def test_a_forwarded_field_travels_as_configured() -> None:
@@ -400,7 +403,7 @@ async def test_a_lone_surrogate_is_a_400_not_a_crash() -> None:
         await r.service.start(request)
     assert caught.value.code == "invalid_unicode"
     assert caught.value.status == 400
-    assert "surrogate" in caught.value.message
+    assert caught.value.message == "the request contains a lone UTF-16 surrogate (invalid Unicode)"
 
 
 async def test_each_request_takes_fresh_client_keys() -> None:
@@ -479,7 +482,11 @@ async def test_a_configured_passthrough_model_goes_in_plaintext() -> None:
     assert answer.attempts == 1
     assert answer.first == []
     assert answer.headers == {"x-venice-proxy-e2ee": "false"}
+    assert r.catalogue.asked == [PLAIN]
     assert await whole(answer) == "plain answér"
+    assert answer.stats.completed is True
+    await answer.aclose()
+    assert r.upstream.streams[0].closed == 1
     # Compact JSON, UTF-8 as is.
     assert b'"model":"plain-model"' in sent.raw
     assert "answér".encode() not in sent.raw  # the answer is not in the request
@@ -832,8 +839,8 @@ async def test_stop_sequences_cut_the_answer() -> None:
 
 
 async def test_the_stream_is_read_to_its_end_after_a_stop_when_asked() -> None:
-    for read_to_end, read in ((False, 3), (True, 6)):
-        r = rig(sealed("a", "b STOP", "c"), read_to_end_after_stop=read_to_end)
+    for options, read in (({}, 3), ({"read_to_end_after_stop": True}, 6)):
+        r = rig(sealed("a", "b STOP", "c"), **options)
         answer = await r.service.start(ask(stop=["STOP"]))
         assert await whole(answer) == "ab "
         assert r.upstream.streams[0].read == read
@@ -1105,3 +1112,144 @@ async def test_a_first_field_that_does_not_open_under_a_stop_is_a_stale_key() ->
     assert r.retried == ["key_rejected"]
     assert await whole(answer) == "found "
     assert r.upstream.streams[0].closed == 1
+
+
+# --- more of the policy, the choices and emulation --------------------------------------------
+
+
+async def test_a_malformed_request_is_a_400_before_the_model_is_looked_up() -> None:
+    r = rig(sealed("x"))
+    with pytest.raises(InvalidRequestError) as caught:
+        await r.service.start(ask(model="nope", temperature="hot"))
+    assert caught.value.status == 400
+    assert caught.value.param == "temperature"
+    assert r.catalogue.asked == []
+
+
+async def test_stops_apply_to_every_choice() -> None:
+    def two_choices(client_public: bytes | None) -> list[Piece]:
+        def at(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+            obj = {
+                "id": "chatcmpl-2",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": PLAIN,
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+            }
+            return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+        return [
+            at(0, {"role": "assistant", "content": "one two three"}),
+            at(0, {}, "stop"),
+            at(1, {"role": "assistant", "content": "four two five"}),
+            at(1, {}, "stop"),
+            DONE,
+        ]
+
+    r = rig(two_choices, non_e2ee="passthrough", passthrough_models=[PLAIN])
+    answer = await r.service.start(ask(model=PLAIN, n=2, stop=["two"]))
+    assert await whole(answer) == "one four "
+    assert answer.stats.stopped is True
+
+
+async def test_an_emulated_answer_counts_on_the_request_s_stats() -> None:
+    r = rig(sealed("It is sunny STOP in Oslo"))
+    answer = await r.service.start(ask(tools=[WEATHER], stop=["STOP"]))
+    await chunks_of(answer)
+    assert answer.stats.stopped is True
+
+
+async def test_a_re_ask_continues_the_request_s_stats_and_model() -> None:
+    r = rig(sealed(BAD), sealed(GOOD), aliases={"friendly": MODEL})
+    answer = await r.service.start(ask(model="friendly", tools=[WEATHER], stop=["Oslo"]))
+    (call,) = calls(await chunks_of(answer))
+    # The re-ask's answer is emulated too: the stop never cuts a call's arguments.
+    assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
+    assert answer.stats.completed is True
+    assert [s.body["model"] for s in r.upstream.sent] == [MODEL, MODEL]
+    assert r.keys.asked == [MODEL, MODEL]
+    assert answer.attempts == 2
+
+
+async def test_an_emulated_stream_is_relayed_as_it_arrives() -> None:
+    r = rig(sealed("It ", "is ", "sunny ", "today"))
+    answer = await r.service.start(ask(tools=[WEATHER]))
+    stream = r.upstream.streams[0]
+    first = await anext(answer.rest)
+    assert "".join(texts(first)).strip() == "It"
+    assert stream.read < len(stream.pieces)
+    r = rig(sealed("It ", "is ", "sunny ", "today"))
+    answer = await r.service.start(ask(tools=[WEATHER], stream=False))
+    first = await anext(answer.rest)
+    assert "".join(texts(first)) == "It is sunny today"
+
+
+async def test_an_emulated_answer_is_bounded() -> None:
+    r = rig(sealed("x" * 40, "y" * 40), max_answer_chars=50)
+    answer = await r.service.start(ask(tools=[WEATHER]))
+    with pytest.raises(UpstreamTooLargeError):
+        await chunks_of(answer)
+
+
+async def test_a_tool_choice_only_request_keeps_its_model_and_attempts() -> None:
+    r = rig(UpstreamConnectError(), sealed("words"), aliases={"friendly": MODEL})
+    answer = await r.service.start(ask(model="friendly", tool_choice="none"))
+    assert [s.body["model"] for s in r.upstream.sent] == [MODEL, MODEL]
+    assert r.keys.asked == [MODEL, MODEL]
+    assert answer.model == MODEL
+    assert answer.attempts == 2
+
+
+async def test_an_unknown_key_on_a_message_emulation_rebuilds_is_refused() -> None:
+    request = ask(tools=[WEATHER])
+    request["messages"] += [
+        {
+            "role": "assistant",
+            "content": None,
+            "secret_note": CANARY,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    r = rig(sealed(GOOD))
+    with pytest.raises(InvalidRequestError) as caught:
+        await r.service.start(request)
+    assert "secret_note" in str(caught.value.param)
+    assert r.upstream.sent == []
+
+
+async def test_tool_history_without_tools_is_emulated() -> None:
+    request = ask()
+    request["messages"] += [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": f"sunny {CANARY}"},
+    ]
+    r = rig(sealed("It is sunny"))
+    answer = await r.service.start(request)
+    assert await whole(answer) == "It is sunny"
+    assert_no_plaintext(r.upstream.sent)
+    assert f"sunny {CANARY}" in json.dumps(r.upstream.sent[0].opened())
+    assert all("tool_calls" not in m for m in r.upstream.sent[0].body["messages"])
+
+
+async def test_empty_tools_are_dropped_not_forwarded() -> None:
+    r = rig(sealed("words"))
+    answer = await r.service.start(ask(tools=[]))
+    assert "tools" not in r.upstream.sent[0].body
+    assert await whole(answer) == "words"
