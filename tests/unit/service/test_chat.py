@@ -1206,7 +1206,6 @@ async def test_an_unknown_key_on_a_message_emulation_rebuilds_is_refused() -> No
         {
             "role": "assistant",
             "content": None,
-            "secret_note": CANARY,
             "tool_calls": [
                 {
                     "id": "call_1",
@@ -1215,7 +1214,8 @@ async def test_an_unknown_key_on_a_message_emulation_rebuilds_is_refused() -> No
                 }
             ],
         },
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        # Emulation rebuilds a tool result as text, which would drop this key silently.
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny", "secret_note": CANARY},
     ]
     r = rig(sealed(GOOD))
     with pytest.raises(InvalidRequestError) as caught:
