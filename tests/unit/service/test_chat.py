@@ -543,7 +543,7 @@ async def test_passthrough_connect_errors_are_retried() -> None:
 
 
 def rate_limited(**hints: str) -> UpstreamStatusError:
-    return UpstreamStatusError(429, "upstream error 429: slow down", **hints)  # type: ignore[arg-type]
+    return UpstreamStatusError(429, "upstream error 429: slow down", **hints)
 
 
 def server_error(status: int = 503) -> UpstreamStatusError:
@@ -839,7 +839,8 @@ async def test_stop_sequences_cut_the_answer() -> None:
 
 
 async def test_the_stream_is_read_to_its_end_after_a_stop_when_asked() -> None:
-    for options, read in (({}, 3), ({"read_to_end_after_stop": True}, 6)):
+    cases: list[tuple[dict[str, Any], int]] = [({}, 3), ({"read_to_end_after_stop": True}, 6)]
+    for options, read in cases:
         r = rig(sealed("a", "b STOP", "c"), **options)
         answer = await r.service.start(ask(stop=["STOP"]))
         assert await whole(answer) == "ab "
@@ -928,8 +929,9 @@ async def test_an_invalid_call_is_asked_again_in_a_new_encrypted_request() -> No
     assert r.upstream.sent[3].headers[MODEL_KEY] == ROTATED.public.hex()
     assert "town" in json.dumps(r.upstream.sent[3].opened(ROTATED))
     # The outcome now reads (and closes) the attempt that answered, with its key.
-    assert answer.upstream is r.upstream.streams[1]
-    assert answer.upstream is not first_upstream
+    upstream: Any = answer.upstream
+    assert upstream is r.upstream.streams[1]
+    assert upstream is not first_upstream
     assert answer.key is not None
     assert answer.key.public_key == ROTATED.public
     assert answer.attempts == 1 + 3
