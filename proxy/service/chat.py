@@ -389,6 +389,11 @@ class ChatService:
             max_event_bytes=self.max_event_bytes,
             max_read_ahead_bytes=self.max_read_ahead_bytes,
         )
+        # Whether a text field opened, seen before the stop sequences (which may hold back or
+        # cut the answer's first text): only a first field that did not open means a stale key.
+        opened: list[bool] = []
+        if not emulated and request.stops:
+            batches = _noting_text(batches, opened)
         rest = batches if emulated else self._relayed(batches, request, stats)
         first: Batch = []
         try:
@@ -398,7 +403,7 @@ class ChatService:
                     break
         except DecryptionError as exc:
             await upstream.aclose()
-            if not any(has_text(chunk) for chunk in first):
+            if not opened and not any(has_text(chunk) for chunk in first):
                 # The very first field did not open: the key is stale (rotation).
                 raise _StaleKeyError(key.public_key, exc) from exc
             raise
@@ -444,6 +449,19 @@ class ChatService:
             attempts=attempt,
             headers={"x-venice-proxy-e2ee": "false"},
         )
+
+
+async def _noting_text(
+    batches: AsyncGenerator[Batch, None], opened: list[bool]
+) -> AsyncGenerator[Batch, None]:
+    """``batches`` unchanged; appends to ``opened`` when the first batch with text passes."""
+    try:
+        async for batch in batches:
+            if not opened and any(has_text(chunk) for chunk in batch):
+                opened.append(True)
+            yield batch
+    finally:
+        await batches.aclose()
 
 
 def _wants_emulation(payload: Any) -> bool:
