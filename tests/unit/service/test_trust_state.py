@@ -235,6 +235,7 @@ def test_an_unknown_level_in_memory_is_not_reported_as_a_level() -> None:
         b'{"models": {}}',
         b'{"format": "venice-e2ee-proxy trust state v2", "models": {}}',
         b'{"format": "venice-e2ee-proxy trust state v1", "models": []}',
+        b"\xff\xfe{\x00}\x00",  # not UTF-8 at all (e.g. saved as UTF-16 by an editor)
     ],
 )
 def test_a_file_of_another_format_is_refused_with_what_to_do(
