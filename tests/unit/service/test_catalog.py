@@ -127,3 +127,17 @@ async def test_an_unreadable_catalogue_assumes_e2ee_only_for_the_prefix() -> Non
     assert upstream.calls == 3  # a failure is not cached: the next call tries again
     upstream.fail = None
     assert list(await catalogue.models()) == ["e2ee-glm-5-1", "llama-3.3-70b"]
+
+
+async def test_the_first_call_fetches_even_when_the_clock_reads_less_than_the_ttl() -> None:
+    # time.monotonic() may be small: seconds since boot
+    now = [5.0]
+    upstream = Upstream()
+    catalogue = ModelCatalogue(upstream, ttl_s=300, clock=lambda: now[0])
+    assert await catalogue.lookup("e2ee-glm-5-1") is not None
+    now[0] = 304.9
+    assert list(await catalogue.models()) == ["e2ee-glm-5-1", "llama-3.3-70b"]
+    assert upstream.calls == 1
+    now[0] = 305.0
+    await catalogue.models()
+    assert upstream.calls == 2
