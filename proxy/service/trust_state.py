@@ -117,13 +117,14 @@ class TrustState:
         if self.path is None:
             return {model: dict(entry) for model, entry in self._memory.items()}
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return {}
         except OSError as exc:
             raise TrustStateError(f"cannot read {self.path}: {exc.strerror}") from None
         try:
-            document = json.loads(text)
+            # Not UTF-8 (UnicodeDecodeError) is not this format either, like bad JSON.
+            document = json.loads(data.decode("utf-8"))
         except ValueError:
             document = None
         models = document.get("models") if isinstance(document, dict) else None
