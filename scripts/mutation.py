@@ -13,8 +13,9 @@ with its reason) and every accepted entry that no longer survives (stale: delete
 
 How: mutmut reads its settings from ``[tool.mutmut]`` in the ``pyproject.toml`` of the folder it
 runs in and keeps its state in ``mutants/`` there. So each module gets a fresh folder
-``mutants/<module>/`` holding links to ``proxy/``, ``tests/`` and ``README.md`` (the field
-policy's test compares its table with the README) and a copy of the project's ``pyproject.toml``
+``mutants/<module>/`` holding links to ``proxy/``, ``tests/``, ``README.md`` (the field
+policy's test compares its table with the README) and ``config.example.toml`` (the settings'
+test loads it) and a copy of the project's ``pyproject.toml``
 with that module's ``[tool.mutmut]`` table appended; nothing is cached
 between runs, so a test added since the last run always counts. Hypothesis runs under the
 ``mutation`` profile (``tests/conftest.py``: derandomized, no example database), so the same
@@ -186,7 +187,7 @@ def mutmut_table(target: Target, settings: Settings) -> str:
         f"timeout_multiplier = {settings.timeout_multiplier}",
         f"timeout_constant = {settings.timeout_constant}",
         "use_git_change_detection = false",
-        f"also_copy = {_toml_list(['README.md'])}",
+        f"also_copy = {_toml_list(['README.md', 'config.example.toml'])}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -204,6 +205,8 @@ def prepare(target: Target, settings: Settings) -> Path:
     for name in ("proxy", "tests"):
         (folder / name).symlink_to(ROOT / name, target_is_directory=True)
     (folder / "README.md").symlink_to(ROOT / "README.md")  # the field table's own test reads it
+    # The settings' test loads the example file and compares it with the defaults.
+    (folder / "config.example.toml").symlink_to(ROOT / "config.example.toml")
     (folder / "pyproject.toml").write_text(
         text.rstrip("\n") + "\n\n" + mutmut_table(target, settings), encoding="utf-8"
     )

@@ -146,3 +146,20 @@ def test_privacy_settings_that_are_allowed() -> None:
     )
     assert settings.privacy.passthrough_models == ["simulated-plain"]
     assert "logit_bias" in settings.privacy.forward_fields
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        {"api_keys": "sk-local-4242"},  # not a list
+        {"api_keys": [123456789]},  # a number where a string is due: located at api_keys.0
+        {"api_keys": ["fine", 987654321]},
+    ],
+)
+def test_a_bad_client_api_key_is_never_shown_in_the_error(server: dict[str, object]) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(overrides={"server": server}, environ={})
+    message = str(info.value)
+    assert message.startswith("invalid setting server.api_keys")
+    for secret in ("sk-local-4242", "123456789", "987654321", "got"):
+        assert secret not in message

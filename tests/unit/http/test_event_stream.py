@@ -189,3 +189,60 @@ async def test_a_server_shutdown_mid_stream_closes_the_body_before_it_propagates
     with pytest.raises(asyncio.CancelledError):
         await stream
     assert closed.is_set()
+
+
+def test_the_response_says_200_and_event_stream_before_it_is_sent() -> None:
+    stream = EventStream(buffered_parts(1), {"x-request-id": "req_1"})
+    assert stream.status_code == 200
+    assert stream.media_type == "text/event-stream"
+    assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert stream.headers["x-request-id"] == "req_1"
+    asyncio.run(stream.body_iterator.aclose())
+
+
+@pytest.mark.parametrize("source_waits", [None, lambda: 0, lambda: 3])
+async def test_buffered_parts_are_not_slowed_by_the_loop_passes(source_waits: Any) -> None:
+    peer = Peer()  # the client stays
+    await asyncio.wait_for(
+        EventStream(buffered_parts(20), {}, source_waits=source_waits)(
+            SCOPE, peer.receive, peer.send
+        ),
+        0.5,  # a loop pass per part, never a real wait
+    )
+    bodies = [m["body"] for m in peer.sent if m["type"] == "http.response.body"]
+    assert bodies == [b"data: %d\n\n" % i for i in range(20)] + [b""]
+
+
+async def test_a_source_whose_first_count_is_one_still_skips_the_first_pass() -> None:
+    # The counter starts below any count a source can report: the first part is never followed
+    # by a pass of its own, whatever the source says first (here 1, then unchanged: a pass).
+    peer = Peer()
+    peer.hang_up()
+    await EventStream(buffered_parts(100), {}, source_waits=lambda: 1)(
+        SCOPE, peer.receive, peer.send
+    )
+    parts = [m for m in peer.sent if m["type"] == "http.response.body"]
+    assert len(parts) == 2
+
+
+async def test_the_task_the_body_ran_in_absorbs_the_hang_up() -> None:
+    ran_in: list[asyncio.Task[Any]] = []
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        task = asyncio.current_task()
+        assert task is not None
+        ran_in.append(task)
+        yield b"data: 1\n\n"
+        await asyncio.sleep(30)
+        yield b"never"
+
+    peer = Peer()
+    stream = asyncio.create_task(EventStream(body(), {})(SCOPE, peer.receive, peer.send))
+    await peer.first_part.wait()
+    peer.hang_up()
+    await asyncio.wait_for(stream, 5.0)
+    (writer,) = ran_in
+    assert writer is not stream
+    assert writer.done()
+    assert not writer.cancelled()
+    assert writer.cancelling() == 0  # the cancellation was ours, and it is taken back
