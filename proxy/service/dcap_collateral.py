@@ -29,6 +29,7 @@ from proxy.core.errors import AttestationError
 
 UNAVAILABLE = "dcap_collateral_unavailable"
 _PEM_START = b"-----BEGIN CERTIFICATE-----"
+_DCAP_OFF = 'attestation.dcap = "off" uses the model with its quote NOT verified'
 
 CollateralFetcher = Callable[[bytes], Awaitable[Mapping[str, Any]]]
 
@@ -65,7 +66,9 @@ def pccs_fetcher(pccs_url: str) -> CollateralFetcher:
             raise
         except BaseException as exc:  # dcap-qvl surfaces Rust errors as ValueError or panics
             raise AttestationError(
-                f"could not fetch DCAP collateral from {pccs_url}: {str(exc)[:200]}",
+                f"could not fetch DCAP collateral from {pccs_url}: {str(exc)[:200]}; set "
+                "attestation.pccs_url to a reachable PCCS, or attestation.collateral_file to "
+                f"collateral saved for this platform ({_DCAP_OFF})",
                 code=UNAVAILABLE,
             ) from exc
         return document
@@ -81,10 +84,16 @@ def file_fetcher(path: Path) -> CollateralFetcher:
             document = json.loads(await asyncio.to_thread(path.read_text, encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:
             raise AttestationError(
-                f"could not read DCAP collateral file {path}", code=UNAVAILABLE
+                f"could not read DCAP collateral file {path}; fix or remove "
+                f"attestation.collateral_file ({_DCAP_OFF})",
+                code=UNAVAILABLE,
             ) from exc
         if not isinstance(document, dict):
-            raise AttestationError(f"{path} is not a JSON object", code=UNAVAILABLE)
+            raise AttestationError(
+                f"{path} is not a JSON object; fix or remove attestation.collateral_file "
+                f"({_DCAP_OFF})",
+                code=UNAVAILABLE,
+            )
         return document
 
     return fetch
