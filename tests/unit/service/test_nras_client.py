@@ -176,3 +176,41 @@ async def test_a_jwks_that_is_not_an_object_is_refused_and_not_cached(jwks: Any)
     evidence = await source(PAYLOAD)  # the next attestation fetches it again
     verify_nras_response(evidence.response, evidence.jwks, nonce=NONCE, now=CAPTURED_AT)
     await client.aclose()
+
+
+async def test_a_jwks_of_exactly_the_signing_keys_is_used_from_the_cache() -> None:
+    jwks = _load("nras_jwks")
+    jwks["keys"] = [key for key in jwks["keys"] if key["kid"] in _signing_kids()]
+    nras = Nras(jwks)
+    client = _client(nras)
+    source = NrasSource(client, url=NRAS_URL, jwks_url=JWKS_URL, clock=lambda: 0.0)
+    await source(PAYLOAD)
+    evidence = await source(PAYLOAD)
+    assert nras.jwks_fetches == 1
+    verify_nras_response(evidence.response, evidence.jwks, nonce=NONCE, now=CAPTURED_AT)
+    await client.aclose()
+
+
+async def test_an_unreadable_token_does_not_hide_the_keys_of_the_others() -> None:
+    answer = [*_load("nras_response"), "!!.e30.x"]  # read first, and not base64url
+    nras = Nras(_jwks_before_rotation(), _load("nras_jwks"), answer=answer)
+    client = _client(nras)
+    source = NrasSource(client, url=NRAS_URL, jwks_url=JWKS_URL, clock=lambda: 0.0)
+    await source(PAYLOAD)
+    evidence = await source(PAYLOAD)
+    assert nras.jwks_fetches == 2
+    assert _signing_kids() <= {key["kid"] for key in evidence.jwks["keys"]}
+    await client.aclose()
+
+
+async def test_a_jwks_key_without_a_kid_does_not_break_the_cache() -> None:
+    jwks = _load("nras_jwks")
+    jwks["keys"] = [{"kty": "EC"}, {"kty": "EC", "kid": 7}, "junk", *jwks["keys"]]
+    nras = Nras(jwks)
+    client = _client(nras)
+    source = NrasSource(client, url=NRAS_URL, jwks_url=JWKS_URL, clock=lambda: 0.0)
+    await source(PAYLOAD)
+    evidence = await source(PAYLOAD)
+    assert nras.jwks_fetches == 1
+    verify_nras_response(evidence.response, evidence.jwks, nonce=NONCE, now=CAPTURED_AT)
+    await client.aclose()
