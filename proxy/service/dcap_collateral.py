@@ -1,5 +1,6 @@
 """Intel DCAP collateral for TDX quotes: fetched from a PCCS / Intel PCS, or read from a file,
-and cached until its own ``nextUpdate``.
+and cached until its own ``nextUpdate``; expired collateral, and the lock of a platform with none
+cached and no fetch running, are dropped at the next miss.
 
 Collateral (TCB info, QE identity, CRLs, the PCK chain) depends on the platform, not on the quote,
 so the cache key is the PCK certificate chain the quote carries (its PEM text, hashed); a quote
@@ -122,6 +123,7 @@ class CollateralCache:
         entry = self._entries.get(key)
         if entry is not None and entry[0] > self._clock():
             return entry[1]
+        self._forget_idle(self._clock())
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             entry = self._entries.get(key)
@@ -136,3 +138,11 @@ class CollateralCache:
                 expiry = min(expiry, update)
             self._entries[key] = (expiry, collateral)
             return collateral
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop expired collateral, and the lock of each platform with none cached and no fetch
+        running (else every platform key ever seen, one per new quote without a chain, stays)."""
+        self._entries = {key: entry for key, entry in self._entries.items() if entry[0] > now}
+        self._locks = {
+            key: lock for key, lock in self._locks.items() if key in self._entries or lock.locked()
+        }

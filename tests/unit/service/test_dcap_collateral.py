@@ -328,3 +328,33 @@ def test_an_unreachable_pccs_names_the_url_the_cause_and_the_settings(
         "attestation.pccs_url to a reachable PCCS, or attestation.collateral_file to collateral "
         f"saved for this platform ({DCAP_OFF})"
     )
+
+
+def test_expired_collateral_and_the_locks_of_failed_fetches_are_not_kept_for_good() -> None:
+    """Regression: every platform key ever seen kept its lock (and its expired collateral) for
+    the life of the proxy, so an upstream sending ever new quotes (a quote with no PCK chain is
+    keyed by its whole digest) grew the cache without bound, one lock per attestation."""
+    collateral = collateral_of(FIXTURES_BY_NAME["glm_5_1"])
+    expiry = next_update(collateral)
+    assert expiry is not None
+    now = [expiry - 60.0]
+
+    async def fetch(quote: bytes) -> dict[str, Any]:
+        if quote.startswith(b"junk"):
+            raise AttestationError("no chain", code="dcap_collateral_unavailable")
+        return collateral
+
+    cache = CollateralCache(fetch, clock=lambda: now[0])
+    glm, gpt = quote_of("glm_5_1"), quote_of("gpt_oss_120b_p")
+
+    async def run() -> None:
+        await cache.get(glm)
+        for index in range(500):
+            with pytest.raises(AttestationError):
+                await cache.get(b"junk %d" % index)
+        now[0] = expiry + 1.0  # glm's collateral is stale now
+        await cache.get(gpt)
+
+    asyncio.run(run())
+    assert len(cache._locks) <= 2
+    assert list(cache._entries) == [platform_key(gpt)]
