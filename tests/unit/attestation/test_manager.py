@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-import proxy.attestation.manager as manager
-from proxy.attestation import AttestationPolicy, parse_attestation
+from proxy.attestation import AttestationPolicy, parse_attestation, verify_quote_dcap
 from proxy.attestation.manager import ManagerFacts, _facts, compose_manager_check
 from proxy.attestation.quote import TdxQuote, parse_tdx_quote
 from proxy.service.dcap_collateral import next_update
@@ -250,14 +249,12 @@ def test_expired_collateral_fails_its_dcap() -> None:
 def test_a_dcap_verified_report_that_differs_from_the_parsed_one_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = manager.verify_quote_dcap
-
     def disagreeing(raw: bytes, collateral: Any, now: int) -> Any:
-        verified = real(raw, collateral, now)
+        verified = verify_quote_dcap(raw, collateral, now)
         rtmrs = (*verified.report.rtmrs[:3], bytes(48))
         return replace(verified, report=replace(verified.report, rtmrs=rtmrs))
 
-    monkeypatch.setattr(manager, "verify_quote_dcap", disagreeing)
+    monkeypatch.setattr("proxy.attestation.manager.verify_quote_dcap", disagreeing)
     assert check(member())[0] == (
         False,
         True,

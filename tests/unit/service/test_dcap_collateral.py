@@ -188,15 +188,21 @@ def test_collateral_already_past_its_next_update_is_never_reused() -> None:
     expiry = next_update(collateral)
     assert expiry is not None
     pccs = Pccs({quote: collateral})
-    cache = CollateralCache(pccs, clock=lambda: expiry + 3600.0)
+    cache = CollateralCache(pccs, clock=lambda: expiry)  # stale from the moment it arrives
 
     async def run() -> None:
         for _ in range(3):
             await cache.get(quote)
+        # nor handed to those who waited for it
+        pccs.gates[quote] = asyncio.Event()
+        waiters = [asyncio.ensure_future(cache.get(quote)) for _ in range(3)]
+        await asyncio.sleep(0)
+        pccs.gates[quote].set()
+        await asyncio.wait_for(asyncio.gather(*waiters), 2.0)
 
     asyncio.run(run())
-    assert cache.fetches == 3
-    assert pccs.asked == [quote] * 3
+    assert cache.fetches == 6
+    assert pccs.asked == [quote] * 6
 
 
 def test_many_waiters_share_one_fetch_and_a_slow_platform_does_not_hold_up_another() -> None:
@@ -226,7 +232,7 @@ def test_a_failed_fetch_is_not_cached() -> None:
     collateral = collateral_of(FIXTURES_BY_NAME["glm_5_1"])
     answers: list[Any] = [AttestationError("down", code="dcap_collateral_unavailable"), collateral]
 
-    async def flaky(raw: bytes) -> dict[str, Any]:
+    async def flaky(raw: bytes) -> Any:
         answer = answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -246,12 +252,12 @@ def test_a_failed_fetch_is_not_cached() -> None:
 # --- the collateral file (air-gapped use) ----------------------------------------------------
 
 
-def test_a_collateral_file_verifies_its_quote(tmp_path: Path) -> None:
+async def test_a_collateral_file_verifies_its_quote(tmp_path: Path) -> None:
     fixture = FIXTURES_BY_NAME["glm_5_1"]
     path = tmp_path / "collateral.json"
     path.write_text((FIXTURES / fixture.collateral_file).read_text(encoding="utf-8"))
     quote = quote_of("glm_5_1")
-    collateral = asyncio.run(file_fetcher(path)(quote))
+    collateral = await file_fetcher(path)(quote)
     assert verify_quote_dcap(quote, collateral, time_of(fixture)).status == "UpToDate"
 
 
@@ -270,14 +276,14 @@ def test_a_collateral_file_verifies_its_quote(tmp_path: Path) -> None:
         ('"text"', "{path} is not a JSON object; fix or remove attestation.collateral_file"),
     ],
 )
-def test_an_unusable_collateral_file_names_itself_and_the_setting(
+async def test_an_unusable_collateral_file_names_itself_and_the_setting(
     tmp_path: Path, content: str | None, message: str
 ) -> None:
     path = tmp_path / "collateral.json"
     if content is not None:
         path.write_text(content, encoding="utf-8")
     with pytest.raises(AttestationError) as info:
-        asyncio.run(file_fetcher(path)(b"quote"))
+        await file_fetcher(path)(b"quote")
     assert info.value.code == "dcap_collateral_unavailable"
     assert info.value.message == message.format(path=path) + f" ({DCAP_OFF})"
 
@@ -293,7 +299,7 @@ class FakeCollateral:
         return json.dumps(self.document)
 
 
-def test_the_pccs_is_asked_about_the_quote_and_its_answer_verifies(
+async def test_the_pccs_is_asked_about_the_quote_and_its_answer_verifies(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fixture = FIXTURES_BY_NAME["gpt_oss_120b_p"]
@@ -306,12 +312,12 @@ def test_the_pccs_is_asked_about_the_quote_and_its_answer_verifies(
         return FakeCollateral(collateral_of(fixture))
 
     monkeypatch.setattr(dcap_qvl, "get_collateral", get_collateral)
-    collateral = asyncio.run(pccs_fetcher(PCCS_URL)(bytearray(quote)))  # type: ignore[arg-type]
+    collateral = await pccs_fetcher(PCCS_URL)(bytearray(quote))  # type: ignore[arg-type]
     assert asked == [(PCCS_URL, quote)]
     assert verify_quote_dcap(quote, collateral, time_of(fixture)).status == "UpToDate"
 
 
-def test_an_unreachable_pccs_names_the_url_the_cause_and_the_settings(
+async def test_an_unreachable_pccs_names_the_url_the_cause_and_the_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cause = "error sending request: connection refused " + "x" * 300
@@ -321,7 +327,7 @@ def test_an_unreachable_pccs_names_the_url_the_cause_and_the_settings(
 
     monkeypatch.setattr(dcap_qvl, "get_collateral", get_collateral)
     with pytest.raises(AttestationError) as info:
-        asyncio.run(pccs_fetcher(PCCS_URL)(quote_of("glm_5_1")))
+        await pccs_fetcher(PCCS_URL)(quote_of("glm_5_1"))
     assert info.value.code == "dcap_collateral_unavailable"
     assert info.value.message == (
         f"could not fetch DCAP collateral from {PCCS_URL}: {cause[:200]}; set "
@@ -352,7 +358,7 @@ def test_expired_collateral_and_the_locks_of_failed_fetches_are_not_kept_for_goo
         for index in range(500):
             with pytest.raises(AttestationError):
                 await cache.get(b"junk %d" % index)
-        now[0] = expiry + 1.0  # glm's collateral is stale now
+        now[0] = expiry  # glm's collateral is stale now
         await cache.get(gpt)
 
     asyncio.run(run())

@@ -51,7 +51,7 @@ def _signing_kids() -> set[str]:
 
 def _jwks_before_rotation() -> dict[str, Any]:
     """NVIDIA's JWKS as it stood before the key that signs the captured answer was added."""
-    jwks = copy.deepcopy(_load("nras_jwks"))
+    jwks: dict[str, Any] = copy.deepcopy(_load("nras_jwks"))
     jwks["keys"] = [key for key in jwks["keys"] if key["kid"] not in _signing_kids()]
     assert jwks["keys"]
     return jwks
