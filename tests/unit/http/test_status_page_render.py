@@ -10,6 +10,7 @@ import html
 import re
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ from proxy.service.trust_state import TrustState
 from proxy.settings import Settings
 
 NOW = 1_800_000_000.0
+PERSISTED = TrustState(Path("/nonexistent/state"))  # a state file that is kept (none yet)
 HOSTILE = '<img src=x onerror="alert(1)">&'
 ESCAPED = html.escape(HOSTILE, quote=True)
 
@@ -125,7 +127,7 @@ def services(
         Services,
         SimpleNamespace(
             keys=keys or Keys(),
-            attester=SimpleNamespace(trust_state=trust_state),
+            attester=SimpleNamespace(trust_state=trust_state or PERSISTED),
             settings=settings or Settings(),
             metrics=metrics or Metrics(process_metrics=False),
             demo=demo,
@@ -651,3 +653,21 @@ async def test_the_route_answers_with_the_page_and_its_security_headers() -> Non
         "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; base-uri 'none'; "
         "form-action 'none'; frame-ancestors 'none'"
     )
+
+
+def test_trust_levels_kept_in_memory_only_are_listed_as_a_weakening(tmp_path: Any) -> None:
+    # serve drops attestation.state_dir when it is not writable (main._with_state_dir): a
+    # downgrade from enclave to gateway across restarts is then not caught, and the page says so,
+    # as serve's start-up warning does.
+    memory = page(services(trust_state=TrustState(None)), [])
+    assert (
+        "<li>WEAKENED: trust levels are remembered in memory only (attestation.state_dir is not "
+        "writable): a downgrade from enclave to gateway across restarts is not caught</li>"
+    ) in memory
+    assert "None: every check runs and is enforced." not in memory
+    untracked = services()
+    untracked.attester.trust_state = None  # an Attester that remembers nothing at all
+    assert "memory only (attestation.state_dir is not writable)" in page(untracked, [])
+    persisted = page(services(trust_state=TrustState(tmp_path)), [])
+    assert "<p>None: every check runs and is enforced.</p>" in persisted
+    assert "memory only" not in persisted
