@@ -439,6 +439,7 @@ def test_the_measurements_say_whether_each_is_known() -> None:
         "<dt>rtmr0</dt><dd>bb <small>(unknown)</small></dd>"
         "<dt>rtmr1</dt><dd>cc</dd></dl></details>"
     ) in text
+    empty: object
     for empty in ({}, "x"):
         text = page(services(Keys({"e2ee-m": key(report(facts={"measurements": empty}))})))
         assert "<summary>measurements</summary>" not in text
@@ -598,7 +599,7 @@ def test_weakening_settings_are_listed_and_escaped() -> None:
 def test_signature_results_are_counted_by_outcome() -> None:
     metrics = Metrics(process_metrics=False)
     for outcome in ("ok", "mismatch", "ok"):
-        metrics.record_signature(outcome)  # type: ignore[arg-type]
+        metrics.record_signature(outcome)
     text = page(services(metrics=metrics), [])
     assert (
         "<table><tr><th>outcome</th><th>answers</th></tr>"
