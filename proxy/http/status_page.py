@@ -310,7 +310,11 @@ def render_status(services: Services, models: list[str], now: float) -> str:
         )
         for model in models
     )
-    weak = [detail for _, detail in weakenings(services.settings)]
+    # serve drops attestation.state_dir when it is not writable: the trust levels then live in
+    # memory only, a weakening the page lists as serve's start-up warning does.
+    state = services.attester.trust_state
+    persisted = state is not None and state.path is not None
+    weak = [detail for _, detail in weakenings(services.settings, state_persisted=persisted)]
     weak_html = (
         '<div class="warn"><ul>' + "".join(f"<li>{_e(d)}</li>" for d in weak) + "</ul></div>"
         if weak
