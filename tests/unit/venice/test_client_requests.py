@@ -747,3 +747,18 @@ async def test_a_whole_in_memory_answer_is_handed_on_in_64_kib_pieces() -> None:
     pieces = await _drain(stream)
     assert b"".join(pieces) == raw
     assert [len(piece) for piece in pieces] == [65536] * (len(raw) // 65536) + [len(raw) % 65536]
+
+
+async def test_bytes_zlib_releases_only_at_the_end_are_handed_on_too() -> None:
+    # A gzip body cut off by the upstream: the inflater holds the last bytes it could decode
+    # until it is flushed. They are part of what arrived and reach the relay, which tells a
+    # complete stream (its [DONE]) from a cut one.
+    data = b"0" * 300_000
+    cut = gzip.compress(data)[:90]
+    client, _ = upstream(
+        responding({"content-type": "text/event-stream", "content-encoding": "gzip"}, cut)
+    )
+    stream = await client.open_chat(b"{}", {})
+    received = b"".join(await _drain(stream))
+    assert received == data[: len(received)]
+    assert len(received) == 65536 + 514  # one full piece, then what the flush released

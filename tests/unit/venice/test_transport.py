@@ -458,6 +458,21 @@ async def test_the_wire_adds_no_headers_of_its_own() -> None:
     assert server.bodies[1] == b"\x00\x01"
 
 
+async def test_a_verifier_get_carries_only_the_constant_headers_and_no_body() -> None:
+    async with raw_server(json_handler({"keys": []})) as (url, server):
+        service = ServiceClient(timeout_s=5)
+        try:
+            assert await service.request_json("GET", url + "/jwks") == {"keys": []}
+        finally:
+            await service.aclose()
+    assert header_lines(server.heads[0])[1:] == [
+        ("user-agent", "venice-e2ee-proxy"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip"),
+    ]  # no content-length: 0, no content-type
+    assert server.bodies == [b""]
+
+
 async def test_a_path_is_percent_encoded_on_the_wire() -> None:
     async with raw_server(json_handler({})) as (url, server):
         wire = WireLayer(None, httpx.Timeout(5.0))
