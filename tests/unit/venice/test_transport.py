@@ -8,15 +8,23 @@ the socket, not through any HTTP library's view of it.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gzip
+import ipaddress
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import certifi
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from proxy.core.errors import (
     UpstreamConnectError,
@@ -642,3 +650,74 @@ async def test_a_proxy_without_scheme_or_password_is_used_with_basic_credentials
     head = server.heads[0]
     assert head.startswith(b"GET http://venice.invalid/api/v1/models?type=text HTTP/1.1\r\n")
     assert b"\r\nproxy-authorization: Basic YWxpY2U6\r\n" in head  # alice: (empty password)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own authority (written as PEM), and its key."""
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "loopback test authority")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_tls_trusts_httpx_s_store_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # With no SSL_CERT_FILE / SSL_CERT_DIR, the trust store is certifi's bundle (as httpx's),
+    # here replaced by the loopback authority: the system store does not know it.
+    _no_proxy_settings(monkeypatch)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    cert, key = _self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    seen = Wire()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await json_handler({"tls": True})(reader, writer, seen)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        monkeypatch.setattr(certifi, "where", lambda: str(cert))
+        async with venice(f"https://127.0.0.1:{port}/api/v1") as client:
+            assert await client.list_models() == {"tls": True}
+        (tmp_path / "other").mkdir()
+        other, _ = _self_signed(tmp_path / "other")  # an authority that did not sign it
+        monkeypatch.setattr(certifi, "where", lambda: str(other))
+        async with venice(f"https://127.0.0.1:{port}/api/v1") as client:
+            with pytest.raises(UpstreamConnectError):
+                await client.list_models()
+    finally:
+        server.close()
