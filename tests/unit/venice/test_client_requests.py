@@ -12,7 +12,7 @@ import asyncio
 import gzip
 import json
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -762,3 +762,24 @@ async def test_bytes_zlib_releases_only_at_the_end_are_handed_on_too() -> None:
     received = b"".join(await _drain(stream))
     assert received == data[: len(received)]
     assert len(received) == 65536 + 514  # one full piece, then what the flush released
+
+
+async def test_a_body_read_outside_any_task_is_refused_with_a_clear_error() -> None:
+    # A loop callback runs in no task: no deadline could cancel its read, so it is refused.
+    stream = UpstreamStream(ScriptedResponse([(b"a", False)]), UpstreamTimeouts())
+    loop = asyncio.get_running_loop()
+    raised = loop.create_future()
+
+    def read_in_a_callback() -> None:
+        body = stream.iter_bytes()
+        assert isinstance(body, AsyncGenerator)
+        step = body.asend(None)
+        try:
+            step.send(None)
+        except RuntimeError as exc:
+            raised.set_result(str(exc))
+        finally:
+            step.close()
+
+    loop.call_soon(read_in_a_callback)
+    assert await raised == "an upstream body must be read from a task"
