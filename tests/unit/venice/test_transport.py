@@ -8,14 +8,23 @@ the socket, not through any HTTP library's view of it.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gzip
+import ipaddress
 import json
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import certifi
+import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from proxy.core.errors import (
     UpstreamConnectError,
@@ -25,6 +34,8 @@ from proxy.core.errors import (
 )
 from proxy.http.loopback import free_port
 from proxy.venice.client import ServiceClient, UpstreamClient, UpstreamTimeouts
+from proxy.venice.transport import Wire as WireLayer
+from proxy.venice.transport import WireRequest, WireResponse
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Wire"], Awaitable[None]]
 
@@ -427,3 +438,286 @@ async def test_a_piece_that_had_to_wait_for_the_network_is_counted_as_such() -> 
         assert await waiting == b'data: {"n": 2}\n\n'
         assert stream.reads_waited == 1
         await stream.aclose()
+
+
+# --- the wire itself: what aiohttp adds (nothing), limits, time limits, routes ---------------
+
+
+async def _send(wire: WireLayer, method: str, url: str, content: bytes | None = None) -> bytes:
+    response = await wire.send(WireRequest(method, url, {}, content=content))
+    try:
+        return b"".join([piece async for piece in response.pieces()])
+    finally:
+        await response.aclose()
+
+
+async def test_the_wire_adds_no_headers_of_its_own() -> None:
+    async with raw_server(json_handler({})) as (url, server):
+        wire = WireLayer(None, httpx.Timeout(5.0))
+        try:
+            await _send(wire, "GET", url + "/models")
+            await _send(wire, "POST", url + "/models", b"\x00\x01")
+        finally:
+            await wire.aclose()
+    get, post = (header_lines(head) for head in server.heads)
+    port = url.split(":")[2].split("/")[0]
+    assert get == [("host", f"127.0.0.1:{port}")]
+    assert post == [("host", f"127.0.0.1:{port}"), ("content-length", "2")]
+    assert server.bodies[1] == b"\x00\x01"
+
+
+async def test_a_verifier_get_carries_only_the_constant_headers_and_no_body() -> None:
+    async with raw_server(json_handler({"keys": []})) as (url, server):
+        service = ServiceClient(timeout_s=5)
+        try:
+            assert await service.request_json("GET", url + "/jwks") == {"keys": []}
+        finally:
+            await service.aclose()
+    assert header_lines(server.heads[0])[1:] == [
+        ("user-agent", "venice-e2ee-proxy"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip"),
+    ]  # no content-length: 0, no content-type
+    assert server.bodies == [b""]
+
+
+async def test_a_path_is_percent_encoded_on_the_wire() -> None:
+    async with raw_server(json_handler({})) as (url, server):
+        wire = WireLayer(None, httpx.Timeout(5.0))
+        try:
+            await _send(wire, "GET", url + "/a b/é")
+        finally:
+            await wire.aclose()
+    assert server.heads[0].startswith(b"GET /api/v1/a%20b/%C3%A9 HTTP/1.1\r\n")
+
+
+async def test_a_redirect_is_handed_over_not_followed() -> None:
+    async with raw_server(
+        reply_once(answer("302 Found", {"location": "http://elsewhere.invalid/"}, b""))
+    ) as (url, server):
+        wire = WireLayer(None, httpx.Timeout(5.0))
+        try:
+            response = await wire.send(WireRequest("GET", url + "/models", {}))
+            assert response.status_code == 302
+            assert response.headers["location"] == "http://elsewhere.invalid/"
+            await response.aclose()
+        finally:
+            await wire.aclose()
+    assert len(server.heads) == 1
+
+
+async def test_cookies_for_a_named_host_are_never_sent_back() -> None:
+    handler = json_handler({"ok": True}, extra={"set-cookie": "session=tracker; Path=/"})
+    async with (
+        raw_server(handler) as (url, server),
+        venice(url.replace("127.0.0.1", "localhost")) as client,
+    ):
+        await client.list_models()
+        await client.list_models()
+    assert len(server.heads) == 2
+    assert "cookie" not in dict(header_lines(server.heads[1]))
+
+
+async def test_many_streams_to_one_host_are_open_at_once() -> None:
+    held = asyncio.Event()
+
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        await read_request(reader, wire)
+        writer.write(CHUNKED_SSE_HEAD + chunked(b"data: 1\n\n"))
+        await writer.drain()
+        await held.wait()
+
+    async with raw_server(handler) as (url, server), venice(url) as client:
+        streams = await asyncio.wait_for(
+            asyncio.gather(*(client.open_chat(b"{}", {}) for _ in range(101))), 10
+        )
+        assert server.connections == 101  # no pool limit: none of them waited for another
+        held.set()
+        for stream in streams:
+            await stream.aclose()
+
+
+async def test_closing_the_wire_closes_its_connections() -> None:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        while await read_request(reader, wire):
+            writer.write(answer("200 OK", {"content-type": "application/json"}, b"{}"))
+            await writer.drain()
+        wire.peer_closed.set()
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        async with raw_server(handler) as (url, server):
+            client = UpstreamClient(url, "k")
+            await client.list_models()
+            await client.aclose()
+            await asyncio.wait_for(server.peer_closed.wait(), 2)
+    finally:
+        loop.set_exception_handler(previous)
+    assert reported == []  # no "Unclosed client session": it was closed, not collected
+
+
+async def test_a_silent_read_times_out_at_the_read_limit() -> None:
+    async def handler(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: Wire
+    ) -> None:
+        await read_request(reader, wire)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n12345")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    async with raw_server(handler) as (url, _):
+        wire = WireLayer(None, httpx.Timeout(5.0, read=0.2))
+        try:
+            response = await wire.send(WireRequest("GET", url + "/x", {}))
+            with pytest.raises(httpx.ReadTimeout):
+                await asyncio.wait_for(_drain(response), 2)
+            await response.aclose()
+        finally:
+            await wire.aclose()
+
+
+async def _drain(response: WireResponse) -> bytes:
+    return b"".join([piece async for piece in response.pieces()])
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [httpx.Timeout(30.0, connect=0.2, pool=30.0), httpx.Timeout(30.0, connect=30.0, pool=0.2)],
+    ids=["connect", "pool"],
+)
+async def test_a_connect_that_hangs_is_a_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch, limits: httpx.Timeout
+) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def hang(*_: object, **__: object) -> None:
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(loop, "sock_connect", hang)  # the TCP handshake never completes
+    wire = WireLayer(None, limits)
+    try:
+        with pytest.raises(httpx.ConnectTimeout):
+            await asyncio.wait_for(wire.send(WireRequest("GET", "http://127.0.0.1:9/x", {})), 2)
+    finally:
+        await wire.aclose()
+
+
+async def test_the_environment_is_read_once_per_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_proxy_settings(monkeypatch)
+    async with (
+        raw_server(json_handler({"via": "direct"})) as (direct_url, _),
+        raw_server(json_handler({"via": "proxy"})) as (proxy_url, _),
+    ):
+        wire = WireLayer(None, httpx.Timeout(5.0))
+        try:
+            # The first 32 endpoints are remembered as they were first routed (direct) ...
+            for n in range(32):
+                assert json.loads(await _send(wire, "GET", f"{direct_url}/{n}")) == {
+                    "via": "direct"
+                }
+            monkeypatch.setenv("HTTP_PROXY", proxy_url.removesuffix("/api/v1"))
+            for n in range(32):
+                assert json.loads(await _send(wire, "GET", f"{direct_url}/{n}")) == {
+                    "via": "direct"
+                }
+            # ... and no more: a 33rd is routed anew on every request.
+            assert json.loads(await _send(wire, "GET", f"{direct_url}/32")) == {"via": "proxy"}
+            monkeypatch.delenv("HTTP_PROXY")
+            assert json.loads(await _send(wire, "GET", f"{direct_url}/32")) == {"via": "direct"}
+        finally:
+            await wire.aclose()
+
+
+async def test_a_proxy_without_scheme_or_password_is_used_with_basic_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _no_proxy_settings(monkeypatch)
+    async with raw_server(json_handler({"data": []})) as (proxy_url, server):
+        origin = proxy_url.removeprefix("http://").removesuffix("/api/v1")
+        monkeypatch.setenv("HTTP_PROXY", f"alice@{origin}")
+        client = UpstreamClient("http://venice.invalid/api/v1", None)
+        try:
+            assert await client.list_models() == {"data": []}
+        finally:
+            await client.aclose()
+    head = server.heads[0]
+    assert head.startswith(b"GET http://venice.invalid/api/v1/models?type=text HTTP/1.1\r\n")
+    assert b"\r\nproxy-authorization: Basic YWxpY2U6\r\n" in head  # alice: (empty password)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own authority (written as PEM), and its key."""
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "loopback test authority")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_tls_trusts_httpx_s_store_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # With no SSL_CERT_FILE / SSL_CERT_DIR, the trust store is certifi's bundle (as httpx's),
+    # here replaced by the loopback authority: the system store does not know it.
+    _no_proxy_settings(monkeypatch)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    cert, key = _self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    seen = Wire()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await json_handler({"tls": True})(reader, writer, seen)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        monkeypatch.setattr(certifi, "where", lambda: str(cert))
+        async with venice(f"https://127.0.0.1:{port}/api/v1") as client:
+            assert await client.list_models() == {"tls": True}
+        (tmp_path / "other").mkdir()
+        other, _ = _self_signed(tmp_path / "other")  # an authority that did not sign it
+        monkeypatch.setattr(certifi, "where", lambda: str(other))
+        async with venice(f"https://127.0.0.1:{port}/api/v1") as client:
+            with pytest.raises(UpstreamConnectError):
+                await client.list_models()
+    finally:
+        server.close()
