@@ -159,6 +159,13 @@ async def _inflated(response: WireResponse, inflater: Any) -> AsyncIterator[byte
     tail = inflater.flush()
     if tail:
         yield tail
+    if not inflater.eof:
+        # Cut before the gzip trailer (its length and CRC never checked): what arrived was
+        # handed on, but the body is not whole, as a stream without its [DONE] is not.
+        raise UpstreamError(
+            "the upstream's compressed body ended before its end",
+            code="upstream_stream_truncated",
+        )
 
 
 class UpstreamStream:

@@ -749,19 +749,44 @@ async def test_a_whole_in_memory_answer_is_handed_on_in_64_kib_pieces() -> None:
     assert [len(piece) for piece in pieces] == [65536] * (len(raw) // 65536) + [len(raw) % 65536]
 
 
-async def test_bytes_zlib_releases_only_at_the_end_are_handed_on_too() -> None:
+async def test_a_cut_gzip_body_hands_on_what_arrived_then_is_truncated() -> None:
     # A gzip body cut off by the upstream: the inflater holds the last bytes it could decode
-    # until it is flushed. They are part of what arrived and reach the relay, which tells a
-    # complete stream (its [DONE]) from a cut one.
+    # until it is flushed. They are part of what arrived and reach the relay; then the body is
+    # reported cut (no gzip trailer: its length and CRC were never seen), as a stream without
+    # its [DONE] is.
     data = b"0" * 300_000
     cut = gzip.compress(data)[:90]
     client, _ = upstream(
         responding({"content-type": "text/event-stream", "content-encoding": "gzip"}, cut)
     )
     stream = await client.open_chat(b"{}", {})
-    received = b"".join(await _drain(stream))
-    assert received == data[: len(received)]
-    assert len(received) == 65536 + 514  # one full piece, then what the flush released
+    received: list[bytes] = []
+
+    async def read_all() -> None:
+        async for piece in stream.iter_bytes():
+            received.append(piece)
+
+    with pytest.raises(UpstreamError) as info:
+        await read_all()
+    assert (info.value.code, info.value.message) == (
+        "upstream_stream_truncated",
+        "the upstream's compressed body ended before its end",
+    )
+    whole = b"".join(received)
+    assert whole == data[: len(whole)]
+    assert len(whole) == 65536 + 514  # one full piece, then what the flush released
+
+
+async def test_a_gzip_json_answer_without_its_trailer_is_truncated_not_parsed() -> None:
+    # Cut right before the gzip trailer, the JSON inside is whole and would parse; but the
+    # trailer's length and CRC were never checked, so the answer is not taken as whole.
+    body = gzip.compress(b'{"data": [1, 2, 3]}')
+    client, _ = upstream(responding({"content-encoding": "gzip"}, body[:-8]))
+    with pytest.raises(UpstreamError) as info:
+        await client.list_models()
+    assert info.value.code == "upstream_stream_truncated"
+    whole, _ = upstream(responding({"content-encoding": "gzip"}, body))
+    assert await whole.list_models() == {"data": [1, 2, 3]}
 
 
 async def test_a_body_read_outside_any_task_is_refused_with_a_clear_error() -> None:
