@@ -228,6 +228,38 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def token_key_ids(answer: Any) -> frozenset[str]:
+    """The ``kid`` in the header of every compact JWS anywhere in an NRAS answer (a token that
+    cannot be read names none). Not a check: the client uses it to tell whether its cached JWKS
+    can hold every key the answer names; :func:`verify_nras_response` judges the tokens."""
+    kids: set[str] = set()
+    pending = [answer]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, list | tuple):
+            pending.extend(value)
+        elif isinstance(value, Mapping):
+            pending.extend(value.values())
+        elif isinstance(value, str) and value.count(".") == 2:
+            try:
+                kid = json.loads(b64url_decode(value.split(".", 1)[0])).get("kid")
+            except (ValueError, AttributeError, RecursionError):
+                continue
+            if isinstance(kid, str):
+                kids.add(kid)
+    return frozenset(kids)
+
+
+def jwks_key_ids(jwks: Mapping[str, Any]) -> frozenset[str]:
+    """The ``kid`` of every key of a JWKS that has one (a key without one is not counted)."""
+    keys = jwks.get("keys")
+    if not isinstance(keys, list):
+        return frozenset()
+    return frozenset(
+        key["kid"] for key in keys if isinstance(key, Mapping) and isinstance(key.get("kid"), str)
+    )
+
+
 def _json_part(text: str, name: str, what: str) -> Mapping[str, Any]:
     try:
         value = json.loads(b64url_decode(text))

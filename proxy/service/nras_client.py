@@ -11,13 +11,12 @@ whose GPUs cannot be verified is not used (fail closed).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.attestation import NrasEvidence
-from proxy.attestation.nras import b64url_decode
+from proxy.attestation.nras import jwks_key_ids, token_key_ids
 from proxy.core.errors import AttestationError, ProxyError
 from proxy.venice.client import ServiceClient
 
@@ -27,35 +26,6 @@ _PROCEED = (
     'attestation.nvidia = "nonce" to use the model without NVIDIA\'s verdict (its GPUs then '
     "NOT verified)"
 )
-
-
-def _kids(response: Any) -> set[str]:
-    """The ``kid`` of every compact JWS in an NRAS answer (what cannot be read names none)."""
-    kids: set[str] = set()
-    pending = [response]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, list | tuple):
-            pending.extend(value)
-        elif isinstance(value, Mapping):
-            pending.extend(value.values())
-        elif isinstance(value, str) and value.count(".") == 2:
-            try:
-                kid = json.loads(b64url_decode(value.split(".", 1)[0])).get("kid")
-            except (ValueError, AttributeError, RecursionError):
-                continue
-            if isinstance(kid, str):
-                kids.add(kid)
-    return kids
-
-
-def _known_kids(jwks: Mapping[str, Any]) -> set[str]:
-    keys = jwks.get("keys")
-    if not isinstance(keys, list):
-        return set()
-    return {
-        key["kid"] for key in keys if isinstance(key, Mapping) and isinstance(key.get("kid"), str)
-    }
 
 
 class NrasSource:
@@ -77,9 +47,9 @@ class NrasSource:
         self._clock = clock
         self._jwks: tuple[float, Mapping[str, Any]] | None = None
 
-    async def _keys(self, kids: set[str]) -> Mapping[str, Any]:
+    async def _keys(self, kids: frozenset[str]) -> Mapping[str, Any]:
         cached = self._jwks
-        if cached is not None and cached[0] > self._clock() and kids <= _known_kids(cached[1]):
+        if cached is not None and cached[0] > self._clock() and kids <= jwks_key_ids(cached[1]):
             return cached[1]
         jwks = await self._client.request_json("GET", self._jwks_url)
         if not isinstance(jwks, Mapping):
@@ -92,7 +62,7 @@ class NrasSource:
     async def __call__(self, payload: Mapping[str, Any]) -> NrasEvidence:
         try:
             response = await self._client.request_json("POST", self._url, dict(payload))
-            jwks = await self._keys(_kids(response))
+            jwks = await self._keys(token_key_ids(response))
         except AttestationError:
             raise
         except ProxyError as exc:

@@ -26,7 +26,14 @@ from proxy.attestation import (
     verify_evidence,
     verify_nras_response,
 )
-from proxy.attestation.nras import GPU_TRUE_CLAIMS, NRAS_ISSUER, b64url_decode, pinned_anchors
+from proxy.attestation.nras import (
+    GPU_TRUE_CLAIMS,
+    NRAS_ISSUER,
+    b64url_decode,
+    jwks_key_ids,
+    pinned_anchors,
+    token_key_ids,
+)
 from proxy.core.crypto import keypair_from_private
 from proxy.core.errors import AttestationError
 from tests.support.attestation_helpers import (
@@ -970,3 +977,44 @@ def test_gpu_nras_failures_are_false_in_the_gpu_tier(signer: Signer) -> None:
         "gpu",
         "nras_key_unknown: NRAS: no JWKS key has kid 'test-kid'",
     )
+
+
+# --- key ids (for the client's JWKS cache) ------------------------------------------------------
+
+
+def _jws(header: Any) -> str:
+    encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    return f"{encoded}.e30.c2ln"
+
+
+def test_the_key_ids_of_an_answer_are_those_its_tokens_are_verified_with() -> None:
+    verified = verify_nras_response(answer(), jwks(), nonce=NONCE, now=IAT)
+    assert token_key_ids(answer()) == frozenset(verified.key_ids)
+    assert token_key_ids(answer()) <= jwks_key_ids(jwks())
+
+
+def test_key_ids_are_read_from_any_token_and_unreadable_ones_name_none() -> None:
+    found = token_key_ids(
+        [
+            ["JWT", _jws({"kid": "a", "alg": "ES384"})],
+            {"GPU-0": _jws({"kid": "b"}), "GPU-1": ("JWT", _jws({"kid": "c"}))},
+            "!!.e30.x",  # not base64url
+            _jws(["kid", "d"]),  # a header that is not an object
+            _jws({"kid": 5}),  # a kid that is not a string
+            _jws({"alg": "ES384"}),  # no kid
+            "a.b",  # not three parts
+            7,
+            None,
+        ]
+    )
+    assert found == frozenset({"a", "b", "c"})
+    assert token_key_ids("nothing") == frozenset()
+
+
+def test_the_key_ids_of_a_jwks_are_those_of_keys_that_have_one() -> None:
+    assert jwks_key_ids({"keys": [{"kid": "x"}, {"kty": "EC"}, {"kid": 3}, "k", {"kid": "y"}]}) == {
+        "x",
+        "y",
+    }
+    assert jwks_key_ids({"keys": "x"}) == frozenset()
+    assert jwks_key_ids({}) == frozenset()
