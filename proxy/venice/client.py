@@ -120,13 +120,16 @@ def status_error(status: int, body: bytes, headers: Mapping[str, str]) -> Upstre
     )
 
 
+_GZIP_WINDOW = 16 + zlib.MAX_WBITS  # zlib's window bits for a gzip header and trailer
+
+
 def _inflater(response: WireResponse) -> Any:
     """A zlib decompressor for the response's ``Content-Encoding`` (None for identity)."""
     encoding = response.headers.get("content-encoding", "").strip().lower()
     if encoding in ("", "identity"):
         return None
     if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return zlib.decompressobj(_GZIP_WINDOW)
     raise UpstreamError(
         f"the upstream answered with content encoding '{encoding[:40]}', which was not asked for",
         code="upstream_bad_encoding",
@@ -144,9 +147,14 @@ def _body(response: WireResponse) -> AsyncIterator[bytes]:
 
 
 async def _inflated(response: WireResponse, inflater: Any) -> AsyncIterator[bytes]:
+    """The body inflated, member after member: a gzip body may hold several members, one after
+    the other (RFC 1952, 2.2), and each is inflated and checked (length and CRC) in turn. Bytes
+    after a member that do not start another are corrupt, never dropped."""
     async for raw in response.pieces():
         data = raw
         while data:
+            if inflater.eof:
+                inflater = zlib.decompressobj(_GZIP_WINDOW)
             try:
                 piece = inflater.decompress(data, PIECE_BYTES)
             except zlib.error as exc:
@@ -155,7 +163,7 @@ async def _inflated(response: WireResponse, inflater: Any) -> AsyncIterator[byte
                 ) from exc
             if piece:
                 yield piece
-            data = inflater.unconsumed_tail
+            data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
     tail = inflater.flush()
     if tail:
         yield tail

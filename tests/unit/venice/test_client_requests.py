@@ -808,3 +808,50 @@ async def test_a_body_read_outside_any_task_is_refused_with_a_clear_error() -> N
 
     loop.call_soon(read_in_a_callback)
     assert await raised == "an upstream body must be read from a task"
+
+
+async def test_every_member_of_a_gzip_body_is_inflated_in_order() -> None:
+    # RFC 1952 lets a gzip body hold several members one after the other; each is a gzip
+    # stream of its own. The text after the first member was dropped without a word.
+    parts = [b"data: one\n\n", b"data: two\n\n" * 20_000, b"data: [DONE]\n\n"]
+    body = b"".join(gzip.compress(part) for part in parts)
+    for pieces in (
+        [body],
+        [body[:30], body[30:31], body[31:]],
+        [bytes([b]) for b in body[:200]] + [body[200:]],
+    ):
+        client, _ = upstream(
+            lambda _, pieces=pieces: httpx.Response(
+                200,
+                headers={"content-type": "text/event-stream", "content-encoding": "gzip"},
+                stream=Pieces(pieces),
+            )
+        )
+        stream = await client.open_chat(b"{}", {})
+        assert b"".join(await _drain(stream)) == b"".join(parts)
+
+
+async def test_a_gzip_member_split_at_its_boundary_is_read_whole() -> None:
+    first, second = gzip.compress(b'{"data": '), gzip.compress(b"[1, 2]}")
+    client, _ = upstream(
+        lambda _: httpx.Response(
+            200, headers={"content-encoding": "gzip"}, stream=Pieces([first, second])
+        )
+    )
+    assert await client.list_models() == {"data": [1, 2]}
+
+
+async def test_bytes_after_a_gzip_member_that_start_no_member_are_corrupt() -> None:
+    body = gzip.compress(b'{"data": []}') + b"trailing garbage"
+    client, _ = upstream(responding({"content-encoding": "gzip"}, body))
+    with pytest.raises(UpstreamError) as info:
+        await client.list_models()
+    assert info.value.code == "upstream_bad_encoding"
+
+
+async def test_a_second_gzip_member_cut_short_is_truncated() -> None:
+    body = gzip.compress(b'{"data": ') + gzip.compress(b"[]}")[:-8]
+    client, _ = upstream(responding({"content-encoding": "gzip"}, body))
+    with pytest.raises(UpstreamError) as info:
+        await client.list_models()
+    assert info.value.code == "upstream_stream_truncated"
