@@ -815,18 +815,18 @@ async def test_every_member_of_a_gzip_body_is_inflated_in_order() -> None:
     # stream of its own. The text after the first member was dropped without a word.
     parts = [b"data: one\n\n", b"data: two\n\n" * 20_000, b"data: [DONE]\n\n"]
     body = b"".join(gzip.compress(part) for part in parts)
-    for pieces in (
+    splits: list[list[bytes]] = [
         [body],
         [body[:30], body[30:31], body[31:]],
         [bytes([b]) for b in body[:200]] + [body[200:]],
-    ):
-        client, _ = upstream(
-            lambda _, pieces=pieces: httpx.Response(
-                200,
-                headers={"content-type": "text/event-stream", "content-encoding": "gzip"},
-                stream=Pieces(pieces),
-            )
-        )
+    ]
+    for pieces in splits:
+
+        def answer(_: httpx.Request, pieces: list[bytes] = pieces) -> httpx.Response:
+            headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+            return httpx.Response(200, headers=headers, stream=Pieces(pieces))
+
+        client, _ = upstream(answer)
         stream = await client.open_chat(b"{}", {})
         assert b"".join(await _drain(stream)) == b"".join(parts)
 
