@@ -239,7 +239,7 @@ def _card(
     )
     not_attested = "".join(f"<li>{_e(item)}</li>" for item in report.get("not_attested") or [])
     return (
-        f'<section class="card {trust} {verdict}" id="model-{slug}" data-trust="{_e(trust)}" '
+        f'<section class="card {_e(trust)} {verdict}" id="model-{slug}" data-trust="{_e(trust)}" '
         f'data-verdict="{verdict}"><h2>{_e(model)}</h2>'
         f'<span class="badge {verdict}" id="verdict-{slug}">'
         f"{'ATTESTED' if verdict == 'passed' else 'FAILED'}</span>"

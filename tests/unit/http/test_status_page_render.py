@@ -353,6 +353,15 @@ def test_everything_the_upstream_says_is_escaped() -> None:
     assert text.count(ESCAPED) >= 14
 
 
+def test_a_hostile_trust_level_is_escaped_in_the_card_class_too() -> None:
+    # The trust level is the proxy's own word today; the page escapes it wherever it goes all
+    # the same (it was written raw into the card's class attribute).
+    text = page(services(Keys({"e2ee-m": key(report(trust=HOSTILE))})))
+    assert HOSTILE not in text
+    assert 'onerror="' not in text
+    assert f'<section class="card {ESCAPED} passed" id="model-e2ee-m"' in text
+
+
 def test_a_hostile_remembered_model_name_is_escaped(tmp_path: Any) -> None:
     state = TrustState(tmp_path)
     state.record(HOSTILE, "gateway")
