@@ -57,7 +57,7 @@ _FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("threads", "threads", "state"),
     ("batches", "batches", "state"),
     ("containers", "containers", "state"),
-    ("fine_tuning", "fine-tuning", "other"),
+    ("fine_tuning", "fine-tuning jobs", "other"),
     ("evals", "evals", "other"),
     ("realtime", "realtime sessions", "other"),
 )

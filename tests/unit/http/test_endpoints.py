@@ -115,7 +115,7 @@ def test_another_openai_family_is_named_as_not_part_of_the_proxy() -> None:
     assert not_served("POST", "/v1/fine_tuning/jobs", status=404, passthrough=True) == (
         404,
         envelope(
-            "Invalid URL (POST /v1/fine_tuning/jobs): fine-tuning are not available through "
+            "Invalid URL (POST /v1/fine_tuning/jobs): fine-tuning jobs are not available through "
             f"this proxy. This proxy serves {SERVES}.",
             "unsupported_endpoint",
         ),
