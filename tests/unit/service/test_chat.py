@@ -42,6 +42,7 @@ from proxy.service.catalog import ModelInfo
 from proxy.service.chat import ChatService, OpenedAnswer
 from proxy.service.enclave_keys import AttestedKey
 from proxy.simulator.sealing import ResponseSealer
+from tests.support.weather_tool import BAD, GOOD, WEATHER
 
 ENCLAVE = keypair_from_private(bytes.fromhex("11" * 32))
 ROTATED = keypair_from_private(bytes.fromhex("22" * 32))
@@ -848,20 +849,6 @@ async def test_the_stream_is_read_to_its_end_after_a_stop_when_asked() -> None:
 
 
 # --- tool emulation ---------------------------------------------------------------------------
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-GOOD = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
-BAD = '<tool_call>\n{"name": "get_weather", "arguments": {"town": 3}}\n</tool_call>'
 
 
 async def chunks_of(answer: OpenedAnswer) -> list[dict[str, Any]]:

@@ -17,20 +17,8 @@ from proxy.core.response import ChunkDecryptor
 from proxy.core.tools import EmulationPlan, ToolEmulationError, ToolsConfig, prepare
 from proxy.service.emulation import completion_chunks, emulated_batches
 from proxy.service.relay import Batch, StreamStats, decrypted_batches
+from tests.support.weather_tool import BAD, GOOD, WEATHER
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-GOOD = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
-BAD = '<tool_call>\n{"name": "get_weather", "arguments": {"town": 3}}\n</tool_call>'
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 
 

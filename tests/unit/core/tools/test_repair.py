@@ -20,18 +20,8 @@ from proxy.core.tools.formats import ParsedCall
 from proxy.core.tools.parser import ParsedOutput
 from proxy.core.tools.plan import EmulationPlan
 from proxy.core.tools.repair import arguments_json
+from tests.support.weather_tool import WEATHER
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
 STRICT = {"type": "json_schema", "json_schema": {"name": "o", "schema": SCHEMA, "strict": True}}
 CALL_ASK = (
