@@ -7,13 +7,14 @@ streams the answer back. What it costs above the byte relay (``benchmarks.byte_r
 the chosen libraries cost; what the proxy costs above it is the proxy's own code.
 
 - **Server**: ``uvicorn.Server`` started as ``proxy.cli.main`` starts it, with the same
-  ``uvicorn.Config`` as ``_uvicorn_config``: loop and HTTP implementation ``auto`` (uvloop and
-  httptools when they can be imported; the ready line names both), ``access_log=False``,
+  ``uvicorn.Config`` as ``_uvicorn_config``: loop ``auto`` (uvloop when it can be imported; the
+  ready line names it), httptools' parser with the proxy's deadline for request headers
+  (``proxy.http.header_deadline``, the default ``server.header_timeout_s``),
+  ``proxy_headers`` off (no ``ProxyHeadersMiddleware``), ``access_log=False``,
   ``log_config=None`` with ``log_level="info"`` (the proxy's default level; uvicorn's info lines
   have no handler here, warnings and errors reach stderr), ``timeout_graceful_shutdown=10``, and
-  uvicorn's defaults for the rest, as the proxy has them: ``proxy_headers`` on (uvicorn's
-  ``ProxyHeadersMiddleware`` wraps the callable), ``server`` and ``date`` headers, lifespan
-  ``auto``. The start-up heap is collected and frozen before serving, as ``serve`` does.
+  uvicorn's defaults for the rest, as the proxy has them: ``server`` and ``date`` headers,
+  lifespan ``auto``. The start-up heap is collected and frozen before serving, as ``serve`` does.
   Deliberate differences, none of them per request: no TLS, no draining on the first signal
   (``proxy.http.shutdown``), and once stopped by a signal the process exits 0 instead of
   raising the signal again (uvicorn's ``capture_signals``).
@@ -64,6 +65,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import uvicorn
 from yarl import URL
+
+from proxy.http.header_deadline import header_deadline_protocol
+from proxy.settings import ServerSettings
 
 LOOPBACK = "127.0.0.1"
 PIECE_BYTES = 64 * 1024
@@ -230,6 +234,8 @@ def server_config(app: StackRelay, host: str, port: int) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        http=header_deadline_protocol(ServerSettings().header_timeout_s),
+        proxy_headers=False,
     )
 
 

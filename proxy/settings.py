@@ -63,6 +63,8 @@ class ServerSettings(_Section):
     tls_key: Path | None = None
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_in_flight: int = Field(default=512, gt=0)
+    header_timeout_s: float = Field(default=20.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     workers: int = Field(default=1, ge=1, le=64)
 

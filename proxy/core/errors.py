@@ -7,8 +7,10 @@
     │   ├── UnsupportedForE2EEError    400 invalid_request_error  code=e2ee_unsupported
     │   ├── ModelNotE2EEError          400 invalid_request_error  code=model_not_e2ee
     │   ├── ModelNotFoundError         404 invalid_request_error  code=model_not_found
+    │   ├── RequestTimeoutError        408 invalid_request_error  code=request_timeout
     │   ├── RequestTooLargeError       413 invalid_request_error  code=request_too_large
     │   └── UnsupportedMediaTypeError  415 invalid_request_error  code=unsupported_content_type
+    ├── ClientDisconnectedError        499 invalid_request_error  code=client_disconnected
     ├── AuthenticationError            401 authentication_error
     ├── CryptoError                    502 e2ee_error
     │   ├── InvalidPublicKeyError      502 e2ee_error             code=invalid_public_key
@@ -123,6 +125,23 @@ class ModelNotFoundError(InvalidRequestError):
 
     status = 404
     default_code = "model_not_found"
+
+
+class RequestTimeoutError(InvalidRequestError):
+    """The request body did not arrive whole in time (``server.body_timeout_s``)."""
+
+    status = 408
+    default_code = "request_timeout"
+
+
+class ClientDisconnectedError(ProxyError):
+    """The client hung up before its request was read whole. Nobody reads the answer: the
+    status (499, the de facto "client closed request") and code are for the log line."""
+
+    status = 499
+    error_type = "invalid_request_error"
+    default_code = "client_disconnected"
+    default_message = "the client hung up before its request was read"
 
 
 class RequestTooLargeError(InvalidRequestError):

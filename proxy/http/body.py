@@ -6,6 +6,12 @@
   ``no-cors`` fetch with a Blob body sends none, and JSON is never implied.
 - Size: at most ``server.max_body_bytes``, checked against ``Content-Length`` first and again
   while reading (413). An empty body is a 400 ``empty_body``.
+- Time: the whole body within ``server.body_timeout_s`` of the handler starting to read it
+  (the headers are in by then), else a 408 ``request_timeout``: a client that trickles its body,
+  or declares more than it sends, must not hold one of ``server.max_in_flight``'s places for
+  ever. A client that hangs up while its body is read is a :class:`ClientDisconnectedError`
+  (logged as 499 ``client_disconnected``), not a crash. Deliberately not bounded here: the
+  time between two pieces of the body (only the whole counts).
 - JSON per RFC 8259: ``NaN``/``Infinity`` are refused; nesting deeper than Python's parser can
   follow is a 400, not a crash.
 - ``X-Request-ID``: kept when it is 1-128 characters of ``[A-Za-z0-9._:-]``, else replaced by
@@ -15,15 +21,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from proxy.core.errors import (
+    ClientDisconnectedError,
     InvalidRequestError,
+    RequestTimeoutError,
     RequestTooLargeError,
     UnsupportedMediaTypeError,
 )
@@ -76,18 +86,26 @@ def check_json_content_type(value: str | None) -> None:
     )
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request's JSON body (rules in the module docstring); nothing is read before the
-    content type is checked."""
+async def read_json(request: Request, limit: int, timeout_s: float) -> Any:
+    """The request's JSON body (rules in the module docstring): at most ``limit`` bytes, whole
+    within ``timeout_s`` seconds; nothing is read before the content type is checked."""
     check_json_content_type(request.headers.get("content-type"))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestTooLargeError(f"the request body exceeds {limit} bytes")
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise RequestTooLargeError(f"the request body exceeds {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for part in request.stream():
+                body += part
+                if len(body) > limit:
+                    raise RequestTooLargeError(f"the request body exceeds {limit} bytes")
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the request body did not arrive whole within {timeout_s:g} s (server.body_timeout_s)"
+        ) from None
+    except ClientDisconnect:
+        raise ClientDisconnectedError() from None
     if not body:
         raise InvalidRequestError("the request body is empty", code="empty_body")
     try:

@@ -50,7 +50,8 @@ async def create_response(request: Request) -> Response:
     record = RequestRecord.begin(services, request)
     translated: ResponsesRequest | None = None
     try:
-        payload = await read_json(request, services.settings.server.max_body_bytes)
+        server = services.settings.server
+        payload = await read_json(request, server.max_body_bytes, server.body_timeout_s)
         if isinstance(payload, dict) and isinstance(payload.get("model"), str):
             record.model = payload["model"]
         translated = translate_request(payload)

@@ -49,7 +49,8 @@ async def chat_completions(request: Request) -> Response:
     services = _services(request)
     record = RequestRecord.begin(services, request)
     try:
-        payload = await read_json(request, services.settings.server.max_body_bytes)
+        server = services.settings.server
+        payload = await read_json(request, server.max_body_bytes, server.body_timeout_s)
         if isinstance(payload, dict):
             model = payload.get("model")
             record.model = model if isinstance(model, str) else None

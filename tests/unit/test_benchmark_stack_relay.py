@@ -219,7 +219,7 @@ def test_the_ready_line_names_the_address_the_upstream_and_the_stack(
 ) -> None:
     assert relay.ready_line == (
         f"stack relay listening on {LOOPBACK}:{relay.port} -> http://{LOOPBACK}:{upstream.port} "
-        "(loop: uvloop, http: HttpToolsProtocol)"
+        "(loop: uvloop, http: HeaderDeadlineProtocol)"
     )
 
 

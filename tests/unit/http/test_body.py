@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -10,8 +11,10 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from proxy.core.errors import (
+    ClientDisconnectedError,
     InvalidRequestError,
     ProxyError,
+    RequestTimeoutError,
     RequestTooLargeError,
     UnsupportedMediaTypeError,
 )
@@ -27,6 +30,7 @@ from proxy.http.body import (
 
 JSON = (b"content-type", b"application/json")
 LIMIT = 16
+TIMEOUT = 5.0  # seconds: never reached but where a test says so
 FRESH = re.compile(r"req_[0-9a-f]{24}")
 SEND_JSON = "send the request body as JSON with the header Content-Type: application/json"
 
@@ -70,7 +74,7 @@ def assert_error(
 
 async def refused(body: Body, limit: int = LIMIT) -> ProxyError:
     with pytest.raises(ProxyError) as caught:
-        await read_json(body.request, limit)
+        await read_json(body.request, limit, TIMEOUT)
     return caught.value
 
 
@@ -86,9 +90,9 @@ def test_the_bodies_are_at_and_one_over_the_limit() -> None:
 
 
 async def test_a_body_exactly_at_the_limit_is_read() -> None:
-    assert await read_json(Body(EXACT).request, LIMIT) == {"a": "xxxxxxxx"}
+    assert await read_json(Body(EXACT).request, LIMIT, TIMEOUT) == {"a": "xxxxxxxx"}
     declared = Body(EXACT, headers=with_length(str(LIMIT)))
-    assert await read_json(declared.request, LIMIT) == {"a": "xxxxxxxx"}
+    assert await read_json(declared.request, LIMIT, TIMEOUT) == {"a": "xxxxxxxx"}
 
 
 async def test_a_body_one_byte_over_the_limit_is_413() -> None:
@@ -126,7 +130,7 @@ async def test_a_declared_length_that_lies_is_checked_again_while_reading() -> N
 @pytest.mark.parametrize("length", ["abc", "-5", " 17", "1.5e1", ""])
 async def test_a_declared_length_that_is_not_digits_is_ignored(length: str) -> None:
     body = Body(EXACT, headers=with_length(length))
-    assert await read_json(body.request, LIMIT) == {"a": "xxxxxxxx"}
+    assert await read_json(body.request, LIMIT, TIMEOUT) == {"a": "xxxxxxxx"}
     assert body.reads == 1
 
 
@@ -140,9 +144,9 @@ async def test_reading_stops_at_the_chunk_that_crosses_the_limit() -> None:
 
 
 async def test_chunks_are_joined_and_the_total_counts() -> None:
-    assert await read_json(Body(b'{"a":', b"[1,", b"2]}").request, LIMIT) == {"a": [1, 2]}
+    assert await read_json(Body(b'{"a":', b"[1,", b"2]}").request, LIMIT, TIMEOUT) == {"a": [1, 2]}
     exact = Body(b'{"a":"xxxx', b'xxxx"}')
-    assert await read_json(exact.request, LIMIT) == {"a": "xxxxxxxx"}
+    assert await read_json(exact.request, LIMIT, TIMEOUT) == {"a": "xxxxxxxx"}
     over = Body(b'{"a":"xxxx', b'xxxxx"}')
     assert isinstance(await refused(over), RequestTooLargeError)
 
@@ -179,9 +183,9 @@ async def test_nan_infinity_and_what_is_not_json_are_400_invalid_json(raw: bytes
 
 
 async def test_what_is_json_is_returned_as_python_values() -> None:
-    assert await read_json(Body(b"null").request, LIMIT) is None
-    assert await read_json(Body(b" [1.5, true] ").request, LIMIT) == [1.5, True]
-    assert await read_json(Body(b'"\xc3\xa9"').request, LIMIT) == "\u00e9"
+    assert await read_json(Body(b"null").request, LIMIT, TIMEOUT) is None
+    assert await read_json(Body(b" [1.5, true] ").request, LIMIT, TIMEOUT) == [1.5, True]
+    assert await read_json(Body(b'"\xc3\xa9"').request, LIMIT, TIMEOUT) == "\u00e9"
 
 
 async def test_nesting_too_deep_for_the_parser_is_a_400() -> None:
@@ -194,7 +198,7 @@ async def test_nesting_too_deep_for_the_parser_is_a_400() -> None:
 
 async def test_moderate_nesting_is_read() -> None:
     raw = b"[" * 100 + b"]" * 100
-    value: Any = await read_json(Body(raw).request, len(raw))
+    value: Any = await read_json(Body(raw).request, len(raw), TIMEOUT)
     for _ in range(99):
         value = value[0]
     assert value == []
@@ -262,7 +266,7 @@ async def test_the_content_type_is_checked_before_anything_is_read() -> None:
     )
     assert missing.reads == 0
     parameters = Body(EXACT, headers=[(b"content-type", b"Application/Json; charset=utf-8")])
-    assert await read_json(parameters.request, LIMIT) == {"a": "xxxxxxxx"}
+    assert await read_json(parameters.request, LIMIT, TIMEOUT) == {"a": "xxxxxxxx"}
 
 
 # -- request ids ----------------------------------------------------------------------------------
@@ -315,3 +319,70 @@ def test_request_id_prefers_the_middleware_choice_then_the_header_then_a_fresh_o
     # Only a string in the scope counts as the middleware's choice.
     assert request_id(_request(header, **{REQUEST_ID_SCOPE_KEY: 5})) == "from-client"
     assert request_id(_request(header, **{REQUEST_ID_SCOPE_KEY: None})) == "from-client"
+
+
+# -- time and hang-ups --------------------------------------------------------------------------
+
+
+class Stalled(Body):
+    """A request whose body stops after its first chunks: the next read waits for ever, or
+    says the client hung up."""
+
+    def __init__(self, *chunks: bytes, hang_up: bool = False) -> None:
+        super().__init__(*chunks, headers=with_length("64"))
+        self.hang_up = hang_up
+
+    async def receive(self) -> Message:
+        self.reads += 1
+        if self.chunks:
+            return {"type": "http.request", "body": self.chunks.pop(0), "more_body": True}
+        if self.hang_up:
+            return {"type": "http.disconnect"}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_body_not_whole_within_the_deadline_is_a_408_naming_the_setting() -> None:
+    body = Stalled(b'{"a":', b"1")
+    with pytest.raises(RequestTimeoutError) as caught:
+        await read_json(body.request, 1024, 0.05)
+    assert_error(
+        caught.value,
+        RequestTimeoutError,
+        408,
+        "request_timeout",
+        "the request body did not arrive whole within 0.05 s (server.body_timeout_s)",
+    )
+    assert body.reads == 3  # both chunks were read before the wait that ran out
+
+
+async def test_the_deadline_covers_the_whole_body_not_each_piece() -> None:
+    # A piece every 20 ms, each in time, the whole 0.1 s late: refused.
+    class Trickle(Body):
+        async def receive(self) -> Message:
+            await asyncio.sleep(0.02)
+            return {"type": "http.request", "body": b" ", "more_body": True}
+
+    with pytest.raises(RequestTimeoutError):
+        await read_json(Trickle().request, 1024, 0.1)
+
+
+async def test_a_body_within_the_deadline_is_read() -> None:
+    class Slowish(Body):
+        async def receive(self) -> Message:
+            await asyncio.sleep(0.01)
+            return await super().receive()
+
+    assert await read_json(Slowish(b'{"a":', b"[1]}").request, 1024, 5.0) == {"a": [1]}
+
+
+async def test_a_client_that_hangs_up_inside_its_body_is_client_disconnected() -> None:
+    body = Stalled(b'{"a":', hang_up=True)
+    with pytest.raises(ClientDisconnectedError) as caught:
+        await read_json(body.request, 1024, TIMEOUT)
+    error = caught.value
+    assert (error.status, error.code, error.message) == (
+        499,
+        "client_disconnected",
+        "the client hung up before its request was read",
+    )
