@@ -8,12 +8,14 @@ real ones.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from proxy.core.errors import AttestationError, UpstreamError
+from proxy.core.errors import AttestationError, InvalidRequestError, UpstreamError
+from proxy.http.guard import DrainController
 from proxy.http.routes import router
 from proxy.service.catalog import ModelInfo
 from proxy.settings import Settings
@@ -137,8 +139,6 @@ TWO_PARTS = Script(first=[chunk("Hel")], rest=[[chunk("lo", "stop")]])
 
 
 def contents(body: bytes) -> list[str]:
-    import json
-
     out = []
     for data in sse_data(body):
         if data == "[DONE]":
@@ -238,8 +238,6 @@ async def test_the_usage_chunk_is_relayed_only_when_asked_for(include_usage: boo
     expected = ["Hi", "usage", "[DONE]"] if include_usage else ["Hi", "[DONE]"]
     assert contents(response.content) == expected
     if include_usage:
-        import json
-
         assert json.loads(sse_data(response.content)[1])["usage"] == USAGE
 
 
@@ -269,3 +267,99 @@ async def test_a_whole_answer_is_one_json_with_the_answer_headers() -> None:
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "Hello"
     assert {k: response.headers[k] for k in E2EE_HEADERS} == E2EE_HEADERS
+
+
+# --- the other endpoints -----------------------------------------------------------------------
+
+
+async def test_a_chat_error_before_the_first_byte_is_an_openai_envelope(log_lines: Lines) -> None:
+    chat = Chat(InvalidRequestError("'messages' must be a non-empty array", param="messages"))
+    svc = services(chat=chat)
+    body = {"model": MODEL, "stream": True, "messages": []}
+    response = await call(app_for(router, svc), "POST", "/v1/chat/completions", body)
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": "'messages' must be a non-empty array",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": None,
+    }
+    (line,) = log_of(log_lines, "chat_request")
+    assert (line["status"], line["model"], line["stream"]) == (400, MODEL, True)
+    assert chat.started == [(body, line["request_id"])]
+
+
+async def test_healthz_answers_get_and_head() -> None:
+    app = app_for(router, services())
+    assert (await call(app, "GET", "/healthz")).json() == {"status": "ok"}
+    assert (await call(app, "HEAD", "/healthz")).status_code == 200
+
+
+def ready_services(*, draining: bool = False, key: bool = True, demo: bool = False) -> Any:
+    settings = Settings.model_validate({"attestation": {"warm_up": ["e2ee-a", "e2ee-b"]}})
+    svc = services(settings=settings, keys=Keys({"e2ee-a": attested_key("e2ee-a")}), demo=demo)
+    svc.drain = DrainController()
+    if draining:
+        svc.drain.start_draining()
+    svc.upstream = type("Upstream", (), {"has_api_key": key})()
+    return svc
+
+
+async def test_readyz_names_every_reason_it_is_not_ready() -> None:
+    response = await call(app_for(router, ready_services(key=False)), "GET", "/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "ready": False,
+        "demo": False,
+        "reasons": [
+            "no Venice API key: set VENICE_API_KEY or upstream.api_key_file",
+            "model e2ee-b has no verified, unexpired attestation",
+        ],
+    }
+    svc = ready_services()
+    svc.keys.keys["e2ee-b"] = attested_key("e2ee-b")
+    assert (await call(app_for(router, svc), "GET", "/readyz")).json() == {
+        "ready": True,
+        "demo": False,
+        "reasons": [],
+    }
+    demo = ready_services(key=False, demo=True)
+    demo.keys.keys["e2ee-b"] = attested_key("e2ee-b")
+    ready = await call(app_for(router, demo), "HEAD", "/readyz")
+    assert ready.status_code == 200
+
+
+async def test_readyz_is_not_ready_while_draining() -> None:
+    svc = ready_services(draining=True)
+    svc.keys.keys["e2ee-b"] = attested_key("e2ee-b")
+    response = await call(app_for(router, svc), "GET", "/readyz")
+    assert response.status_code == 503
+    assert response.json()["reasons"] == ["shutting down"]
+
+
+async def test_the_attestation_report_of_a_catalogue_model_or_alias() -> None:
+    svc = listing_services()
+    app = app_for(router, svc)
+    response = await call(app, "GET", "/v1/attestation/fast")
+    assert response.status_code == 200
+    body = response.json()
+    key = svc.keys.keys["e2ee-a"]
+    assert body["model"] == "e2ee-a"
+    assert body["trust_level"] == "gateway"
+    assert body["signing_address"] == SIGNER
+    assert (body["verified_at"], body["expires_at"]) == (0, int(key.expires_at))
+    assert body["demo"] is False
+    assert body["report"] == key.report.to_dict()
+    assert svc.keys.asked == ["e2ee-a"]
+    unknown = await call(app, "GET", "/v1/attestation/" + "x" * 100)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "model_not_found"
+    assert "x" * 65 not in unknown.json()["error"]["message"]
+    assert svc.keys.asked == ["e2ee-a"]  # nothing attested for a name the upstream does not list
+
+
+async def test_metrics_are_the_prometheus_text() -> None:
+    response = await call(app_for(router, services()), "GET", "/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "venice_proxy_" in response.text
