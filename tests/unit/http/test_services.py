@@ -595,13 +595,3 @@ async def test_warm_up_starts_the_backoff_over_after_a_success() -> None:
     script = [failure, failure, key_refreshing_at(1010.0), failure, failure]
     slept, _ = await run_warm(script, 5)
     assert slept == [5.0, 10.0, 10.0, 5.0, 10.0]
-
-
-async def test_warm_up_lets_other_errors_through() -> None:
-    keys = WarmKeys([RuntimeError("bug")])
-
-    async def sleep(seconds: float) -> None:
-        raise AssertionError("no sleep after a crash")
-
-    with pytest.raises(RuntimeError):
-        await keep_warm(cast(Services, SimpleNamespace(keys=keys)), "m", sleep=sleep)
