@@ -259,7 +259,8 @@ async def keep_warm(
     re-attests in the background before expiry, even when no request uses the model), and after
     a failure retries with exponential backoff from 5 s to 5 min. Without this, an idle replica's
     warm-up key would expire and ``/readyz`` would take the replica out of service for good.
-    Runs until cancelled (the app's lifespan cancels it at shutdown).
+    Runs until cancelled (the app's lifespan cancels it at shutdown); an unforeseen error (not a
+    :class:`ProxyError`) is logged as ``warm_up_error`` and retried like a failure.
     """
     backoff = WARM_RETRY_MIN_S
     while True:
@@ -267,6 +268,14 @@ async def keep_warm(
             key = await services.keys.get(model)
         except ProxyError:
             # logged and counted by the cache's observer; /readyz reports it
+            await sleep(backoff)
+            backoff = min(backoff * 2, WARM_RETRY_MAX_S)
+            continue
+        except Exception as exc:
+            # A bug below, not an attestation's verdict: the loop must outlive it (ended, the
+            # key would expire and /readyz turn 503 with nothing left to attest again). Its
+            # type only: the message of an unforeseen error may hold anything.
+            log.error("warm_up_error", model=model, error_type=type(exc).__name__)
             await sleep(backoff)
             backoff = min(backoff * 2, WARM_RETRY_MAX_S)
             continue
