@@ -266,16 +266,13 @@ async def keep_warm(
     while True:
         try:
             key = await services.keys.get(model)
-        except ProxyError:
-            # logged and counted by the cache's observer; /readyz reports it
-            await sleep(backoff)
-            backoff = min(backoff * 2, WARM_RETRY_MAX_S)
-            continue
         except Exception as exc:
-            # A bug below, not an attestation's verdict: the loop must outlive it (ended, the
-            # key would expire and /readyz turn 503 with nothing left to attest again). Its
-            # type only: the message of an unforeseen error may hold anything.
-            log.error("warm_up_error", model=model, error_type=type(exc).__name__)
+            # A ProxyError is logged and counted by the cache's observer, and /readyz reports
+            # it. Anything else is a bug below, and the loop must outlive it too (ended, the key
+            # would expire and /readyz turn 503 with nothing left to attest again): its type
+            # only, as the message of an unforeseen error may hold anything.
+            if not isinstance(exc, ProxyError):
+                log.error("warm_up_error", model=model, error_type=type(exc).__name__)
             await sleep(backoff)
             backoff = min(backoff * 2, WARM_RETRY_MAX_S)
             continue

@@ -603,12 +603,13 @@ async def test_warm_up_outlives_an_unforeseen_error_and_logs_its_type_only(
     # Not an attestation's verdict but a bug below: ended, the loop would let the key expire
     # and /readyz turn 503 with nothing left to attest again.
     bug = RuntimeError("secret detail " + "x" * 10)
-    script = [bug, key_refreshing_at(1010.0), bug]
-    slept, keys = await run_warm(script, 3)
-    assert slept == [5.0, 10.0, 5.0]
-    assert keys.asked == ["warm-m"] * 3
-    errors = [json.loads(line) for line in log_lines() if "warm_up_error" in line]
+    script = [bug, bug, bug, key_refreshing_at(1010.0), bug]
+    slept, keys = await run_warm(script, 5)
+    assert slept == [5.0, 10.0, 20.0, 10.0, 5.0]  # the failures' backoff, started over after
+    assert keys.asked == ["warm-m"] * 5
+    entries = [json.loads(line) for line in log_lines()]
+    errors = [e for e in entries if e.get("event") == "warm_up_error"]
     assert [(e["level"], e["model"], e["error_type"]) for e in errors] == [
         ("error", "warm-m", "RuntimeError")
-    ] * 2
+    ] * 4
     assert not any("secret detail" in line for line in log_lines())
