@@ -164,3 +164,34 @@ async def test_draining_the_services_refuses_new_requests() -> None:
     assert refused.json()["error"]["code"] == "shutting_down"
     assert (await call(app, "GET", "/readyz")).status_code == 503
 
+
+def in_flight(scraped: httpx.Response) -> float:
+    [line] = [
+        line for line in scraped.text.splitlines() if line.startswith("venice_proxy_in_flight ")
+    ]
+    return float(line.split()[1])
+
+
+async def test_the_in_flight_gauge_counts_the_chat_requests_in_progress(upstream: Upstream) -> None:
+    """Its help says "Chat requests in progress": not the scrape asking, nor other requests."""
+    app = create_app(settings(), api_key=SecretStr("k"), http_client=upstream.client())
+    upstream.gate.clear()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        assert in_flight(await client.get("/metrics")) == 0
+        chat = asyncio.create_task(
+            client.post(
+                "/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            )
+        )
+        attestation = asyncio.create_task(client.get(f"/v1/attestation/{OTHER_MODEL}"))
+        async with upstream.arrived:  # both are waiting on the upstream
+            await asyncio.wait_for(
+                upstream.arrived.wait_for(lambda: len(upstream.requests) >= 2), 5
+            )
+        assert in_flight(await client.get("/metrics")) == 1  # the chat request only
+        upstream.gate.set()
+        assert (await chat).status_code >= 500
+        assert (await attestation).status_code >= 500
+        assert in_flight(await client.get("/metrics")) == 0
