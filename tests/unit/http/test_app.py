@@ -42,7 +42,8 @@ async def call(
 
 
 class Upstream:
-    """An in-memory Venice: records each request, answers 503 once ``gate`` is open."""
+    """An in-memory Venice: lists two E2EE models at once; records every other request and
+    answers it 503 once ``gate`` is open."""
 
     def __init__(self) -> None:
         self.requests: list[httpx.Request] = []
