@@ -23,6 +23,7 @@ from proxy.http.errors import install_error_handlers
 from proxy.http.guard import (
     DrainMiddleware,
     HostGuardMiddleware,
+    InFlightCounter,
     InFlightLimitMiddleware,
     LocalAuthMiddleware,
 )
@@ -95,7 +96,12 @@ def _add_guards(app: FastAPI, settings: Settings, services: Services) -> None:
     refusals from inside carry CORS headers for allowed origins.
     """
     server = settings.server
-    app.add_middleware(InFlightLimitMiddleware, max_in_flight=server.max_in_flight)
+    # The chat requests in progress: the limit's count, and the in-flight gauge's (the drain
+    # controller counts every request but /healthz, a scrape of /metrics among them).
+    chat_in_flight = InFlightCounter()
+    app.add_middleware(
+        InFlightLimitMiddleware, max_in_flight=server.max_in_flight, counter=chat_in_flight
+    )
     app.add_middleware(
         LocalAuthMiddleware, api_keys=[key.get_secret_value() for key in server.api_keys]
     )
@@ -107,7 +113,7 @@ def _add_guards(app: FastAPI, settings: Settings, services: Services) -> None:
     app.add_middleware(HostGuardMiddleware, allowed_hosts=hosts)
     app.add_middleware(RequestMetricsMiddleware, metrics=services.metrics)
     app.add_middleware(RequestIdMiddleware)
-    services.metrics.bind_in_flight(lambda: services.drain.in_flight)
+    services.metrics.bind_in_flight(lambda: chat_in_flight.in_flight)
 
 
 # FastAPI's own telemetry (native since the 0.16x releases): request spans, request metrics, and

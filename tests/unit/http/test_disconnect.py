@@ -84,3 +84,31 @@ async def test_a_hang_up_after_the_work_ended_cancels_nothing_later() -> None:
         return result
 
     assert await asyncio.wait_for(caller(), 5) == "done"
+
+
+async def test_outside_a_task_it_refuses_at_once_and_never_runs_the_work() -> None:
+    """A coroutine driven by hand from a loop callback has no task to cancel on a hang-up."""
+    client = Client()
+    ran: list[str] = []
+
+    async def work() -> str:
+        ran.append("work")
+        return "never"
+
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[BaseException] = loop.create_future()
+    pending = work()
+
+    def drive() -> None:
+        guarded = until_disconnect(request(client), pending)
+        try:
+            guarded.send(None)
+        except BaseException as exc:  # the outcome is what is tested
+            outcome.set_result(exc)
+
+    loop.call_soon(drive)
+    error = await asyncio.wait_for(outcome, 5)
+    pending.close()
+    assert isinstance(error, RuntimeError)
+    assert str(error) == "until_disconnect must run in a task"
+    assert ran == []

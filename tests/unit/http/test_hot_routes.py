@@ -3,13 +3,15 @@ the real app (guards still in front)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Body, Cookie, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from proxy.core.errors import InvalidRequestError
 from proxy.http.app import create_app
@@ -139,3 +141,90 @@ async def test_in_the_app_the_guards_still_stand_in_front_of_the_hot_routes() ->
     assert empty.status_code == 400
     assert empty.json()["error"]["code"] == "empty_body"
     assert empty.headers["x-request-id"]
+
+
+def test_only_the_chat_paths_posts_taking_the_request_alone_are_hot() -> None:
+    router = APIRouter()
+
+    @router.post("/v1/embeddings")  # the request alone, but not a chat path
+    async def embeddings(request: Request) -> Response:
+        return Response()
+
+    @router.post("/v1/chat/completions")
+    async def with_header(request: Request, x_trace: str = Header()) -> Response:
+        return Response()
+
+    @router.post("/chat/completions")
+    async def with_cookie(request: Request, session: str = Cookie()) -> Response:
+        return Response()
+
+    @router.post("/responses")
+    async def with_body(request: Request, payload: Annotated[dict[str, Any], Body()]) -> Response:
+        return Response()
+
+    @router.put("/v1/responses")  # the request alone, a chat path, but not a POST
+    async def put(request: Request) -> Response:
+        return Response()
+
+    async def plain(request: Request) -> Response:
+        return Response()
+
+    routes = [
+        *router.routes,
+        Route("/v1/responses", plain, methods=["POST"]),  # not a FastAPI route
+    ]
+    assert hot_endpoints(routes) == {}
+
+
+async def test_the_endpoint_and_the_router_get_the_clients_receive_and_send() -> None:
+    """What reads the body, streams the answer or sends early hints sees the real client."""
+
+    async def endpoint(request: Request) -> Response:
+        await request.send_early_hints("</style.css>; rel=preload")
+        body = await request.body()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"echo: "
+            yield body
+
+        return StreamingResponse(chunks())
+
+    async def router(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        await JSONResponse({"router read": message["body"].decode()})(scope, receive, send)
+
+    hot = HotRoutes(router, {("POST", "/v1/chat/completions"): endpoint})
+    extensions: dict[str, Any] = {"http.response.early_hint": {}}
+    peer = Client(b'{"model": "m"}')
+    await hot(scope("POST", "/v1/chat/completions", extensions=extensions), peer.receive, peer.send)
+    assert peer.sent[0] == {
+        "type": "http.response.early_hint",
+        "links": [b"</style.css>; rel=preload"],
+    }
+    assert peer.sent[1]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in peer.sent[2:]) == b'echo: {"model": "m"}'
+
+    peer = Client(b"to the router")
+    await hot(scope("POST", "/v1/models", extensions=extensions), peer.receive, peer.send)
+    assert json.loads(peer.sent[1]["body"]) == {"router read": "to the router"}
+
+
+class Client(Peer):
+    """A client that sends ``body`` and then stays connected until the answer is complete."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self._body: bytes | None = body
+        self._done = asyncio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        if self._body is not None:
+            body, self._body = self._body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self._done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        await super().send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self._done.set()
