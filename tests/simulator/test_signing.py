@@ -66,7 +66,7 @@ def test_signatures_recover_with_either_v(text: str) -> None:
     ],
 )
 def test_recover_refuses_a_signature_of_the_wrong_shape(signature: str) -> None:
-    with pytest.raises(ValueError, match="65 bytes"):
+    with pytest.raises(ValueError, match=r"^signature must be 65 bytes with v in \{27, 28\}$"):
         recover_address("text", signature)
 
 
