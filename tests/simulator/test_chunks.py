@@ -28,6 +28,7 @@ from proxy.simulator.sealing import ResponseSealer
 
 META = CompletionMeta(id="chatcmpl-abc", created=1700000000, model="e2ee-model")
 CLIENT = generate_keypair()
+NO_FAULTS = Faults()
 
 # Choice 0 thinks twice then says four tokens; choice 1 says one token and is cut by length.
 TWO_CHOICES = AnswerPlan(
@@ -69,7 +70,7 @@ def event(item: bytes | Marker) -> dict[str, Any] | str | Marker:
 
 
 def events(
-    plan: AnswerPlan, faults: Faults = Faults(), sealer: ResponseSealer | None = None
+    plan: AnswerPlan, faults: Faults = NO_FAULTS, sealer: ResponseSealer | None = None
 ) -> list[Any]:
     return [event(item) for item in stream_items(plan, META, faults=faults, sealer=sealer)]
 
