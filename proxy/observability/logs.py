@@ -18,6 +18,17 @@ What may be logged: ids, model names, statuses, counts, durations, signing addre
 check codes. What is never logged: prompt or completion text, API keys, key material. The
 request path logs one canonical line per request (:func:`request_logger`); nothing logs message
 bodies, so there is no redaction layer to get wrong.
+
+Exceptions are the one place where text the proxy did not choose could reach a line: a
+library's message may quote what it was given (uvicorn logs "Exception in ASGI application"
+with the traceback of whatever escaped the app; asyncio logs a task's exception with its
+``repr``). So a line's ``exception`` field (:func:`traceback_without_messages`) keeps every
+frame (file, line, function and the source line: the code, never data) and each exception's
+type, chained ones included, but never an exception's message or arguments; and an
+``asyncio`` record keeps its first line only (the rest is the future's ``repr``, with the
+exception's arguments in it). Deliberately not done: redacting the messages of other
+libraries' records, which state what happened in their own words (uvicorn's and aiohttp's
+warnings name no request content).
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import traceback
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -58,6 +70,62 @@ def quiet_context(level: int = logging.WARNING) -> contextvars.Context:
     context = contextvars.copy_context()
     context.run(_QUIET_BELOW.set, level)
     return context
+
+
+def traceback_without_messages(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it, chained exceptions first, with each exception's
+    line reduced to its type (``builtins.ValueError (message withheld)``); an exception group
+    also names the types it holds, not their messages or tracebacks."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    parts: list[str] = []
+    for position, error in enumerate(reversed(chain)):
+        if position:
+            parts.append(
+                "\nThe above exception was the direct cause of the following exception:\n\n"
+                if error.__cause__ is not None
+                else "\nDuring handling of the above exception, another exception occurred:\n\n"
+            )
+        if error.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(traceback.format_tb(error.__traceback__))
+        parts.append(f"{_type_name(error)} (message withheld)")
+        if isinstance(error, BaseExceptionGroup):
+            parts.append(": holds " + ", ".join(_type_name(inner) for inner in error.exceptions))
+        parts.append("\n")
+    return "".join(parts)
+
+
+def _type_name(error: BaseException) -> str:
+    kind = type(error)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _exception_field(_: Any, __: str, event_dict: Any) -> Any:
+    """``exc_info`` (True, an exception, or a ``sys.exc_info()`` tuple) as an ``exception``
+    field written by :func:`traceback_without_messages`."""
+    exc_info = event_dict.pop("exc_info", None)
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    error = exc_info[1] if isinstance(exc_info, tuple) else exc_info
+    if isinstance(error, BaseException):
+        event_dict["exception"] = traceback_without_messages(error)
+    return event_dict
+
+
+def _asyncio_first_line(_: Any, __: str, event_dict: Any) -> Any:
+    """An ``asyncio`` record's first line only: the lines after it are ``repr`` s of the
+    future, the task and the exception, which carry the exception's arguments."""
+    record = event_dict.get("_record")
+    event = event_dict.get("event")
+    if record is not None and record.name == "asyncio" and isinstance(event, str):
+        event_dict["event"] = event.split("\n", 1)[0]
+    return event_dict
 
 
 class _QuietFilter(logging.Filter):
@@ -108,7 +176,7 @@ def configure_logging(
         _worker,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
+        _exception_field,
     ]
     structlog.configure(
         processors=[*shared, renderer],
@@ -120,7 +188,7 @@ def configure_logging(
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=[_component, *shared],
+            foreign_pre_chain=[_component, _asyncio_first_line, *shared],
         )
     )
     handler.addFilter(_QuietFilter())

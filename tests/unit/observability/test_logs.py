@@ -20,6 +20,7 @@ from proxy.observability.logs import (
     configure_logging,
     get_logger,
     quiet_context,
+    traceback_without_messages,
 )
 from proxy.observability.worker import set_worker
 
@@ -157,17 +158,119 @@ def test_the_stream_defaults_to_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [line["event"] for line in lines(stream)] == ["to_stderr", "stdlib_to_stderr"]
 
 
-def test_an_exception_is_rendered_as_a_field() -> None:
+def test_an_exception_is_rendered_as_a_field_without_its_message() -> None:
     stream = io.StringIO()
     configure_logging("info", "json", stream=stream)
     try:
-        raise ValueError("boom")
+        raise ValueError(CANARY)
     except ValueError:
         get_logger("proxy.test").exception("failed")
     (line,) = lines(stream)
     assert line["event"] == "failed"
     assert line["level"] == "error"
-    assert "ValueError: boom" in line["exception"]
+    assert line["exception"].startswith("Traceback (most recent call last):\n")
+    assert "raise ValueError(CANARY)" in line["exception"]  # the code, not the value
+    assert line["exception"].endswith("builtins.ValueError (message withheld)\n")
+    assert CANARY not in json.dumps(line)
+
+
+def test_a_standard_library_record_s_traceback_keeps_frames_and_types_only() -> None:
+    # uvicorn's "Exception in ASGI application" carries whatever escaped the app, and its
+    # message may quote what the app was given: the frames and the types stay, no message.
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    try:
+        try:
+            raise KeyError("key-" + CANARY)
+        except KeyError as inner:
+            raise RuntimeError("wrapped " + CANARY) from inner
+    except RuntimeError:
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application\n")
+    (line,) = lines(stream)
+    assert CANARY not in json.dumps(line)
+    assert line["event"] == "Exception in ASGI application\n"
+    assert line["component"] == "uvicorn"
+    text = line["exception"]
+    assert text.count("Traceback (most recent call last):\n") == 2
+    assert text.index("builtins.KeyError (message withheld)\n") < text.index(
+        "\nThe above exception was the direct cause of the following exception:\n\n"
+    )
+    assert text.endswith("builtins.RuntimeError (message withheld)\n")
+    assert "in test_a_standard_library_record_s_traceback_keeps_frames_and_types_only" in text
+
+
+def test_an_implicitly_chained_exception_says_so_and_a_suppressed_one_is_left_out() -> None:
+    try:
+        try:
+            raise KeyError(CANARY)
+        except KeyError:
+            raise ValueError(CANARY)  # noqa: B904
+    except ValueError as exc:
+        implicit = traceback_without_messages(exc)
+    assert "builtins.KeyError (message withheld)" in implicit
+    assert (
+        "builtins.KeyError (message withheld)\n"
+        "\nDuring handling of the above exception, another exception occurred:\n\n"
+        "Traceback (most recent call last):\n"
+    ) in implicit
+    try:
+        try:
+            raise KeyError(CANARY)
+        except KeyError:
+            raise ValueError(CANARY) from None
+    except ValueError as exc:
+        suppressed = traceback_without_messages(exc)
+    assert "KeyError" not in suppressed
+    assert suppressed.count("Traceback") == 1
+    assert CANARY not in implicit + suppressed
+
+
+def test_an_exception_never_raised_has_no_frames_and_a_group_names_what_it_holds() -> None:
+    group = ExceptionGroup(CANARY, [ValueError(CANARY), TimeoutError()])
+    assert traceback_without_messages(group) == (
+        "builtins.ExceptionGroup (message withheld): holds builtins.ValueError, "
+        "builtins.TimeoutError\n"
+    )
+
+
+def test_a_cycle_of_causes_ends() -> None:
+    first, second = ValueError("a"), KeyError("b")
+    first.__cause__, second.__cause__ = second, first
+    assert traceback_without_messages(first) == (
+        "builtins.KeyError (message withheld)\n"
+        "\nThe above exception was the direct cause of the following exception:\n\n"
+        "builtins.ValueError (message withheld)\n"
+    )
+
+
+def test_exc_info_given_as_an_exception_or_a_tuple_is_rendered_the_same() -> None:
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    error = ValueError(CANARY)
+    log = get_logger("proxy.test")
+    log.error("as exception", exc_info=error)
+    log.error("as tuple", exc_info=(ValueError, error, None))
+    log.error("none", exc_info=False)
+    first, second, third = lines(stream)
+    assert first["exception"] == second["exception"] == "builtins.ValueError (message withheld)\n"
+    assert "exception" not in third
+    assert "exc_info" not in third
+
+
+def test_an_asyncio_record_keeps_its_first_line_only() -> None:
+    # asyncio's "Task exception was never retrieved" goes on with the task's repr, whose
+    # exception=ValueError('...') quotes the exception's arguments.
+    stream = io.StringIO()
+    configure_logging("info", "json", stream=stream)
+    logging.getLogger("asyncio").error(
+        "Task exception was never retrieved\nfuture: <Task finished exception=ValueError(%r)>"
+        "\nsource_traceback: ...",
+        CANARY,
+    )
+    logging.getLogger("uvicorn.error").error("first\nsecond")
+    (asyncio_line, uvicorn_line) = lines(stream)
+    assert asyncio_line["event"] == "Task exception was never retrieved"
+    assert uvicorn_line["event"] == "first\nsecond"  # other libraries' lines are theirs
 
 
 def test_loggers_made_before_a_reconfiguration_follow_it() -> None:
