@@ -1283,6 +1283,26 @@ def test_verify_s_errors_exit_2_for_bad_input_else_1(
     assert json.loads(capsys.readouterr().out)["error"]["code"] == code
 
 
+def test_verify_prints_each_weakening_of_the_settings(
+    online: Online,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    logging_calls: list[tuple[str, str]],
+) -> None:
+    """Every weakening is printed, whatever the model names in it (a model whose name held
+    "state_dir" once hid its accepted gateway trust from the report)."""
+    monkeypatch.setenv("VENICE_PROXY_ATTESTATION__DCAP", "off")
+    monkeypatch.setenv(
+        "VENICE_PROXY_ATTESTATION__TRUST_LEVELS", json.dumps({"my-state_dir-model": "gateway"})
+    )
+    assert cli.main(["verify", "e2ee-m", "--json"]) == 0
+    settings = load_settings()
+    assert json.loads(capsys.readouterr().out)["weakened"] == [
+        detail for _, detail in weakenings(settings)
+    ]
+    assert len(weakenings(settings)) == 2
+
+
 @dataclass
 class Offline:
     calls: list[tuple[Path, AttestationPolicy, dict[str, Any]]] = field(default_factory=list)
