@@ -204,6 +204,7 @@ def test_each_command_s_options_take_their_types() -> None:
         "enclave",
         Path("c.toml"),
     )
+    assert parse(["trust", "accept", "m", "--level", "gateway"]).level == "gateway"
     models = parse(["models", "--config", "c.toml", "--json"])
     assert (models.config, models.json) == (Path("c.toml"), True)
 
@@ -267,7 +268,11 @@ HELP = {
         "--attestation ATTESTATION saved attestation (offline)",
         "--nonce NONCE the 64-hex nonce it was fetched with (offline)",
     ],
-    ("trust",): ["model model id (accept)"],
+    ("trust",): [
+        "usage: venice-e2ee-proxy trust [-h] [--level {gateway,enclave}] [--config CONFIG] "
+        "{show,accept} [model]",
+        "model model id (accept)",
+    ],
 }
 
 
@@ -279,10 +284,10 @@ def test_help_describes_every_option(
     with pytest.raises(SystemExit) as caught:
         cli.main([*command, "--help"])
     assert caught.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
-    assert text.startswith(f"usage: {' '.join(['venice-e2ee-proxy', *command])} ")
+    text = " " + " ".join(capsys.readouterr().out.split()) + " "
+    assert text.startswith(f" usage: {' '.join(['venice-e2ee-proxy', *command])} ")
     for line in HELP[command]:
-        assert line in text
+        assert f" {line} " in text
 
 
 @pytest.mark.parametrize("command", ["serve", "simulate", "verify", "pins", "trust", "models"])
@@ -781,6 +786,7 @@ class Demo:
     configs: list[Any] = field(default_factory=list)
     sockets: list[list[socket.socket]] = field(default_factory=list)
     apps: list[tuple[Settings, dict[str, Any]]] = field(default_factory=list)
+    apps_made: list[object] = field(default_factory=list)
     servers: list[tuple[Any, Settings]] = field(default_factory=list)
     order: list[str] = field(default_factory=list)
     fail: bool = False
@@ -813,7 +819,8 @@ def demo(monkeypatch: pytest.MonkeyPatch) -> Iterator[Demo]:
 
     def create_app(settings: Settings, **kwargs: Any) -> object:
         seen.apps.append((settings, kwargs))
-        return object()
+        seen.apps_made.append(object())
+        return seen.apps_made[-1]
 
     def server(app: Any, settings: Settings) -> ProxyServer:
         seen.servers.append((app, settings))
@@ -844,7 +851,7 @@ async def test_the_demo_serves_the_proxy_against_the_simulator(
     [(demo_settings, kwargs)] = demo.apps
     assert kwargs["demo"] is True
     assert kwargs["api_key"].get_secret_value() == "demo-key"
-    assert demo.servers[0][1] is demo_settings
+    assert demo.servers == [(demo.apps_made[0], demo_settings)]
     assert demo_settings.upstream.base_url == sim_url
     section = demo_settings.attestation
     assert (section.dcap, section.nvidia) == ("off", "nonce")
@@ -1106,13 +1113,12 @@ def test_the_shared_socket_has_a_deep_backlog(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_an_ipv6_host_gets_an_ipv6_socket() -> None:
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6 here")
     try:
-        sock = cli._listening_socket("::1", 0)
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
     except OSError:
         pytest.skip("no IPv6 loopback here")
-    with sock:
+    with cli._listening_socket("::1", 0) as sock:
         assert sock.family == socket.AF_INET6
         assert sock.getsockname()[0] == "::1"
 
@@ -1329,9 +1335,12 @@ def test_verify_offline_passes_every_input_on(
     logging_calls: list[tuple[str, str]],
 ) -> None:
     mine = tmp_path / "mine"
-    monkeypatch.setenv("VENICE_PROXY_ATTESTATION__STATE_DIR", str(mine))
+    config = tmp_path / "proxy.toml"
+    config.write_text(f"[attestation]\nstate_dir = {json.dumps(str(mine))}\n")
     argv = [
         "verify",
+        "--config",
+        str(config),
         "e2ee-m",
         "--offline",
         "--json",
@@ -1438,16 +1447,23 @@ def test_pins_online_prints_the_table_and_fails_with_the_report(
 
 
 def test_pins_offline_reads_the_capture_with_dcap_and_nvidia_off(
-    offline: Offline, capsys: pytest.CaptureFixture[str], logging_calls: list[tuple[str, str]]
+    offline: Offline,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    logging_calls: list[tuple[str, str]],
 ) -> None:
     offline.report = _report(passed=False)
+    config = tmp_path / "proxy.toml"
+    config.write_text('[logging]\nformat = "json"\n[attestation]\nallow_dev_image = true\n')
     argv = ["pins", "e2ee-m", "--offline", "--attestation", "a.json", "--nonce", "cd" * 32]
-    assert cli.main(argv) == 0  # offline, a failed check is printed as a warning, not an error
+    assert cli.main([*argv, "--config", str(config)]) == 0  # offline, a failure only warns
+    assert logging_calls == [("warning", "json")]
     [(path, policy, kwargs)] = offline.calls
     assert path == Path("a.json")
     assert policy == AttestationPolicy(
-        **{**vars_of(attestation_policy(load_settings())), "dcap": "off", "nvidia": "off"}
+        **{**vars_of(attestation_policy(load_settings(config))), "dcap": "off", "nvidia": "off"}
     )
+    assert policy.allow_dev_image is True
     assert kwargs == {"nonce_hex": "cd" * 32, "model": "e2ee-m"}
     assert "from a saved attestation." in capsys.readouterr().out
 
@@ -1689,14 +1705,18 @@ async def test_models_closes_the_upstream_when_the_list_fails(catalogue: Catalog
 def test_models_prints_a_table_or_json(
     catalogue: Catalogue,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     logging_calls: list[tuple[str, str]],
 ) -> None:
     _keyed(monkeypatch)
-    monkeypatch.setenv("VENICE_PROXY_LOGGING__LEVEL", "debug")
-    assert cli.main(["models"]) == 0
-    assert logging_calls == [("debug", "auto")]
-    assert catalogue.built[0][1]["api_key"].get_secret_value() == KEY
+    config = tmp_path / "proxy.toml"
+    config.write_text('[logging]\nlevel = "debug"\nformat = "json"\n')
+    assert cli.main(["models", "--config", str(config)]) == 0
+    assert logging_calls == [("debug", "json")]
+    [(settings, kwargs)] = catalogue.built
+    assert (settings.logging.level, settings.logging.format) == ("debug", "json")
+    assert kwargs["api_key"].get_secret_value() == KEY
     assert capsys.readouterr().out.splitlines()[:3] == [
         f"{'e2ee-a':45} e2ee=yes tee=yes",
         f"{'plain':45} e2ee=no  tee=no",
