@@ -492,7 +492,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except ProxyError as exc:
         print_error(exc, as_json=args.json)
         return 2 if exc.code in INPUT_ERROR_CODES else 1
-    weakened = [detail for _, detail in weakenings(settings) if "state_dir" not in detail]
+    # Every weakening of the settings (where the trust levels are kept is serve's concern:
+    # weakenings() names it only when told they are not persisted).
+    weakened = [detail for _, detail in weakenings(settings)]
     return print_report(report, as_json=args.json, skipped=skipped, weakened=weakened)
 
 
