@@ -31,6 +31,7 @@ from proxy.attestation import AttestationPolicy, AttestationReport
 from proxy.attestation.report import CheckResult
 from proxy.cli import main as cli
 from proxy.core.errors import AttestationError, UpstreamError
+from proxy.http.header_deadline import HeaderDeadlineProtocol
 from proxy.http.services import attestation_policy
 from proxy.http.shutdown import DrainingServer
 from proxy.observability.logs import configure_logging, get_logger
@@ -404,6 +405,11 @@ def test_the_uvicorn_config_follows_the_settings(tmp_path: Path) -> None:
     assert plain.access_log is False  # the proxy logs each request itself, without its path
     assert (plain.ssl_certfile, plain.ssl_keyfile) == (None, None)
     assert plain.timeout_graceful_shutdown == 10
+    # httptools with the request-header deadline; no client address rewritten from headers
+    assert isinstance(plain.http, type)
+    assert issubclass(plain.http, HeaderDeadlineProtocol)
+    assert plain.http.header_timeout_s == 20.0
+    assert plain.proxy_headers is False
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     tls = cli._uvicorn_config(app, make(server={"tls_cert": cert, "tls_key": key}))
     assert (tls.ssl_certfile, tls.ssl_keyfile) == (str(cert), str(key))
