@@ -134,13 +134,19 @@ class RequestTimeoutError(InvalidRequestError):
     default_code = "request_timeout"
 
 
+CLIENT_CLOSED_REQUEST = 499
+"""The de facto status for "the client hung up first" (logged; no client reads it)."""
+CLIENT_DISCONNECTED = "client_disconnected"
+"""The log's error code for a request whose client hung up, before or during the answer."""
+
+
 class ClientDisconnectedError(ProxyError):
     """The client hung up before its request was read whole. Nobody reads the answer: the
-    status (499, the de facto "client closed request") and code are for the log line."""
+    status (:data:`CLIENT_CLOSED_REQUEST`) and code are for the log line."""
 
-    status = 499
+    status = CLIENT_CLOSED_REQUEST
     error_type = "invalid_request_error"
-    default_code = "client_disconnected"
+    default_code = CLIENT_DISCONNECTED
     default_message = "the client hung up before its request was read"
 
 

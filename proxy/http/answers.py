@@ -17,12 +17,10 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from proxy.core.errors import ProxyError
+from proxy.core.errors import CLIENT_CLOSED_REQUEST, CLIENT_DISCONNECTED, ProxyError
 from proxy.http.disconnect import until_disconnect
 from proxy.http.request_log import RequestRecord
 from proxy.service.chat import OpenedAnswer
-
-CLIENT_CLOSED_REQUEST = 499  # the de facto status for "the client hung up first"
 
 
 def answer_headers(outcome: OpenedAnswer) -> dict[str, str]:
@@ -50,7 +48,7 @@ async def whole_answer(
             if failure is not None:
                 raise failure
     except asyncio.CancelledError:
-        record.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
+        record.finish(CLIENT_CLOSED_REQUEST, CLIENT_DISCONNECTED)
         raise
     except ProxyError as exc:
         return record.fail(exc, headers)

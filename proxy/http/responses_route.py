@@ -20,9 +20,9 @@ from collections.abc import AsyncGenerator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from proxy.core.errors import ProxyError
+from proxy.core.errors import CLIENT_CLOSED_REQUEST, CLIENT_DISCONNECTED, ProxyError
 from proxy.core.responses import ResponseBuilder, ResponsesRequest, translate_request
-from proxy.http.answers import CLIENT_CLOSED_REQUEST, answer_headers, whole_answer
+from proxy.http.answers import answer_headers, whole_answer
 from proxy.http.body import read_json
 from proxy.http.disconnect import until_disconnect
 from proxy.http.event_stream import EventStream
@@ -60,7 +60,7 @@ async def create_response(request: Request) -> Response:
             request, services.chat.start(translated.chat, request_id=record.request_id)
         )
     except asyncio.CancelledError:
-        record.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
+        record.finish(CLIENT_CLOSED_REQUEST, CLIENT_DISCONNECTED)
         raise
     except ProxyError as exc:
         return record.fail(_in_responses_terms(exc, translated), {})
@@ -106,7 +106,7 @@ async def _stream_body(
             record.first_byte()
             yield part
     except (asyncio.CancelledError, GeneratorExit):
-        outcome.stats.error_code = "client_disconnected"
+        outcome.stats.error_code = CLIENT_DISCONNECTED
         raise
     finally:
         await outcome.aclose()

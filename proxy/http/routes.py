@@ -20,8 +20,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from proxy.core.errors import ModelNotFoundError, ProxyError
-from proxy.http.answers import CLIENT_CLOSED_REQUEST, answer_headers, whole_answer
+from proxy.core.errors import (
+    CLIENT_CLOSED_REQUEST,
+    CLIENT_DISCONNECTED,
+    ModelNotFoundError,
+    ProxyError,
+)
+from proxy.http.answers import answer_headers, whole_answer
 from proxy.http.body import read_json
 from proxy.http.disconnect import until_disconnect
 from proxy.http.event_stream import EventStream
@@ -59,7 +64,7 @@ async def chat_completions(request: Request) -> Response:
             request, services.chat.start(payload, request_id=record.request_id)
         )
     except asyncio.CancelledError:
-        record.finish(CLIENT_CLOSED_REQUEST, "client_disconnected")
+        record.finish(CLIENT_CLOSED_REQUEST, CLIENT_DISCONNECTED)
         raise
     except ProxyError as exc:
         return record.fail(exc, {})
@@ -97,7 +102,7 @@ async def _stream_body(record: RequestRecord, outcome: OpenedAnswer) -> AsyncGen
             record.first_byte()
             yield part
     except (asyncio.CancelledError, GeneratorExit):
-        outcome.stats.error_code = "client_disconnected"
+        outcome.stats.error_code = CLIENT_DISCONNECTED
         raise
     finally:
         await outcome.aclose()

@@ -11,8 +11,8 @@ from typing import Any, cast
 import pytest
 
 from proxy.attestation.report import AttestationReport, CheckResult
-from proxy.core.errors import AttestationError, ProxyError
-from proxy.http.answers import CLIENT_CLOSED_REQUEST, answer_headers, whole_answer
+from proxy.core.errors import CLIENT_CLOSED_REQUEST, AttestationError, ProxyError
+from proxy.http.answers import answer_headers, whole_answer
 from proxy.service.chat import OpenedAnswer
 from proxy.service.enclave_keys import AttestedKey
 
