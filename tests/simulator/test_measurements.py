@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from proxy.simulator.measurements import (
     DSTACK_RUNTIME_EVENT_TYPE,
@@ -25,6 +28,14 @@ from proxy.simulator.measurements import (
 from tests.support.fixtures import FIXTURES_DIR
 
 NEAR_UPSTREAM = "simulator/Simulated-NEAR-1B"
+
+
+@pytest.fixture(autouse=True)
+def fresh_measurements() -> Iterator[None]:
+    """build_measurements is cached; each test builds its own (so what it checks is built now)."""
+    build_measurements.cache_clear()
+    yield
+    build_measurements.cache_clear()
 
 
 def real_capture() -> dict[str, Any]:

@@ -145,10 +145,22 @@ async def test_a_client_gone_before_the_body_ended_is_recorded_and_told_to_the_a
 
 
 async def test_other_scopes_pass_through_unrecorded() -> None:
+    state = SimulatorState()
     scope = {"type": "lifespan"}
-    messages: list[Message] = [{"type": "lifespan.startup"}]
-    state, app, left = await run(scope, messages)
+    receive, left = receiver([{"type": "lifespan.startup"}])
+    seen: list[Message] = []
+    sent: list[Message] = []
+
+    async def app(app_scope: Scope, app_receive: Receive, app_send: Send) -> None:
+        assert app_scope is scope
+        seen.append(await app_receive())
+        await app_send({"type": "lifespan.startup.complete"})
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await RecorderMiddleware(app, state)(scope, receive, send)
     assert state.requests == []
-    assert app.scope is scope
-    assert app.received == [{"type": "lifespan.startup"}]
+    assert seen == [{"type": "lifespan.startup"}]
+    assert sent == [{"type": "lifespan.startup.complete"}]
     assert left == []

@@ -227,13 +227,17 @@ def test_stream_outcomes_are_counted_and_kept_by_completion_id() -> None:
     state.stream_ended("c", StreamOutcome.CUT)
     state.stream_ended("d", StreamOutcome.FAILED)
     state.stream_ended("e", StreamOutcome.COMPLETED)
-    assert (state.streams_completed, state.streams_cancelled) == (2, 1)
+    state.stream_ended("f", StreamOutcome.CANCELLED)
+    state.stream_ended("g", StreamOutcome.CUT)
+    assert (state.streams_completed, state.streams_cancelled) == (2, 2)
     assert state.stream_outcomes == {
         "a": StreamOutcome.COMPLETED,
         "b": StreamOutcome.CANCELLED,
         "c": StreamOutcome.CUT,
         "d": StreamOutcome.FAILED,
         "e": StreamOutcome.COMPLETED,
+        "f": StreamOutcome.CANCELLED,
+        "g": StreamOutcome.CUT,
     }
 
 
