@@ -89,13 +89,10 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
-@functools.lru_cache(maxsize=256)
-def host_part(value: str) -> str | None:
+def _host_part(value: str) -> str | None:
     """The canonical host of a ``Host`` header value or allowlist entry, or None if malformed.
 
-    ``Example.COM.:8000`` -> ``example.com``; ``[::1]:8000`` and ``::1`` -> ``::1``. Remembered
-    for the last 256 values (a client sends the same ``Host`` on every request; parsing an IP
-    literal costs more than the rest of the guard).
+    ``Example.COM.:8000`` -> ``example.com``; ``[::1]:8000`` and ``::1`` -> ``::1``.
     """
     text = value.strip()
     if text.startswith("["):
@@ -120,6 +117,12 @@ def host_part(value: str) -> str | None:
         return ipaddress.ip_address(name).compressed
     except ValueError:
         return name
+
+
+# Remembered for the last 256 values: a client sends the same ``Host`` on every request, and
+# parsing an IP literal costs more than the rest of the guard. (Wrapped here rather than
+# decorated, so mutation testing reaches the function; its tests clear the cache.)
+host_part = functools.lru_cache(maxsize=256)(_host_part)
 
 
 async def _send_error(

@@ -47,10 +47,9 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class CompiledSchema:
-    """A checked JSON Schema with its validator."""
+    """A checked JSON Schema's validator (the schema itself is ``validator.schema``)."""
 
-    schema: Mapping[str, Any]
-    validator: Validator = field(repr=False, compare=False)
+    validator: Validator = field(repr=False)
 
     def problems(self, instance: Any, *, where: str) -> list[Problem]:
         """Up to :data:`MAX_REPORTED` problems of ``instance``, most relevant first."""
@@ -72,10 +71,8 @@ class CompiledSchema:
 SCHEMA_CACHE_SIZE = 256
 
 
-@functools.lru_cache(maxsize=SCHEMA_CACHE_SIZE)
-def _compile_canonical(canonical: str) -> CompiledSchema | str:
-    """A compiled schema, or the reason it is invalid. Cached: checking a schema against its
-    metaschema costs milliseconds, and clients send the same tools with every request."""
+def _compile_uncached(canonical: str) -> CompiledSchema | str:
+    """A compiled schema, or the reason it is invalid."""
     schema = json.loads(canonical)
     cls = validators.validator_for(schema, default=Draft202012Validator)
     try:
@@ -84,7 +81,13 @@ def _compile_canonical(canonical: str) -> CompiledSchema | str:
         return f"is not a valid JSON Schema: {exc.message[:200]}"
     except RecursionError:
         return "is nested too deeply"
-    return CompiledSchema(schema, cls(schema))
+    return CompiledSchema(cls(schema))
+
+
+# Cached: checking a schema against its metaschema costs milliseconds, and clients send the same
+# tools with every request. (Wrapped here rather than decorated, so mutation testing reaches the
+# function; its tests clear the cache.)
+_compile_canonical = functools.lru_cache(maxsize=SCHEMA_CACHE_SIZE)(_compile_uncached)
 
 
 def compile_schema(schema: Any, *, param: str) -> CompiledSchema:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -28,6 +28,15 @@ from proxy.http.guard import (
 )
 
 KEYS = ["local-key-one-1111", "local-key-two-2222", "local-key-three-3333"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_host_cache() -> Iterator[None]:
+    """Each test parses its Host values afresh (under mutation testing, the cache would hand
+    it what the unmutated run parsed)."""
+    host_part.cache_clear()
+    yield
+    host_part.cache_clear()
 
 
 async def _ok(_: Request) -> Response:

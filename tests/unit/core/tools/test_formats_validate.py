@@ -193,6 +193,31 @@ def test_schema_errors_name_the_parameter() -> None:
     assert info.value.message.startswith("'q' is not a valid JSON Schema: ")
 
 
+def test_a_schema_nested_past_the_validator_s_reach_is_refused_by_name() -> None:
+    schema: dict[str, Any] = {}
+    inner = schema
+    for _ in range(300):  # json reads it; the metaschema check recurses too deep
+        inner["not"] = inner = {}
+    with pytest.raises(InvalidRequestError) as info:
+        compile_schema(schema, param="p")
+    assert (info.value.param, info.value.message) == ("p", "'p' is nested too deeply")
+
+
+def test_a_schema_error_is_quoted_to_200_characters() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        compile_schema({"type": "x" * 300}, param="q")
+    prefix = "'q' is not a valid JSON Schema: "
+    assert info.value.message.startswith(prefix + "'xxx")
+    assert len(info.value.message) == len(prefix) + 200
+
+
+def test_the_compiled_validator_checks_against_the_schema_given() -> None:
+    compiled = compile_schema({"type": "object", "required": ["a"]}, param="p")
+    assert compiled.validator.schema == {"type": "object", "required": ["a"]}
+    assert compiled.problems({"a": 1}, where="x") == []
+    assert compiled.problems({}, where="x") != []
+
+
 def test_the_same_schema_in_another_key_order_is_compiled_once() -> None:
     first = compile_schema({"type": "object", "required": ["a"]}, param="p")
     assert compile_schema({"required": ["a"], "type": "object"}, param="p") is first
