@@ -66,7 +66,9 @@ def test_venice_gateway_shape() -> None:
 def test_e2ee_header_check_shape() -> None:
     error = gateway_e2ee_error("Invalid public key")
     assert error.status_code == 400
-    assert error.body == {"error": {"message": "Invalid public key", "type": "invalid_request_error"}}
+    assert error.body == {
+        "error": {"message": "Invalid public key", "type": "invalid_request_error"}
+    }
     assert error.headers == {}
 
 
@@ -74,7 +76,12 @@ def test_near_shape() -> None:
     error = near_error("Decryption failed")
     assert error.status_code == 400
     assert error.body == {
-        "error": {"message": "Decryption failed", "type": "bad_request", "param": None, "code": None}
+        "error": {
+            "message": "Decryption failed",
+            "type": "bad_request",
+            "param": None,
+            "code": None,
+        }
     }
 
 

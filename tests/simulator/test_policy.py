@@ -134,9 +134,10 @@ def test_missing_structure_is_named_in_order() -> None:
 
 def test_an_allowed_venice_parameter_does_not_end_the_checks() -> None:
     parameters = {"x_text": "words", "character_slug": "c", "x_other": "text"}
-    assert policy_violations(
-        body(venice_parameters=parameters), {"venice_parameters.x_text"}
-    ) == ["venice_parameters.character_slug", "venice_parameters.x_other"]
+    assert policy_violations(body(venice_parameters=parameters), {"venice_parameters.x_text"}) == [
+        "venice_parameters.character_slug",
+        "venice_parameters.x_other",
+    ]
     assert policy_violations(body(venice_parameters={"x_text": "w"}), {"x_text"}) == [
         "venice_parameters.x_text"
     ]
