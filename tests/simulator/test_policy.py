@@ -96,3 +96,48 @@ async def test_phala_answers_a_stale_key_with_its_error_type() -> None:
     assert error["code"] is None
     message = error["message"].lower()
     assert not any(word in message for word in ("decrypt", "public key", "model key"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "paths"),
+    [
+        ({"model": 5}, ["model"]),
+        ({"model": None}, ["model"]),
+        ({"messages": "hi"}, ["messages"]),
+        ({"messages": {"role": "user"}}, ["messages"]),
+        ({"venice_parameters": {}}, ["venice_parameters"]),
+        ({"venice_parameters": "on"}, ["venice_parameters"]),
+        ({"venice_parameters": [1]}, ["venice_parameters"]),
+        # A forwarded key holds a value of its own kind only, a refused key nothing at all.
+        ({"venice_parameters": {"disable_thinking": 1}}, ["venice_parameters.disable_thinking"]),
+        ({"venice_parameters": {"enable_e2ee": True}}, ["venice_parameters.enable_e2ee"]),
+        # An unknown key: a number or a boolean under a lower-case identifier, as at the top.
+        ({"venice_parameters": {"x_knob": 1, "y_flag": False}}, []),
+        ({"venice_parameters": {"x_text": "words"}}, ["venice_parameters.x_text"]),
+        ({"venice_parameters": {"X_Knob": 1}}, ["venice_parameters.X_Knob"]),
+        (
+            {"venice_parameters": {"x_list": [1], "disable_thinking": True, "x_none": None}},
+            ["venice_parameters.x_list", "venice_parameters.x_none"],
+        ),
+    ],
+)
+def test_each_value_is_checked_against_its_rule(extra: dict[str, Any], paths: list[str]) -> None:
+    assert policy_violations(body(**extra)) == paths
+
+
+def test_missing_structure_is_named_in_order() -> None:
+    assert policy_violations({}) == ["messages", "model", "stream", "stream_options"]
+    full = body()
+    del full["stream"]
+    assert policy_violations(full) == ["stream"]
+
+
+def test_an_allowed_venice_parameter_does_not_end_the_checks() -> None:
+    parameters = {"x_text": "words", "character_slug": "c", "x_other": "text"}
+    assert policy_violations(body(venice_parameters=parameters), {"venice_parameters.x_text"}) == [
+        "venice_parameters.character_slug",
+        "venice_parameters.x_other",
+    ]
+    assert policy_violations(body(venice_parameters={"x_text": "w"}), {"x_text"}) == [
+        "venice_parameters.x_text"
+    ]
